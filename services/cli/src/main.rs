@@ -1,0 +1,266 @@
+//! `paystream`: the operator CLI.
+//!
+//! - `paystream tail <topic>`: print records as JSON lines (partition, offset, key, headers and
+//!   the Avro value decoded through the schema registry), like Confluent's
+//!   `kafka-avro-console-consumer`.
+//! - `paystream topics create`: create paystream's topics with explicit partition counts.
+//! - `paystream schemas register`: register the shipped Avro schemas under `<topic>-value`.
+//! - `paystream migrate`: apply the database migrations.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use paystream_core::avro::AvroCodec;
+use paystream_core::config::{DatabaseSettings, KafkaSettings, TopicSettings};
+use paystream_core::events::{PAYMENT_OUTCOME_SCHEMA, PAYMENT_REQUESTED_SCHEMA};
+use paystream_core::headers::RecordHeaders;
+use paystream_core::kafka::{self, TopicSpec};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::json;
+
+#[derive(Parser)]
+#[command(name = "paystream", version, about = "paystream operator tool")]
+struct Cli {
+    /// Kafka bootstrap servers.
+    #[arg(long, global = true, env = "PAYSTREAM_KAFKA__BOOTSTRAP_SERVERS", default_value = "127.0.0.1:9092")]
+    bootstrap_servers: String,
+    /// Schema Registry URL.
+    #[arg(long, global = true, env = "PAYSTREAM_SCHEMA_REGISTRY__URL", default_value = "http://127.0.0.1:8081")]
+    registry_url: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print a topic's records as JSON lines with Avro values decoded.
+    Tail {
+        topic: String,
+        /// Start at the earliest offset instead of the end.
+        #[arg(long)]
+        from_beginning: bool,
+        /// Only records with this key.
+        #[arg(long)]
+        key: Option<String>,
+        /// Stop after printing this many records.
+        #[arg(long)]
+        max: Option<u64>,
+        /// Stop when no record arrived for this many seconds.
+        #[arg(long)]
+        idle_timeout: Option<u64>,
+        /// Also show records of open and aborted transactions.
+        #[arg(long)]
+        read_uncommitted: bool,
+    },
+    /// Manage topics.
+    Topics {
+        #[command(subcommand)]
+        command: TopicsCommand,
+    },
+    /// Manage schemas.
+    Schemas {
+        #[command(subcommand)]
+        command: SchemasCommand,
+    },
+    /// Apply database migrations.
+    Migrate {
+        #[arg(long, env = "PAYSTREAM_DATABASE__URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+        database_url: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum TopicsCommand {
+    /// Create paystream's topics (existing ones are left alone).
+    Create {
+        /// Partitions of the payment topics.
+        #[arg(long, default_value_t = 6)]
+        partitions: i32,
+        #[arg(long, default_value_t = 1)]
+        replication_factor: i32,
+    },
+}
+
+#[derive(Subcommand)]
+enum SchemasCommand {
+    /// Register the shipped schemas under `<topic>-value`.
+    Register,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let kafka_settings = KafkaSettings {
+        bootstrap_servers: cli.bootstrap_servers.clone(),
+        ..Default::default()
+    };
+    let result = match cli.command {
+        Command::Tail {
+            topic,
+            from_beginning,
+            key,
+            max,
+            idle_timeout,
+            read_uncommitted,
+        } => {
+            let options = TailOptions {
+                from_beginning,
+                key,
+                max,
+                idle_timeout: idle_timeout.map(Duration::from_secs),
+                read_uncommitted,
+            };
+            tail(&kafka_settings, &cli.registry_url, &topic, options).await
+        }
+        Command::Topics {
+            command: TopicsCommand::Create { partitions, replication_factor },
+        } => create_topics(&kafka_settings, partitions, replication_factor).await,
+        Command::Schemas {
+            command: SchemasCommand::Register,
+        } => register_schemas(&cli.registry_url).await,
+        Command::Migrate { database_url } => migrate(database_url).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("paystream: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+struct TailOptions {
+    from_beginning: bool,
+    key: Option<String>,
+    max: Option<u64>,
+    idle_timeout: Option<Duration>,
+    read_uncommitted: bool,
+}
+
+async fn tail(settings: &KafkaSettings, registry_url: &str, topic: &str, options: TailOptions) -> anyhow::Result<()> {
+    let group = format!("paystream-tail-{}", uuid::Uuid::new_v4());
+    let isolation = if options.read_uncommitted { "read_uncommitted" } else { "read_committed" };
+    let consumer: StreamConsumer = kafka::client_config(
+        settings,
+        &[
+            ("group.id", &group),
+            ("enable.auto.commit", "false"),
+            ("isolation.level", isolation),
+            ("enable.partition.eof", "false"),
+        ],
+    )?
+    .create()
+    .context("creating the consumer")?;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .context("fetching topic metadata")?;
+    let partitions = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+        .map(|t| t.partitions().len())
+        .filter(|n| *n > 0)
+        .with_context(|| format!("topic `{topic}` does not exist"))?;
+    // Assigned, not subscribed: a tail must not join a group or wait for a rebalance.
+    let start = if options.from_beginning { Offset::Beginning } else { Offset::End };
+    let mut assignment = TopicPartitionList::new();
+    for p in 0..partitions as i32 {
+        assignment.add_partition_offset(topic, p, start)?;
+    }
+    consumer.assign(&assignment)?;
+
+    let codec = AvroCodec::new(registry_url);
+    let mut printed = 0u64;
+    loop {
+        if options.max.is_some_and(|m| printed >= m) {
+            return Ok(());
+        }
+        let message = match options.idle_timeout {
+            Some(t) => match tokio::time::timeout(t, consumer.recv()).await {
+                Ok(m) => m?,
+                Err(_) => return Ok(()),
+            },
+            None => tokio::select! {
+                m = consumer.recv() => m?,
+                _ = tokio::signal::ctrl_c() => return Ok(()),
+            },
+        };
+        let key = message.key().map(|k| String::from_utf8_lossy(k).into_owned());
+        if options.key.is_some() && options.key != key {
+            continue;
+        }
+        let headers = RecordHeaders::from_kafka(message.headers());
+        let headers: serde_json::Map<_, _> = headers.0.into_iter().map(|(k, v)| (k, json!(v))).collect();
+        let value = match codec.decode_json(message.payload()).await {
+            Ok(v) => v,
+            Err(e) => json!({
+                "undecodable": e.to_string(),
+                "base64": message.payload().map(paystream_core::processing::encode_base64),
+            }),
+        };
+        let line = json!({
+            "topic": message.topic(),
+            "partition": message.partition(),
+            "offset": message.offset(),
+            "timestamp": message.timestamp().to_millis(),
+            "key": key,
+            "headers": headers,
+            "value": value,
+        });
+        println!("{line}");
+        printed += 1;
+    }
+}
+
+async fn create_topics(settings: &KafkaSettings, partitions: i32, replication: i32) -> anyhow::Result<()> {
+    anyhow::ensure!(partitions > 0, "--partitions must be positive");
+    let topics = TopicSettings::default();
+    let specs: Vec<TopicSpec> = [
+        (topics.payments_requested.as_str(), partitions),
+        (topics.payments_outcomes.as_str(), partitions),
+        ("payment-processor.dlq", 1),
+    ]
+    .into_iter()
+    .map(|(name, p)| TopicSpec {
+        replication,
+        ..TopicSpec::new(name, p)
+    })
+    .collect();
+    kafka::ensure_topics(settings, &specs).await?;
+    for s in &specs {
+        println!("topic {} ({} partitions)", s.name, s.partitions);
+    }
+    Ok(())
+}
+
+async fn register_schemas(registry_url: &str) -> anyhow::Result<()> {
+    let topics = TopicSettings::default();
+    let codec = AvroCodec::new(registry_url);
+    for (topic, schema) in [
+        (topics.payments_requested.as_str(), &PAYMENT_REQUESTED_SCHEMA),
+        (topics.payments_outcomes.as_str(), &PAYMENT_OUTCOME_SCHEMA),
+    ] {
+        let id = codec
+            .register(topic, schema)
+            .await
+            .with_context(|| format!("registering {}", schema.name))?;
+        println!("subject {} → schema id {id}", paystream_core::avro::value_subject(topic));
+    }
+    Ok(())
+}
+
+async fn migrate(database_url: String) -> anyhow::Result<()> {
+    let settings = DatabaseSettings {
+        url: database_url.into(),
+        max_connections: 1,
+        schema: None,
+    };
+    let pool = paystream_core::db::connect(&settings).await?;
+    paystream_core::db::migrate(&pool).await?;
+    println!("migrations applied");
+    Ok(())
+}

@@ -1,0 +1,132 @@
+//! HTTP adapter toward the payment service provider.
+//!
+//! Every charge carries an idempotency key derived from the payment id, so a charge repeated
+//! after a crash or an aborted batch returns the PSP's first answer instead of charging twice.
+
+use std::time::Duration;
+
+use paystream_core::events::PaymentRequested;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct PspSettings {
+    pub url: String,
+    pub timeout_ms: u64,
+    /// Attempts within one processing of a record before the failure is handed to the loop.
+    pub attempts: u32,
+    pub retry_backoff_ms: u64,
+}
+
+impl Default for PspSettings {
+    fn default() -> Self {
+        Self {
+            url: "http://127.0.0.1:8090".into(),
+            timeout_ms: 5_000,
+            attempts: 3,
+            retry_backoff_ms: 100,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PspError {
+    /// Timeouts, connection failures, 5xx, 408 and 429: the same request may succeed later.
+    #[error("PSP unavailable: {0}")]
+    Transient(String),
+    /// The PSP refused the request itself (4xx): retrying cannot help.
+    #[error("PSP rejected the request: {0}")]
+    Rejected(String),
+}
+
+#[derive(Debug, Serialize)]
+struct ChargeRequest<'a> {
+    payment_id: &'a str,
+    merchant_id: &'a str,
+    customer_id: &'a str,
+    amount_minor: i64,
+    currency: &'a str,
+    payment_method: &'a str,
+}
+
+/// The PSP's answer. A decline is an answer, not an error.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Charge {
+    pub charge_id: String,
+    pub status: String,
+    pub decline_code: Option<String>,
+}
+
+impl Charge {
+    pub fn succeeded(&self) -> bool {
+        self.status == "succeeded"
+    }
+}
+
+pub struct PspClient {
+    http: reqwest::Client,
+    settings: PspSettings,
+}
+
+impl PspClient {
+    pub fn new(settings: PspSettings) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_millis(settings.timeout_ms))
+            .build()?;
+        Ok(Self { http, settings })
+    }
+
+    /// The idempotency key of a payment's charge: one charge per payment, ever.
+    pub fn idempotency_key(payment_id: &str) -> String {
+        format!("{payment_id}:charge")
+    }
+
+    /// Charges the payment, retrying transient failures a few times with the same key.
+    #[tracing::instrument(name = "psp charge", skip_all, fields(otel.kind = "client", payment.id = %payment.payment_id))]
+    pub async fn charge(&self, payment: &PaymentRequested) -> Result<Charge, PspError> {
+        let mut attempt = 1;
+        loop {
+            match self.charge_once(payment).await {
+                Err(PspError::Transient(e)) if attempt < self.settings.attempts => {
+                    tracing::warn!(error = %e, attempt, "PSP call failed; retrying with the same key");
+                    tokio::time::sleep(Duration::from_millis(self.settings.retry_backoff_ms * u64::from(attempt))).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn charge_once(&self, payment: &PaymentRequested) -> Result<Charge, PspError> {
+        let url = format!("{}/v1/charges", self.settings.url.trim_end_matches('/'));
+        let response = self
+            .http
+            .post(url)
+            .header("Idempotency-Key", Self::idempotency_key(&payment.payment_id))
+            .json(&ChargeRequest {
+                payment_id: &payment.payment_id,
+                merchant_id: &payment.merchant_id,
+                customer_id: &payment.customer_id,
+                amount_minor: payment.amount_minor,
+                currency: &payment.currency,
+                payment_method: &payment.payment_method,
+            })
+            .send()
+            .await
+            .map_err(|e| PspError::Transient(e.to_string()))?;
+        let status = response.status();
+        if status.is_success() {
+            return response
+                .json::<Charge>()
+                .await
+                .map_err(|e| PspError::Transient(format!("unreadable PSP answer: {e}")));
+        }
+        let body = response.text().await.unwrap_or_default();
+        let detail = format!("HTTP {status}: {}", body.chars().take(200).collect::<String>());
+        if status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429 {
+            Err(PspError::Transient(detail))
+        } else {
+            Err(PspError::Rejected(detail))
+        }
+    }
+}

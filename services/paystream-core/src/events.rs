@@ -1,0 +1,117 @@
+//! Event contracts: Rust mirrors of the Avro schemas in `schemas/`, and deterministic ids.
+//!
+//! Every event carries an `event_id` derived from its cause (UUIDv5 of payment id + step), so
+//! reprocessing the same cause yields the same id and consumers can dedupe on it.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Namespace for paystream's UUIDv5 event ids. Never change it: ids would stop matching.
+pub const EVENT_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6a0b_5f3e_8c1d_4e27_9b52_3d7f_1e04_a9c6);
+
+/// A step in a payment's life that produces exactly one event.
+#[derive(Debug, Clone, Copy)]
+pub enum Step {
+    Requested,
+    Outcome,
+}
+
+impl Step {
+    fn as_str(self) -> &'static str {
+        match self {
+            Step::Requested => "requested",
+            Step::Outcome => "outcome",
+        }
+    }
+}
+
+/// The deterministic id of the event `step` emits for `payment_id`.
+pub fn event_id(payment_id: Uuid, step: Step) -> Uuid {
+    Uuid::new_v5(
+        &EVENT_ID_NAMESPACE,
+        format!("{payment_id}/{}", step.as_str()).as_bytes(),
+    )
+}
+
+/// A schema file shipped with the services, registered under `<topic>-value`.
+pub struct SchemaFile {
+    pub name: &'static str,
+    pub avsc: &'static str,
+}
+
+pub const PAYMENT_REQUESTED_SCHEMA: SchemaFile = SchemaFile {
+    name: "payments.requested.v1",
+    avsc: include_str!("../../../schemas/payments.requested.v1.avsc"),
+};
+
+pub const PAYMENT_OUTCOME_SCHEMA: SchemaFile = SchemaFile {
+    name: "payments.outcomes.v1",
+    avsc: include_str!("../../../schemas/payments.outcomes.v1.avsc"),
+};
+
+/// Value of `payments.requested.v1`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PaymentRequested {
+    pub event_id: String,
+    pub payment_id: String,
+    pub client_id: String,
+    pub merchant_id: String,
+    pub customer_id: String,
+    pub amount_minor: i64,
+    pub currency: String,
+    pub payment_method: String,
+    /// Epoch milliseconds (Avro `timestamp-millis`).
+    pub requested_at: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OutcomeStatus {
+    Succeeded,
+    Failed,
+}
+
+impl OutcomeStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutcomeStatus::Succeeded => "SUCCEEDED",
+            OutcomeStatus::Failed => "FAILED",
+        }
+    }
+}
+
+/// Value of `payments.outcomes.v1`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PaymentOutcome {
+    pub event_id: String,
+    pub payment_id: String,
+    pub merchant_id: String,
+    pub customer_id: String,
+    pub amount_minor: i64,
+    pub currency: String,
+    pub status: OutcomeStatus,
+    pub failure_reason: Option<String>,
+    pub psp_charge_id: Option<String>,
+    pub requested_at: i64,
+    pub decided_at: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_ids_are_deterministic_and_distinct_per_step() {
+        let p = Uuid::parse_str("0192f0c4-7a3e-7c4d-9a31-6c1f2e3d4b5a").unwrap();
+        assert_eq!(event_id(p, Step::Outcome), event_id(p, Step::Outcome));
+        assert_ne!(event_id(p, Step::Outcome), event_id(p, Step::Requested));
+        assert_eq!(event_id(p, Step::Outcome).get_version_num(), 5);
+    }
+
+    #[test]
+    fn shipped_schemas_parse() {
+        for s in [PAYMENT_REQUESTED_SCHEMA, PAYMENT_OUTCOME_SCHEMA] {
+            apache_avro::Schema::parse_str(s.avsc).unwrap_or_else(|e| panic!("{}: {e}", s.name));
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! Kafka record headers: names, and W3C trace context carried through them.
+//!
+//! Header values are UTF-8. `traceparent`/`tracestate` follow W3C Trace Context so any
+//! OpenTelemetry-instrumented consumer (Java, Python, Go) continues the same trace.
+
+use std::collections::HashMap;
+
+use opentelemetry::propagation::{Extractor, Injector};
+use rdkafka::message::{Header, Headers, OwnedHeaders};
+
+/// The event's deterministic id (UUID); consumers dedupe on it.
+pub const EVENT_ID: &str = "event_id";
+/// The Avro record's full name, for tools that route without decoding.
+pub const EVENT_TYPE: &str = "event_type";
+pub const TRACEPARENT: &str = "traceparent";
+pub const TRACESTATE: &str = "tracestate";
+
+// Dead-letter headers: where the record came from and why it failed.
+pub const DLQ_ORIGINAL_TOPIC: &str = "dlq.original.topic";
+pub const DLQ_ORIGINAL_PARTITION: &str = "dlq.original.partition";
+pub const DLQ_ORIGINAL_OFFSET: &str = "dlq.original.offset";
+pub const DLQ_CONSUMER_GROUP: &str = "dlq.consumer.group";
+pub const DLQ_ERROR_CLASS: &str = "dlq.error.class";
+pub const DLQ_ERROR_MESSAGE: &str = "dlq.error.message";
+
+/// Bound on error text copied into a header, so a huge error can't bloat a record.
+pub const MAX_ERROR_MESSAGE_LEN: usize = 1024;
+
+/// An ordered, owned header list that converts to and from librdkafka's.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RecordHeaders(pub Vec<(String, String)>);
+
+impl RecordHeaders {
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    /// Sets `name`, replacing an existing value.
+    pub fn set(&mut self, name: &str, value: impl Into<String>) {
+        let value = value.into();
+        match self.0.iter_mut().find(|(k, _)| k == name) {
+            Some(slot) => slot.1 = value,
+            None => self.0.push((name.to_string(), value)),
+        }
+    }
+
+    /// Reads librdkafka headers; values that are not UTF-8 are kept lossily.
+    pub fn from_kafka<H: Headers>(headers: Option<&H>) -> Self {
+        let mut out = Vec::new();
+        if let Some(h) = headers {
+            for header in h.iter() {
+                let value = header.value.map(|v| String::from_utf8_lossy(v).into_owned());
+                out.push((header.key.to_string(), value.unwrap_or_default()));
+            }
+        }
+        Self(out)
+    }
+
+    pub fn to_kafka(&self) -> OwnedHeaders {
+        self.0
+            .iter()
+            .fold(OwnedHeaders::new_with_capacity(self.0.len()), |h, (k, v)| {
+                h.insert(Header {
+                    key: k,
+                    value: Some(v.as_bytes()),
+                })
+            })
+    }
+
+    /// Writes the current span's trace context (`traceparent`, `tracestate`).
+    pub fn inject_current_context(&mut self) {
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        let cx = tracing::Span::current().context();
+        let mut carrier = HashMap::new();
+        opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&cx, &mut carrier));
+        let mut keys: Vec<_> = carrier.into_iter().collect();
+        keys.sort();
+        for (k, v) in keys {
+            self.set(&k, v);
+        }
+    }
+
+    /// The trace context carried by these headers (empty when there is none).
+    pub fn extract_context(&self) -> opentelemetry::Context {
+        opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(self)))
+    }
+}
+
+struct HeaderExtractor<'a>(&'a RecordHeaders);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key)
+    }
+    fn keys(&self) -> Vec<&str> {
+        self.0 .0.iter().map(|(k, _)| k.as_str()).collect()
+    }
+}
+
+impl Injector for RecordHeaders {
+    fn set(&mut self, key: &str, value: String) {
+        RecordHeaders::set(self, key, value)
+    }
+}
+
+/// Truncates `message` to at most [`MAX_ERROR_MESSAGE_LEN`] bytes on a char boundary.
+pub fn bounded_error_message(message: &str) -> String {
+    if message.len() <= MAX_ERROR_MESSAGE_LEN {
+        return message.to_string();
+    }
+    let mut end = MAX_ERROR_MESSAGE_LEN;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &message[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_replaces_and_get_reads() {
+        let mut h = RecordHeaders::default();
+        h.set(EVENT_ID, "a");
+        h.set(EVENT_ID, "b");
+        assert_eq!(h.get(EVENT_ID), Some("b"));
+        assert_eq!(h.0.len(), 1);
+    }
+
+    #[test]
+    fn kafka_round_trip_keeps_order() {
+        let h = RecordHeaders(vec![("x".into(), "1".into()), ("y".into(), "2".into())]);
+        let k = h.to_kafka();
+        assert_eq!(RecordHeaders::from_kafka(Some(&k)), h);
+    }
+
+    #[test]
+    fn error_messages_are_bounded_on_char_boundaries() {
+        let long = "é".repeat(MAX_ERROR_MESSAGE_LEN);
+        let b = bounded_error_message(&long);
+        assert!(b.len() <= MAX_ERROR_MESSAGE_LEN + '…'.len_utf8());
+        assert_eq!(bounded_error_message("short"), "short");
+    }
+}

@@ -1,0 +1,25 @@
+//! Shared runtime for the paystream services.
+//!
+//! Every service binary is thin: it loads its settings, builds its application from the
+//! pieces here and runs until a shutdown signal. Layout:
+//!
+//! - [`config`]: layered settings (defaults → file → `PAYSTREAM_*` env), shared sections.
+//! - [`telemetry`]: `tracing` subscriber (JSON or human logs) and the OTLP trace exporter.
+//! - [`shutdown`]: the shutdown token every run loop selects on, and the OS signal hook.
+//! - [`db`]: the Postgres pool (optionally pinned to one schema) and the sqlx migrator.
+//! - [`events`]: the event contracts (Rust mirrors of `schemas/*.avsc`) and deterministic ids.
+//! - [`avro`]: Confluent wire-format Avro encoding/decoding against a Schema Registry.
+//! - [`kafka`]: librdkafka client construction, topic admin and error classification.
+//! - [`headers`]: record header names and W3C trace-context propagation through Kafka.
+//! - [`processing`]: the transactional consume-transform-produce loop with an idempotent
+//!   consumer (applied event ids recorded in Postgres alongside the effects).
+
+pub mod avro;
+pub mod config;
+pub mod db;
+pub mod events;
+pub mod headers;
+pub mod kafka;
+pub mod processing;
+pub mod shutdown;
+pub mod telemetry;

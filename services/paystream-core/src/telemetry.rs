@@ -1,0 +1,96 @@
+//! Logging and tracing set-up shared by every service.
+//!
+//! Logs: one JSON object per line by default (`PAYSTREAM_LOG_FORMAT=pretty` for humans),
+//! filtered by `RUST_LOG` (default `info`). Traces: exported over OTLP/HTTP (protobuf) with a
+//! batch exporter when `OTEL_EXPORTER_OTLP_ENDPOINT` (or the traces-specific variant) is set;
+//! the standard `OTEL_*` variables (service name, sampler, headers) are honoured by the SDK.
+//! W3C trace context is the global propagator, used for HTTP and Kafka headers alike.
+
+use anyhow::Context;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::Resource;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+/// Flushes and shuts down the trace exporter when dropped: keep it alive until exit.
+#[must_use = "dropping the guard shuts down trace export"]
+pub struct TelemetryGuard {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take() {
+            if let Err(e) = provider.shutdown() {
+                eprintln!("trace exporter shutdown failed: {e}");
+            }
+        }
+    }
+}
+
+fn otlp_configured() -> bool {
+    ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]
+        .iter()
+        .any(|k| std::env::var(k).is_ok_and(|v| !v.is_empty()))
+        && std::env::var("OTEL_TRACES_EXPORTER").map_or(true, |v| v != "none")
+}
+
+/// Installs the global subscriber for `service` (the default `service.name`).
+pub fn init(service: &str) -> anyhow::Result<TelemetryGuard> {
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let pretty = std::env::var("PAYSTREAM_LOG_FORMAT").is_ok_and(|v| v == "pretty");
+    let fmt_layer = if pretty {
+        tracing_subscriber::fmt::layer().with_target(false).boxed()
+    } else {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .boxed()
+    };
+
+    let provider = if otlp_configured() {
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .build()
+            .context("building the OTLP span exporter")?;
+        let service_name =
+            std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| service.to_string());
+        let provider = SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(Resource::builder().with_service_name(service_name).build())
+            .build();
+        opentelemetry::global::set_tracer_provider(provider.clone());
+        Some(provider)
+    } else {
+        None
+    };
+    let otel_layer = provider
+        .as_ref()
+        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(service.to_string())));
+
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt_layer)
+        .with(otel_layer)
+        .try_init()
+        .context("installing the tracing subscriber")?;
+    Ok(TelemetryGuard { provider })
+}
+
+/// Formats an error with its whole cause chain on one line, for logs and problem details.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}

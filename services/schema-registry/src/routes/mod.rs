@@ -1,0 +1,233 @@
+//! The HTTP API, grouped by resource as in Confluent's REST reference, plus the extractors
+//! that turn malformed input into Confluent-style errors (never axum's plain-text rejections).
+
+mod config;
+mod health;
+mod schemas;
+mod subjects;
+
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::body::Bytes;
+use axum::Router;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
+use tracing::Level;
+
+use crate::error::ApiError;
+use crate::schema::SchemaType;
+use crate::store::Store;
+
+/// Confluent's response content type; its clients also send it as the request content type.
+pub const REGISTRY_CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
+
+/// Request content types Confluent's resources consume.
+const ACCEPTED_CONTENT_TYPES: [&str; 4] = [
+    REGISTRY_CONTENT_TYPE,
+    "application/vnd.schemaregistry+json",
+    "application/json",
+    "application/octet-stream",
+];
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(root))
+        .route("/subjects", get(subjects::list))
+        .route(
+            "/subjects/{subject}",
+            post(subjects::lookup).delete(subjects::delete),
+        )
+        .route(
+            "/subjects/{subject}/versions",
+            get(subjects::versions).post(subjects::register),
+        )
+        .route("/subjects/{subject}/versions/{version}", get(subjects::version))
+        .route(
+            "/subjects/{subject}/versions/{version}/schema",
+            get(subjects::version_schema),
+        )
+        .route("/schemas/types", get(schemas::types))
+        .route("/schemas/ids/{id}", get(schemas::by_id))
+        .route("/schemas/ids/{id}/schema", get(schemas::raw_by_id))
+        .route("/schemas/ids/{id}/versions", get(schemas::versions_by_id))
+        .route("/schemas/ids/{id}/subjects", get(schemas::subjects_by_id))
+        .route("/config", get(config::global))
+        .route("/config/{subject}", get(config::subject))
+        .route("/health/live", get(health::live))
+        .route("/health/ready", get(health::ready))
+        .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
+                .on_response(DefaultOnResponse::new().level(Level::INFO)),
+        )
+        .with_state(state)
+}
+
+/// Confluent answers `{}` at the root; some tools use it as a liveness probe.
+async fn root() -> Response {
+    registry_json(StatusCode::OK, &serde_json::json!({}))
+}
+
+async fn no_route() -> ApiError {
+    ApiError::NoRoute
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+/// `value` as JSON with the registry's content type.
+pub fn registry_json<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(body) => raw_registry_body(status, body),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot serialize a response body");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+/// A body that is already JSON (a stored schema), with the registry's content type.
+pub fn raw_registry_body(status: StatusCode, body: impl Into<axum::body::Body>) -> Response {
+    let mut response = (status, body.into()).into_response();
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(REGISTRY_CONTENT_TYPE),
+    );
+    response
+}
+
+/// Path parameters, percent-decoded, with undecodable input reported Confluent-style.
+pub struct ApiPath<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiPath<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Path(value)| Self(value))
+            .map_err(|e| ApiError::BadRequest(e.body_text()))
+    }
+}
+
+/// A JSON request body. Any of Confluent's accepted content types (or none) is fine;
+/// unparseable JSON is a 400, well-formed JSON of the wrong shape a 422.
+pub struct RegistryJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for RegistryJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        if let Some(value) = req.headers().get(CONTENT_TYPE) {
+            check_content_type(value)?;
+        }
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError::BadRequest(e.body_text()))?;
+        parse_json(&bytes).map(Self)
+    }
+}
+
+fn check_content_type(value: &HeaderValue) -> Result<(), ApiError> {
+    let raw = value.to_str().unwrap_or_default();
+    let essence = raw.split(';').next().unwrap_or_default().trim();
+    if ACCEPTED_CONTENT_TYPES
+        .iter()
+        .any(|accepted| essence.eq_ignore_ascii_case(accepted))
+    {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType(raw.to_string()))
+    }
+}
+
+fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => ApiError::Unprocessable(e.to_string()),
+        _ => ApiError::BadRequest(format!("malformed JSON: {e}")),
+    })
+}
+
+/// The `schemaType` to report: Confluent omits it for AVRO, the default.
+pub fn non_avro(schema_type: &str) -> Option<&str> {
+    (schema_type != SchemaType::Avro.as_str()).then_some(schema_type)
+}
+
+/// Whether a boolean query flag such as `deleted=true` is set. Parsed by hand so unknown or
+/// odd parameters (`?normalize=false&fetchMaxId=...&format=`) are ignored, never rejected.
+pub fn query_flag(query: Option<&str>, name: &str) -> bool {
+    query
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .any(|(key, value)| key == name && value.eq_ignore_ascii_case("true"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_flags() {
+        assert!(query_flag(Some("deleted=true"), "deleted"));
+        assert!(query_flag(Some("normalize=false&deleted=TRUE"), "deleted"));
+        assert!(!query_flag(Some("deleted=false"), "deleted"));
+        assert!(!query_flag(Some("deleted"), "deleted"));
+        assert!(!query_flag(Some("undeleted=true"), "deleted"));
+        assert!(!query_flag(None, "deleted"));
+    }
+
+    #[test]
+    fn content_types() {
+        for ok in [
+            "application/vnd.schemaregistry.v1+json",
+            "application/vnd.schemaregistry+json",
+            "application/json; charset=utf-8",
+            "Application/JSON",
+            "application/octet-stream",
+        ] {
+            assert!(check_content_type(&HeaderValue::from_static(ok)).is_ok(), "{ok}");
+        }
+        for bad in ["text/plain", "application/x-www-form-urlencoded", ""] {
+            assert!(check_content_type(&HeaderValue::from_static(bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn json_errors_are_400_or_422() {
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Body {
+            schema: String,
+        }
+        let syntax = parse_json::<Body>(b"{not json").unwrap_err();
+        assert_eq!(syntax.codes().1, 400);
+        let empty = parse_json::<Body>(b"").unwrap_err();
+        assert_eq!(empty.codes().1, 400);
+        let shape = parse_json::<Body>(br#"{"schema": 5}"#).unwrap_err();
+        assert_eq!(shape.codes().1, 422);
+        let missing = parse_json::<Body>(br#"{}"#).unwrap_err();
+        assert_eq!(missing.codes().1, 422);
+    }
+}

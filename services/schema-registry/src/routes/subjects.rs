@@ -1,0 +1,206 @@
+//! `/subjects`: registration, lookup, versions and deletion of subjects.
+
+use axum::extract::{RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde::{Deserialize, Serialize};
+
+use super::{query_flag, raw_registry_body, registry_json, AppState, ApiPath, RegistryJson};
+use crate::error::ApiError;
+use crate::schema::{is_valid_subject, ParsedSchema, SchemaError, SchemaType, VersionSpec};
+use crate::store::{Deleted, SubjectVersion};
+
+/// The body of `POST /subjects/{subject}/versions` and `POST /subjects/{subject}`. Fields
+/// this registry does not use (`metadata`, `ruleSet`, `id`, `version`) are ignored.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SchemaRequest {
+    schema: String,
+    schema_type: Option<String>,
+    references: Option<Vec<serde_json::Value>>,
+}
+
+impl SchemaRequest {
+    fn parse(&self) -> Result<ParsedSchema, SchemaError> {
+        let schema_type = SchemaType::parse(self.schema_type.as_deref())?;
+        if self.references.as_ref().is_some_and(|r| !r.is_empty()) {
+            return Err(SchemaError::ReferencesUnsupported);
+        }
+        ParsedSchema::parse(schema_type, &self.schema)
+    }
+}
+
+/// A subject version as Confluent returns it; `schemaType` only when not AVRO.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct VersionBody<'a> {
+    subject: &'a str,
+    version: i32,
+    id: i32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    schema_type: Option<&'a str>,
+    schema: &'a str,
+}
+
+fn version_body(v: &SubjectVersion) -> Response {
+    registry_json(
+        StatusCode::OK,
+        &VersionBody {
+            subject: &v.subject,
+            version: v.version,
+            id: v.id,
+            schema_type: super::non_avro(&v.schema_type),
+            schema: &v.schema,
+        },
+    )
+}
+
+#[derive(Serialize)]
+struct RegisterBody {
+    id: i32,
+}
+
+/// `POST /subjects/{subject}/versions`: the schema's global id; an identical schema already
+/// under the subject returns its id without a new version.
+#[tracing::instrument(skip_all, fields(subject = %subject))]
+pub async fn register(
+    State(state): State<AppState>,
+    ApiPath(subject): ApiPath<String>,
+    RegistryJson(request): RegistryJson<SchemaRequest>,
+) -> Result<Response, ApiError> {
+    if !is_valid_subject(&subject) {
+        return Err(ApiError::InvalidSubject);
+    }
+    let schema = request.parse()?;
+    let registered = state.store.register(&subject, &schema).await?;
+    tracing::info!(
+        schema.id = registered.id,
+        version = registered.version,
+        new_version = registered.new_version,
+        "schema registered"
+    );
+    Ok(registry_json(
+        StatusCode::OK,
+        &RegisterBody { id: registered.id },
+    ))
+}
+
+/// `POST /subjects/{subject}`: is this schema registered under the subject, and as which
+/// version?
+#[tracing::instrument(skip_all, fields(subject = %subject))]
+pub async fn lookup(
+    State(state): State<AppState>,
+    ApiPath(subject): ApiPath<String>,
+    RawQuery(query): RawQuery,
+    RegistryJson(request): RegistryJson<SchemaRequest>,
+) -> Result<Response, ApiError> {
+    let deleted = query_flag(query.as_deref(), "deleted");
+    // As in Confluent, an unknown subject wins over an invalid schema.
+    if !is_valid_subject(&subject) || !state.store.subject_exists(&subject, deleted).await? {
+        return Err(ApiError::SubjectNotFound(subject));
+    }
+    let schema = request.parse()?;
+    match state.store.lookup(&subject, &schema, deleted).await? {
+        Some(version) => Ok(version_body(&version)),
+        None => Err(ApiError::SchemaNotFound),
+    }
+}
+
+/// `DELETE /subjects/{subject}[?permanent=true]`: the versions deleted.
+#[tracing::instrument(skip_all, fields(subject = %subject))]
+pub async fn delete(
+    State(state): State<AppState>,
+    ApiPath(subject): ApiPath<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    if !is_valid_subject(&subject) {
+        return Err(ApiError::SubjectNotFound(subject));
+    }
+    let outcome = if query_flag(query.as_deref(), "permanent") {
+        state.store.hard_delete_subject(&subject).await?
+    } else {
+        state.store.soft_delete_subject(&subject).await?
+    };
+    match outcome {
+        Deleted::Versions(versions) => {
+            tracing::info!(?versions, "subject deleted");
+            Ok(registry_json(StatusCode::OK, &versions))
+        }
+        Deleted::SubjectNotFound => Err(ApiError::SubjectNotFound(subject)),
+        Deleted::AlreadySoftDeleted => Err(ApiError::SubjectSoftDeleted(subject)),
+        Deleted::NotSoftDeleted => Err(ApiError::SubjectNotSoftDeleted(subject)),
+    }
+}
+
+/// `GET /subjects[?deleted=true]`.
+pub async fn list(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let subjects = state
+        .store
+        .subjects(query_flag(query.as_deref(), "deleted"))
+        .await?;
+    Ok(registry_json(StatusCode::OK, &subjects))
+}
+
+/// `GET /subjects/{subject}/versions[?deleted=true]`.
+pub async fn versions(
+    State(state): State<AppState>,
+    ApiPath(subject): ApiPath<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let deleted = query_flag(query.as_deref(), "deleted");
+    let versions = if is_valid_subject(&subject) {
+        state.store.versions(&subject, deleted).await?
+    } else {
+        Vec::new()
+    };
+    if versions.is_empty() {
+        return Err(ApiError::SubjectNotFound(subject));
+    }
+    Ok(registry_json(StatusCode::OK, &versions))
+}
+
+/// `GET /subjects/{subject}/versions/{version}`, version a number, `latest` or `-1`.
+pub async fn version(
+    State(state): State<AppState>,
+    ApiPath((subject, version)): ApiPath<(String, String)>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let found = find_version(&state, subject, &version, query.as_deref()).await?;
+    Ok(version_body(&found))
+}
+
+/// `GET /subjects/{subject}/versions/{version}/schema`: the schema text alone.
+pub async fn version_schema(
+    State(state): State<AppState>,
+    ApiPath((subject, version)): ApiPath<(String, String)>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let found = find_version(&state, subject, &version, query.as_deref()).await?;
+    Ok(raw_registry_body(StatusCode::OK, found.schema))
+}
+
+async fn find_version(
+    state: &AppState,
+    subject: String,
+    version: &str,
+    query: Option<&str>,
+) -> Result<SubjectVersion, ApiError> {
+    let spec =
+        VersionSpec::parse(version).ok_or_else(|| ApiError::InvalidVersion(version.to_string()))?;
+    if !is_valid_subject(&subject) {
+        return Err(ApiError::SubjectNotFound(subject));
+    }
+    let deleted = query_flag(query, "deleted");
+    if let Some(found) = state.store.version(&subject, spec, deleted).await? {
+        return Ok(found);
+    }
+    match spec {
+        VersionSpec::Number(n) if state.store.subject_exists(&subject, deleted).await? => {
+            Err(ApiError::VersionNotFound(n))
+        }
+        _ => Err(ApiError::SubjectNotFound(subject)),
+    }
+}

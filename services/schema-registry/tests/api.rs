@@ -1,0 +1,642 @@
+//! Black-box tests of the registry's REST API against Postgres. Each test runs the application
+//! on an ephemeral port in its own database schema, dropped when the test passes (a failing
+//! test leaves it behind for inspection).
+
+use paystream_core::config::{DatabaseSettings, HttpSettings};
+use paystream_core::shutdown::Shutdown;
+use paystream_schema_registry::{Application, Settings};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use tokio::task::JoinHandle;
+
+const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
+
+const PAYMENT_V1: &str = r#"{"type":"record","name":"Payment","namespace":"paystream.test",
+  "fields":[{"name":"id","type":"string"},{"name":"amount_minor","type":"long"}]}"#;
+
+/// PAYMENT_V1 with other whitespace, attribute order and name spelling: the same schema.
+const PAYMENT_V1_REFORMATTED: &str = r#"{
+    "fields": [
+        { "type": "string", "name": "id" },
+        { "name": "amount_minor", "type": "long" }
+    ],
+    "name": "paystream.test.Payment",
+    "type": "record"
+}"#;
+
+const PAYMENT_V2: &str = r#"{"type":"record","name":"Payment","namespace":"paystream.test",
+  "fields":[{"name":"id","type":"string"},{"name":"amount_minor","type":"long"},
+            {"name":"currency","type":"string","default":"EUR"}]}"#;
+
+fn record_schema(name: &str) -> String {
+    json!({
+        "type": "record",
+        "name": name,
+        "namespace": "paystream.test",
+        "fields": [{"name": "value", "type": "long"}]
+    })
+    .to_string()
+}
+
+fn new_db_schema() -> String {
+    format!("sr_test_{}", uuid::Uuid::new_v4().simple())
+}
+
+struct TestApp {
+    address: String,
+    db_schema: String,
+    client: reqwest::Client,
+    shutdown: Shutdown,
+    server: JoinHandle<anyhow::Result<()>>,
+}
+
+async fn spawn_app() -> TestApp {
+    spawn_app_in(new_db_schema()).await
+}
+
+/// Starts the registry on port 0 in database schema `db_schema` (created if missing).
+async fn spawn_app_in(db_schema: String) -> TestApp {
+    let settings = Settings {
+        http: HttpSettings {
+            host: "127.0.0.1".into(),
+            port: 0,
+        },
+        database: DatabaseSettings {
+            schema: Some(db_schema.clone()),
+            ..Default::default()
+        },
+    };
+    let app = Application::build(settings)
+        .await
+        .expect("building the application");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let shutdown = Shutdown::new();
+    let server = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    TestApp {
+        address,
+        db_schema,
+        client: reqwest::Client::new(),
+        shutdown,
+        server,
+    }
+}
+
+impl TestApp {
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("GET failed")
+    }
+
+    async fn delete(&self, path: &str) -> reqwest::Response {
+        self.client
+            .delete(self.url(path))
+            .send()
+            .await
+            .expect("DELETE failed")
+    }
+
+    async fn post_raw(&self, path: &str, content_type: Option<&str>, body: &str) -> reqwest::Response {
+        let mut request = self.client.post(self.url(path)).body(body.to_string());
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        request.send().await.expect("POST failed")
+    }
+
+    async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.post_raw(path, Some(CONTENT_TYPE), &body.to_string())
+            .await
+    }
+
+    /// `POST /subjects/{subject}/versions`; `subject` must already be URL-safe.
+    async fn register(&self, subject: &str, schema: &str) -> reqwest::Response {
+        self.post_json(
+            &format!("/subjects/{subject}/versions"),
+            &json!({ "schema": schema }),
+        )
+        .await
+    }
+
+    async fn register_ok(&self, subject: &str, schema: &str) -> i64 {
+        let response = self.register(subject, schema).await;
+        let body = json_ok(response).await;
+        body["id"].as_i64().expect("an id")
+    }
+
+    async fn versions(&self, subject: &str) -> Value {
+        json_ok(self.get(&format!("/subjects/{subject}/versions")).await).await
+    }
+
+    async fn stop(self) -> String {
+        self.shutdown.cancel();
+        self.server
+            .await
+            .expect("server task panicked")
+            .expect("server failed");
+        self.db_schema
+    }
+
+    /// Stops the server and drops the test's database schema.
+    async fn cleanup(self) {
+        let db_schema = self.stop().await;
+        drop_db_schema(&db_schema).await;
+    }
+}
+
+async fn drop_db_schema(db_schema: &str) {
+    let pool = paystream_core::db::connect(&DatabaseSettings::default())
+        .await
+        .expect("connecting for cleanup");
+    sqlx::query(&format!("DROP SCHEMA IF EXISTS {db_schema} CASCADE"))
+        .execute(&pool)
+        .await
+        .expect("dropping the test schema");
+    pool.close().await;
+}
+
+async fn json_ok(response: reqwest::Response) -> Value {
+    let status = response.status();
+    let text = response.text().await.expect("reading body");
+    assert_eq!(status, StatusCode::OK, "unexpected status, body: {text}");
+    serde_json::from_str(&text).expect("a JSON body")
+}
+
+/// Asserts a Confluent-style error: HTTP status, `error_code` and a message.
+async fn assert_error(response: reqwest::Response, status: u16, error_code: i64) -> Value {
+    let actual = response.status().as_u16();
+    let text = response.text().await.expect("reading body");
+    assert_eq!(actual, status, "unexpected status, body: {text}");
+    let body: Value = serde_json::from_str(&text).expect("a JSON error body");
+    assert_eq!(body["error_code"], error_code, "body: {text}");
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "no message: {text}"
+    );
+    body
+}
+
+#[tokio::test]
+async fn identical_schema_keeps_its_id_without_a_new_version() {
+    let app = spawn_app().await;
+
+    let id = app.register_ok("payments-value", PAYMENT_V1).await;
+    assert_eq!(id, 1, "ids start at 1");
+    assert_eq!(app.register_ok("payments-value", PAYMENT_V1).await, id);
+    assert_eq!(
+        app.register_ok("payments-value", PAYMENT_V1_REFORMATTED).await,
+        id
+    );
+    assert_eq!(app.versions("payments-value").await, json!([1]));
+
+    // The text is returned as first registered.
+    let body = json_ok(app.get(&format!("/schemas/ids/{id}")).await).await;
+    assert_eq!(body, json!({ "schema": PAYMENT_V1 }));
+
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn same_schema_under_two_subjects_shares_one_id() {
+    let app = spawn_app().await;
+
+    let a = app.register_ok("a-value", PAYMENT_V1).await;
+    let b = app.register_ok("b-value", PAYMENT_V1_REFORMATTED).await;
+    assert_eq!(a, b);
+    assert_eq!(app.versions("b-value").await, json!([1]));
+    let subjects = json_ok(app.get("/subjects").await).await;
+    assert_eq!(subjects, json!(["a-value", "b-value"]));
+    let versions = json_ok(app.get(&format!("/schemas/ids/{a}/versions")).await).await;
+    assert_eq!(
+        versions,
+        json!([{"subject": "a-value", "version": 1}, {"subject": "b-value", "version": 1}])
+    );
+
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn changed_schema_gets_a_new_version_and_id() {
+    let app = spawn_app().await;
+
+    let v1 = app.register_ok("payments-value", PAYMENT_V1).await;
+    let v2 = app.register_ok("payments-value", PAYMENT_V2).await;
+    assert_ne!(v1, v2);
+    assert_eq!(app.versions("payments-value").await, json!([1, 2]));
+
+    for latest in ["latest", "-1", "2"] {
+        let body = json_ok(
+            app.get(&format!("/subjects/payments-value/versions/{latest}"))
+                .await,
+        )
+        .await;
+        assert_eq!(
+            body,
+            json!({"subject": "payments-value", "version": 2, "id": v2, "schema": PAYMENT_V2}),
+            "version {latest}"
+        );
+    }
+    let first = json_ok(app.get("/subjects/payments-value/versions/1").await).await;
+    assert_eq!(first["id"], v1);
+
+    let raw = app.get("/subjects/payments-value/versions/latest/schema").await;
+    assert_eq!(raw.status(), StatusCode::OK);
+    assert_eq!(raw.text().await.unwrap(), PAYMENT_V2);
+    let raw = app.get(&format!("/schemas/ids/{v1}/schema")).await;
+    assert_eq!(raw.text().await.unwrap(), PAYMENT_V1);
+
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn lookup_finds_a_registered_schema_under_its_subject() {
+    let app = spawn_app().await;
+    let v1 = app.register_ok("payments-value", PAYMENT_V1).await;
+    app.register_ok("payments-value", PAYMENT_V2).await;
+
+    let found = json_ok(
+        app.post_json(
+            "/subjects/payments-value?normalize=false&deleted=false",
+            &json!({ "schema": PAYMENT_V1_REFORMATTED, "schemaType": "AVRO" }),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(
+        found,
+        json!({"subject": "payments-value", "version": 1, "id": v1, "schema": PAYMENT_V1})
+    );
+
+    let unknown_subject = app
+        .post_json("/subjects/nope-value", &json!({ "schema": PAYMENT_V1 }))
+        .await;
+    assert_error(unknown_subject, 404, 40401).await;
+
+    let other = record_schema("NotRegistered");
+    let unknown_schema = app
+        .post_json("/subjects/payments-value", &json!({ "schema": other }))
+        .await;
+    assert_error(unknown_schema, 404, 40403).await;
+
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn missing_things_get_confluent_error_codes() {
+    let app = spawn_app().await;
+    app.register_ok("payments-value", PAYMENT_V1).await;
+
+    assert_error(app.get("/subjects/nope/versions").await, 404, 40401).await;
+    assert_error(app.get("/subjects/nope/versions/latest").await, 404, 40401).await;
+    assert_error(app.get("/subjects/nope/versions/1").await, 404, 40401).await;
+    assert_error(
+        app.get("/subjects/payments-value/versions/9").await,
+        404,
+        40402,
+    )
+    .await;
+    assert_error(app.get("/schemas/ids/999").await, 404, 40403).await;
+    assert_error(app.get("/schemas/ids/999/schema").await, 404, 40403).await;
+    assert_error(app.get("/schemas/ids/abc").await, 404, 40403).await;
+    for bad in ["0", "-2", "abc", "99999999999"] {
+        assert_error(
+            app.get(&format!("/subjects/payments-value/versions/{bad}"))
+                .await,
+            422,
+            42202,
+        )
+        .await;
+    }
+    assert_error(app.get("/no/such/route").await, 404, 404).await;
+    assert_error(app.delete("/schemas/types").await, 405, 405).await;
+    // Soft delete with nothing to delete.
+    assert_error(app.delete("/subjects/nope").await, 404, 40401).await;
+
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn invalid_schemas_are_42201() {
+    let app = spawn_app().await;
+
+    for bad in [
+        "not json",
+        r#"{"type":"record","name":"A"}"#,
+        r#"{"type":"record","name":"A","fields":[{"name":"x","type":"nope"}]}"#,
+        "",
+    ] {
+        assert_error(app.register("s-value", bad).await, 422, 42201).await;
+    }
+    let protobuf = app
+        .post_json(
+            "/subjects/s-value/versions",
+            &json!({ "schema": "syntax = \"proto3\";", "schemaType": "PROTOBUF" }),
+        )
+        .await;
+    let body = assert_error(protobuf, 422, 42201).await;
+    assert!(body["message"].as_str().unwrap().contains("AVRO"), "{body}");
+    let references = app
+        .post_json(
+            "/subjects/s-value/versions",
+            &json!({
+                "schema": PAYMENT_V1,
+                "references": [{"name": "x", "subject": "y", "version": 1}]
+            }),
+        )
+        .await;
+    assert_error(references, 422, 42201).await;
+    // Nothing was stored on the way.
+    assert_error(app.get("/subjects/s-value/versions").await, 404, 40401).await;
+    assert_eq!(json_ok(app.get("/subjects").await).await, json!([]));
+
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn malformed_bodies_are_client_errors_never_500() {
+    let app = spawn_app().await;
+    let path = "/subjects/s-value/versions";
+
+    assert_error(app.post_raw(path, Some(CONTENT_TYPE), "{not json").await, 400, 400).await;
+    assert_error(app.post_raw(path, Some(CONTENT_TYPE), "").await, 400, 400).await;
+    assert_error(
+        app.post_raw(path, Some(CONTENT_TYPE), r#"{"schema": 5}"#)
+            .await,
+        422,
+        422,
+    )
+    .await;
+    assert_error(app.post_raw(path, Some(CONTENT_TYPE), "{}").await, 422, 422).await;
+    assert_error(app.post_raw(path, Some(CONTENT_TYPE), "[1,2]").await, 422, 422).await;
+    assert_error(
+        app.post_raw("/subjects/s-value", Some(CONTENT_TYPE), "nope")
+            .await,
+        400,
+        400,
+    )
+    .await;
+    assert_error(
+        app.post_raw(path, Some("text/plain"), &json!({"schema": PAYMENT_V1}).to_string())
+            .await,
+        415,
+        415,
+    )
+    .await;
+    // Subject names with control characters cannot be stored (Postgres refuses NUL).
+    assert_error(
+        app.post_json("/subjects/a%00b/versions", &json!({ "schema": PAYMENT_V1 }))
+            .await,
+        422,
+        42208,
+    )
+    .await;
+    assert_error(app.get("/subjects/a%00b/versions/latest").await, 404, 40401).await;
+    // Undecodable percent-encoding in a path.
+    let bad_utf8 = app.get("/subjects/%FF/versions").await;
+    assert_eq!(bad_utf8.status(), StatusCode::BAD_REQUEST);
+
+    // Every accepted content type, and none at all, works.
+    let body = json!({ "schema": PAYMENT_V1 }).to_string();
+    for content_type in [
+        Some(CONTENT_TYPE),
+        Some("application/vnd.schemaregistry+json"),
+        Some("application/json"),
+        Some("application/json; charset=utf-8"),
+        None,
+    ] {
+        let response = app.post_raw(path, content_type, &body).await;
+        assert_eq!(json_ok(response).await, json!({"id": 1}), "{content_type:?}");
+    }
+
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn subject_names_are_percent_decoded() {
+    let app = spawn_app().await;
+
+    let a = app
+        .register_ok("payments.requested.v1-value", PAYMENT_V1)
+        .await;
+    let b = app.register_ok("team%2Fpayments%20v1", PAYMENT_V2).await;
+    let subjects = json_ok(app.get("/subjects").await).await;
+    assert_eq!(
+        subjects,
+        json!(["payments.requested.v1-value", "team/payments v1"])
+    );
+    let latest = json_ok(
+        app.get("/subjects/payments.requested.v1-value/versions/latest")
+            .await,
+    )
+    .await;
+    assert_eq!(latest["id"], a);
+    assert_eq!(latest["subject"], "payments.requested.v1-value");
+    let latest = json_ok(app.get("/subjects/team%2Fpayments%20v1/versions/1").await).await;
+    assert_eq!(latest["id"], b);
+    assert_eq!(latest["subject"], "team/payments v1");
+
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn concurrent_registrations_across_two_replicas_get_distinct_ids_and_versions() {
+    // Two replicas on one database: ids and versions must still be allocated exactly once.
+    let db_schema = new_db_schema();
+    let first = spawn_app_in(db_schema.clone()).await;
+    let second = spawn_app_in(db_schema.clone()).await;
+    let replicas = [first.address.clone(), second.address.clone()];
+    let client = reqwest::Client::new();
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let url = format!("{}/subjects/concurrent-value/versions", replicas[i % 2]);
+        let client = client.clone();
+        tasks.spawn(async move {
+            let response = client
+                .post(url)
+                .header("content-type", CONTENT_TYPE)
+                .body(json!({ "schema": record_schema(&format!("R{i}")) }).to_string())
+                .send()
+                .await
+                .expect("POST failed");
+            json_ok(response).await["id"].as_i64().expect("an id")
+        });
+    }
+    let mut ids = tasks.join_all().await;
+    ids.sort_unstable();
+    assert_eq!(ids, (1..=20).collect::<Vec<i64>>(), "20 distinct ids");
+    assert_eq!(
+        first.versions("concurrent-value").await,
+        json!((1..=20).collect::<Vec<i32>>())
+    );
+
+    // One new schema, raced under 20 subjects: one id.
+    let shared = record_schema("Shared");
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let url = format!("{}/subjects/s{i}-value/versions", replicas[i % 2]);
+        let client = client.clone();
+        let body = json!({ "schema": shared }).to_string();
+        tasks.spawn(async move {
+            let response = client
+                .post(url)
+                .header("content-type", CONTENT_TYPE)
+                .body(body)
+                .send()
+                .await
+                .expect("POST failed");
+            json_ok(response).await["id"].as_i64().expect("an id")
+        });
+    }
+    let ids = tasks.join_all().await;
+    assert!(ids.iter().all(|id| *id == ids[0]), "one id: {ids:?}");
+
+    second.stop().await;
+    first.cleanup().await;
+}
+
+#[tokio::test]
+async fn ids_are_stable_across_restarts() {
+    let db_schema = new_db_schema();
+    let app = spawn_app_in(db_schema.clone()).await;
+    let v1 = app.register_ok("payments-value", PAYMENT_V1).await;
+    let v2 = app.register_ok("payments-value", PAYMENT_V2).await;
+    app.stop().await;
+
+    let app = spawn_app_in(db_schema).await;
+    assert_eq!(app.register_ok("other-value", PAYMENT_V1).await, v1);
+    assert_eq!(app.register_ok("payments-value", PAYMENT_V2).await, v2);
+    let body = json_ok(app.get(&format!("/schemas/ids/{v2}")).await).await;
+    assert_eq!(body["schema"], PAYMENT_V2);
+    let next = app.register_ok("payments-value", &record_schema("New")).await;
+    assert_eq!(next, v2 + 1);
+    assert_eq!(app.versions("payments-value").await, json!([1, 2, 3]));
+
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn deleting_a_subject_keeps_ids_resolvable() {
+    let app = spawn_app().await;
+    let v1 = app.register_ok("payments-value", PAYMENT_V1).await;
+    app.register_ok("payments-value", PAYMENT_V2).await;
+    app.register_ok("kept-value", PAYMENT_V1).await;
+
+    assert_error(
+        app.delete("/subjects/payments-value?permanent=true").await,
+        404,
+        40405,
+    )
+    .await;
+    let deleted = json_ok(app.delete("/subjects/payments-value").await).await;
+    assert_eq!(deleted, json!([1, 2]));
+    assert_error(app.delete("/subjects/payments-value").await, 404, 40404).await;
+    assert_error(app.get("/subjects/payments-value/versions").await, 404, 40401).await;
+    assert_eq!(json_ok(app.get("/subjects").await).await, json!(["kept-value"]));
+    assert_eq!(
+        json_ok(app.get("/subjects?deleted=true").await).await,
+        json!(["kept-value", "payments-value"])
+    );
+    // Decoders of old records still resolve the id (the converter asks with deleted=true).
+    let body = json_ok(app.get(&format!("/schemas/ids/{v1}?deleted=true")).await).await;
+    assert_eq!(body["schema"], PAYMENT_V1);
+
+    // Re-registering starts a new version; the id is the schema's.
+    assert_eq!(app.register_ok("payments-value", PAYMENT_V1).await, v1);
+    assert_eq!(app.versions("payments-value").await, json!([3]));
+
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn config_types_root_and_health() {
+    let app = spawn_app().await;
+
+    let config = app.get("/config").await;
+    assert_eq!(
+        config.headers()["content-type"].to_str().unwrap(),
+        CONTENT_TYPE
+    );
+    assert_eq!(
+        json_ok(config).await,
+        json!({"compatibilityLevel": "BACKWARD"})
+    );
+    assert_eq!(
+        json_ok(app.get("/config/payments.requested.v1-value").await).await,
+        json!({"compatibilityLevel": "BACKWARD"})
+    );
+    assert_eq!(json_ok(app.get("/schemas/types").await).await, json!(["AVRO"]));
+    assert_eq!(json_ok(app.get("/").await).await, json!({}));
+    assert_eq!(app.get("/health/live").await.status(), StatusCode::OK);
+    let ready = json_ok(app.get("/health/ready").await).await;
+    assert_eq!(ready["status"], "ready");
+
+    app.cleanup().await;
+}
+
+mod converter {
+    use super::*;
+    use apache_avro::types::Value as AvroValue;
+    use schema_registry_converter::async_impl::avro::{AvroDecoder, AvroEncoder};
+    use schema_registry_converter::async_impl::schema_registry::SrSettings;
+    use schema_registry_converter::avro_common::get_supplied_schema;
+    use schema_registry_converter::schema_registry_common::SubjectNameStrategy;
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    struct Payment {
+        id: String,
+        amount_minor: i64,
+    }
+
+    #[tokio::test]
+    async fn schema_registry_converter_round_trip() {
+        let app = spawn_app().await;
+        let topic = "payments.requested.v1";
+        let id = app
+            .register_ok(&format!("{topic}-value"), PAYMENT_V1)
+            .await;
+
+        let encoder = AvroEncoder::new(SrSettings::new(app.address.clone()));
+        let payment = Payment {
+            id: "pay_123".into(),
+            amount_minor: 4200,
+        };
+        let strategy = SubjectNameStrategy::TopicNameStrategy(topic.to_string(), false);
+        let bytes = encoder
+            .encode_struct(payment.clone(), &strategy)
+            .await
+            .expect("encoding");
+        assert_eq!(bytes[0], 0, "magic byte");
+        assert_eq!(bytes[1..5], (id as u32).to_be_bytes(), "schema id");
+
+        let decoder = AvroDecoder::new(SrSettings::new(app.address.clone()));
+        let decoded = decoder.decode(Some(&bytes)).await.expect("decoding");
+        assert!(matches!(decoded.value, AvroValue::Record(_)));
+        let back: Payment = apache_avro::from_value(&decoded.value).expect("into Payment");
+        assert_eq!(back, payment);
+
+        // An encoder that registers its schema itself (POST with schemaType) gets the same id.
+        let schema = apache_avro::Schema::parse_str(PAYMENT_V1_REFORMATTED).unwrap();
+        let with_schema = SubjectNameStrategy::TopicNameStrategyWithSchema(
+            topic.to_string(),
+            false,
+            get_supplied_schema(&schema),
+        );
+        let encoder = AvroEncoder::new(SrSettings::new(app.address.clone()));
+        let again = encoder
+            .encode_struct(payment, &with_schema)
+            .await
+            .expect("encoding with a supplied schema");
+        assert_eq!(again, bytes);
+        assert_eq!(app.versions(&format!("{topic}-value")).await, json!([1]));
+
+        app.cleanup().await;
+    }
+}
