@@ -115,8 +115,12 @@ start_broker() {
   wait_for broker 30 tcp_open "$BROKER_ADDR"
 }
 
-start_service() { # start_service NAME BINARY ADDR [health path]
+start_service() { # start_service NAME BINARY ADDR
   local name=$1 binary=$2 addr=$3
+  if ! running "$name" && http_ok "http://$addr/health/live"; then
+    log "$name: something already serves http://$addr; using it"
+    return 0
+  fi
   PAYSTREAM_HTTP__HOST="$(host_of "$addr")" PAYSTREAM_HTTP__PORT="$(port_of "$addr")" \
     start "$name" "$BIN_DIR/$binary"
 }

@@ -26,10 +26,20 @@ use serde_json::json;
 #[command(name = "paystream", version, about = "paystream operator tool")]
 struct Cli {
     /// Kafka bootstrap servers.
-    #[arg(long, global = true, env = "PAYSTREAM_KAFKA__BOOTSTRAP_SERVERS", default_value = "127.0.0.1:9092")]
+    #[arg(
+        long,
+        global = true,
+        env = "PAYSTREAM_KAFKA__BOOTSTRAP_SERVERS",
+        default_value = "127.0.0.1:9092"
+    )]
     bootstrap_servers: String,
     /// Schema Registry URL.
-    #[arg(long, global = true, env = "PAYSTREAM_SCHEMA_REGISTRY__URL", default_value = "http://127.0.0.1:8081")]
+    #[arg(
+        long,
+        global = true,
+        env = "PAYSTREAM_SCHEMA_REGISTRY__URL",
+        default_value = "http://127.0.0.1:8081"
+    )]
     registry_url: String,
     #[command(subcommand)]
     command: Command,
@@ -68,7 +78,11 @@ enum Command {
     },
     /// Apply database migrations.
     Migrate {
-        #[arg(long, env = "PAYSTREAM_DATABASE__URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+        #[arg(
+            long,
+            env = "PAYSTREAM_DATABASE__URL",
+            default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+        )]
         database_url: String,
     },
 }
@@ -117,7 +131,11 @@ async fn main() -> ExitCode {
             tail(&kafka_settings, &cli.registry_url, &topic, options).await
         }
         Command::Topics {
-            command: TopicsCommand::Create { partitions, replication_factor },
+            command:
+                TopicsCommand::Create {
+                    partitions,
+                    replication_factor,
+                },
         } => create_topics(&kafka_settings, partitions, replication_factor).await,
         Command::Schemas {
             command: SchemasCommand::Register,
@@ -141,9 +159,18 @@ struct TailOptions {
     read_uncommitted: bool,
 }
 
-async fn tail(settings: &KafkaSettings, registry_url: &str, topic: &str, options: TailOptions) -> anyhow::Result<()> {
+async fn tail(
+    settings: &KafkaSettings,
+    registry_url: &str,
+    topic: &str,
+    options: TailOptions,
+) -> anyhow::Result<()> {
     let group = format!("paystream-tail-{}", uuid::Uuid::new_v4());
-    let isolation = if options.read_uncommitted { "read_uncommitted" } else { "read_committed" };
+    let isolation = if options.read_uncommitted {
+        "read_uncommitted"
+    } else {
+        "read_committed"
+    };
     let consumer: StreamConsumer = kafka::client_config(
         settings,
         &[
@@ -166,7 +193,11 @@ async fn tail(settings: &KafkaSettings, registry_url: &str, topic: &str, options
         .filter(|n| *n > 0)
         .with_context(|| format!("topic `{topic}` does not exist"))?;
     // Assigned, not subscribed: a tail must not join a group or wait for a rebalance.
-    let start = if options.from_beginning { Offset::Beginning } else { Offset::End };
+    let start = if options.from_beginning {
+        Offset::Beginning
+    } else {
+        Offset::End
+    };
     let mut assignment = TopicPartitionList::new();
     for p in 0..partitions as i32 {
         assignment.add_partition_offset(topic, p, start)?;
@@ -189,12 +220,15 @@ async fn tail(settings: &KafkaSettings, registry_url: &str, topic: &str, options
                 _ = tokio::signal::ctrl_c() => return Ok(()),
             },
         };
-        let key = message.key().map(|k| String::from_utf8_lossy(k).into_owned());
+        let key = message
+            .key()
+            .map(|k| String::from_utf8_lossy(k).into_owned());
         if options.key.is_some() && options.key != key {
             continue;
         }
         let headers = RecordHeaders::from_kafka(message.headers());
-        let headers: serde_json::Map<_, _> = headers.0.into_iter().map(|(k, v)| (k, json!(v))).collect();
+        let headers: serde_json::Map<_, _> =
+            headers.0.into_iter().map(|(k, v)| (k, json!(v))).collect();
         let value = match codec.decode_json(message.payload()).await {
             Ok(v) => v,
             Err(e) => json!({
@@ -216,7 +250,11 @@ async fn tail(settings: &KafkaSettings, registry_url: &str, topic: &str, options
     }
 }
 
-async fn create_topics(settings: &KafkaSettings, partitions: i32, replication: i32) -> anyhow::Result<()> {
+async fn create_topics(
+    settings: &KafkaSettings,
+    partitions: i32,
+    replication: i32,
+) -> anyhow::Result<()> {
     anyhow::ensure!(partitions > 0, "--partitions must be positive");
     let topics = TopicSettings::default();
     let specs: Vec<TopicSpec> = [
@@ -241,14 +279,20 @@ async fn register_schemas(registry_url: &str) -> anyhow::Result<()> {
     let topics = TopicSettings::default();
     let codec = AvroCodec::new(registry_url);
     for (topic, schema) in [
-        (topics.payments_requested.as_str(), &PAYMENT_REQUESTED_SCHEMA),
+        (
+            topics.payments_requested.as_str(),
+            &PAYMENT_REQUESTED_SCHEMA,
+        ),
         (topics.payments_outcomes.as_str(), &PAYMENT_OUTCOME_SCHEMA),
     ] {
         let id = codec
             .register(topic, schema)
             .await
             .with_context(|| format!("registering {}", schema.name))?;
-        println!("subject {} → schema id {id}", paystream_core::avro::value_subject(topic));
+        println!(
+            "subject {} → schema id {id}",
+            paystream_core::avro::value_subject(topic)
+        );
     }
     Ok(())
 }

@@ -1,0 +1,387 @@
+//! Test harness: an isolated paystream per test, against the real local stack.
+//!
+//! Each [`TestStack`] gets its own Postgres schema, its own topics, consumer group and
+//! transactional id, and in-process gateway and PSP simulator on ephemeral ports; it shares
+//! the broker, the schema registry and Postgres started by `scripts/stack.sh up`. Tests can
+//! therefore run in parallel.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use paystream_core::avro::AvroCodec;
+use paystream_core::config::{
+    DatabaseSettings, HttpSettings, KafkaSettings, SchemaRegistrySettings, TopicSettings,
+};
+use paystream_core::headers::RecordHeaders;
+use paystream_core::kafka::{self, TopicSpec};
+use paystream_core::processing::LoopSettings;
+use paystream_core::shutdown::Shutdown;
+use paystream_psp_simulator::{ChargeFilter, ChargeRecord, PspClient};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::Value;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+pub const PARTITIONS: i32 = 3;
+
+fn env_or(key: &str, default: &str) -> String {
+    std::env::var(key).unwrap_or_else(|_| default.to_string())
+}
+
+pub fn kafka_settings() -> KafkaSettings {
+    KafkaSettings {
+        bootstrap_servers: env_or("PAYSTREAM_KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
+        ..Default::default()
+    }
+}
+
+pub fn registry_url() -> String {
+    env_or("PAYSTREAM_SCHEMA_REGISTRY__URL", "http://127.0.0.1:8081")
+}
+
+pub fn database_url() -> String {
+    env_or(
+        "PAYSTREAM_DATABASE__URL",
+        "postgres://postgres@127.0.0.1:5432/postgres",
+    )
+}
+
+/// A consumed record with its value decoded to JSON.
+#[derive(Debug, Clone)]
+pub struct DecodedRecord {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: String,
+    pub headers: RecordHeaders,
+    pub value: Value,
+}
+
+pub struct TestStack {
+    pub id: String,
+    pub topics: TopicSettings,
+    pub group_id: String,
+    pub database: DatabaseSettings,
+    pub pool: PgPool,
+    pub gateway_url: String,
+    pub psp: PspClient,
+    pub http: reqwest::Client,
+    shutdown: Shutdown,
+}
+
+impl TestStack {
+    /// Topics, schema, PSP simulator and gateway for one test. The processor is started
+    /// separately ([`TestStack::spawn_processor`] or as a child process) so tests control it.
+    pub async fn spawn() -> anyhow::Result<Self> {
+        let id = Uuid::new_v4().simple().to_string()[..12].to_string();
+        let topics = TopicSettings {
+            payments_requested: format!("test-{id}.payments.requested.v1"),
+            payments_outcomes: format!("test-{id}.payments.outcomes.v1"),
+        };
+        let group_id = format!("test-{id}.payment-processor");
+        kafka::ensure_topics(
+            &kafka_settings(),
+            &[
+                TopicSpec::new(&topics.payments_requested, PARTITIONS),
+                TopicSpec::new(&topics.payments_outcomes, PARTITIONS),
+                TopicSpec::new(format!("{group_id}.dlq"), 1),
+            ],
+        )
+        .await
+        .context("creating test topics (is the stack up? `make up`)")?;
+
+        let database = DatabaseSettings {
+            url: database_url().into(),
+            max_connections: 10,
+            schema: Some(format!("test_{id}")),
+        };
+        let pool = paystream_core::db::connect(&database).await?;
+        paystream_core::db::migrate(&pool).await?;
+
+        let shutdown = Shutdown::new();
+        let psp_app =
+            paystream_psp_simulator::Application::build(paystream_psp_simulator::Settings {
+                http: HttpSettings {
+                    host: "127.0.0.1".into(),
+                    port: 0,
+                },
+                psp: Default::default(),
+            })
+            .await?;
+        let psp = PspClient::new(format!("http://127.0.0.1:{}", psp_app.port()));
+        tokio::spawn(psp_app.run_until_stopped(shutdown.clone()));
+
+        let gateway_settings = paystream_gateway::Settings {
+            http: HttpSettings {
+                host: "127.0.0.1".into(),
+                port: 0,
+            },
+            gateway: paystream_gateway::GatewaySettings {
+                outbox_poll_interval_ms: 100,
+                ..Default::default()
+            },
+            database: database.clone(),
+            kafka: kafka_settings(),
+            schema_registry: SchemaRegistrySettings {
+                url: registry_url(),
+            },
+            topics: topics.clone(),
+        };
+        let gateway = paystream_gateway::Application::build(gateway_settings).await?;
+        let gateway_url = format!("http://127.0.0.1:{}", gateway.port());
+        tokio::spawn(gateway.run_until_stopped(shutdown.clone()));
+
+        Ok(Self {
+            id,
+            topics,
+            group_id,
+            database,
+            pool,
+            gateway_url,
+            psp,
+            http: reqwest::Client::new(),
+            shutdown,
+        })
+    }
+
+    /// Settings for a payment processor wired to this stack.
+    pub fn processor_settings(&self) -> paystream_payment_processor::Settings {
+        paystream_payment_processor::Settings {
+            http: HttpSettings {
+                host: "127.0.0.1".into(),
+                port: 0,
+            },
+            consumer: LoopSettings {
+                group_id: self.group_id.clone(),
+                transactional_id: format!("{}-0", self.group_id),
+                ..Default::default()
+            },
+            psp: paystream_payment_processor::psp::PspSettings {
+                url: self.psp.base_url().to_string(),
+                ..Default::default()
+            },
+            database: self.database.clone(),
+            kafka: kafka_settings(),
+            schema_registry: SchemaRegistrySettings {
+                url: registry_url(),
+            },
+            topics: self.topics.clone(),
+        }
+    }
+
+    /// Runs a payment processor in this process until the stack is dropped.
+    pub async fn spawn_processor(&self) -> anyhow::Result<()> {
+        let app =
+            paystream_payment_processor::Application::build(self.processor_settings()).await?;
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            if let Err(e) = app.run_until_stopped(shutdown).await {
+                eprintln!("payment processor stopped with an error: {e:#}");
+            }
+        });
+        Ok(())
+    }
+
+    /// The environment that points the `payment-processor` binary at this stack.
+    pub fn processor_env(&self) -> Vec<(String, String)> {
+        let s = self.processor_settings();
+        vec![
+            ("PAYSTREAM_HTTP__PORT".into(), "0".into()),
+            ("PAYSTREAM_CONSUMER__GROUP_ID".into(), s.consumer.group_id),
+            (
+                "PAYSTREAM_CONSUMER__TRANSACTIONAL_ID".into(),
+                s.consumer.transactional_id,
+            ),
+            ("PAYSTREAM_PSP__URL".into(), s.psp.url),
+            ("PAYSTREAM_DATABASE__URL".into(), database_url()),
+            (
+                "PAYSTREAM_DATABASE__SCHEMA".into(),
+                s.database.schema.unwrap_or_default(),
+            ),
+            (
+                "PAYSTREAM_KAFKA__BOOTSTRAP_SERVERS".into(),
+                s.kafka.bootstrap_servers,
+            ),
+            (
+                "PAYSTREAM_SCHEMA_REGISTRY__URL".into(),
+                s.schema_registry.url,
+            ),
+            (
+                "PAYSTREAM_TOPICS__PAYMENTS_REQUESTED".into(),
+                s.topics.payments_requested,
+            ),
+            (
+                "PAYSTREAM_TOPICS__PAYMENTS_OUTCOMES".into(),
+                s.topics.payments_outcomes,
+            ),
+        ]
+    }
+
+    /// `POST /v1/payments` with a JSON body.
+    pub async fn post_payment(
+        &self,
+        key: Option<&str>,
+        body: &Value,
+    ) -> anyhow::Result<reqwest::Response> {
+        let mut request = self
+            .http
+            .post(format!("{}/v1/payments", self.gateway_url))
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        if let Some(k) = key {
+            request = request.header("Idempotency-Key", k);
+        }
+        Ok(request.send().await?)
+    }
+
+    /// Accepts a payment and returns its id.
+    pub async fn accept_payment(&self, body: &Value) -> anyhow::Result<Uuid> {
+        let response = self
+            .post_payment(Some(&Uuid::new_v4().to_string()), body)
+            .await?;
+        anyhow::ensure!(
+            response.status() == 202,
+            "expected 202, got {}",
+            response.status()
+        );
+        let json: Value = response.json().await?;
+        Ok(Uuid::parse_str(json["id"].as_str().context("no id")?)?)
+    }
+
+    pub async fn get_payment(&self, id: Uuid) -> anyhow::Result<Value> {
+        Ok(self
+            .http
+            .get(format!("{}/v1/payments/{id}", self.gateway_url))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?)
+    }
+
+    /// Statuses of the payments that are no longer PENDING.
+    pub async fn terminal_payments(&self) -> anyhow::Result<HashMap<Uuid, String>> {
+        let rows: Vec<(Uuid, String)> =
+            sqlx::query_as("SELECT id, status FROM payments WHERE status <> 'PENDING'")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().collect())
+    }
+
+    /// Waits until at least `n` payments are terminal.
+    pub async fn wait_terminal(
+        &self,
+        n: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<HashMap<Uuid, String>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let done = self.terminal_payments().await?;
+            if done.len() >= n {
+                return Ok(done);
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "only {} of {n} payments terminal after {timeout:?}",
+                done.len()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn charges(&self) -> anyhow::Result<Vec<ChargeRecord>> {
+        self.psp.charges(&ChargeFilter::all()).await
+    }
+
+    /// Reads `topic` from the beginning (read_committed) until `until` holds for what was read,
+    /// or `timeout` passes; returns everything read.
+    pub async fn read_topic(
+        &self,
+        topic: &str,
+        timeout: Duration,
+        until: impl Fn(&[DecodedRecord]) -> bool,
+    ) -> anyhow::Result<Vec<DecodedRecord>> {
+        let consumer: StreamConsumer = kafka::client_config(
+            &kafka_settings(),
+            &[
+                (
+                    "group.id",
+                    &format!("test-{}-reader-{}", self.id, Uuid::new_v4()),
+                ),
+                ("enable.auto.commit", "false"),
+                ("isolation.level", "read_committed"),
+            ],
+        )?
+        .create()?;
+        let mut assignment = TopicPartitionList::new();
+        for p in 0..PARTITIONS {
+            assignment.add_partition_offset(topic, p, Offset::Beginning)?;
+        }
+        consumer.assign(&assignment)?;
+        let codec = AvroCodec::new(&registry_url());
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut records = Vec::new();
+        while !until(&records) {
+            let message = match tokio::time::timeout_at(deadline, consumer.recv()).await {
+                Ok(m) => m?,
+                Err(_) => break,
+            };
+            records.push(DecodedRecord {
+                partition: message.partition(),
+                offset: message.offset(),
+                key: message
+                    .key()
+                    .map(|k| String::from_utf8_lossy(k).into_owned())
+                    .unwrap_or_default(),
+                headers: RecordHeaders::from_kafka(message.headers()),
+                value: codec.decode_json(message.payload()).await?,
+            });
+        }
+        Ok(records)
+    }
+
+    /// Stops the in-process services and drops the test's database schema.
+    pub async fn teardown(self) {
+        self.shutdown.cancel();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if let Some(schema) = &self.database.schema {
+            let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+                .execute(&self.pool)
+                .await;
+        }
+    }
+}
+
+/// A valid payment body for `merchant`.
+pub fn payment_body(merchant: &str, customer: &str, amount_minor: i64) -> Value {
+    serde_json::json!({
+        "merchant_id": merchant,
+        "amount_minor": amount_minor,
+        "currency": "EUR",
+        "customer_id": customer,
+        "payment_method": "card",
+    })
+}
+
+/// Path of a workspace binary built by `cargo build --workspace --bins` (`make up` does).
+pub fn workspace_binary(name: &str) -> anyhow::Result<PathBuf> {
+    let dir = match std::env::var("PAYSTREAM_BIN_DIR") {
+        Ok(d) => PathBuf::from(d),
+        // Test binaries live in <target>/debug/deps; service binaries one level up.
+        Err(_) => std::env::current_exe()?
+            .parent()
+            .and_then(|p| p.parent())
+            .context("no target dir")?
+            .to_path_buf(),
+    };
+    let path = dir.join(name);
+    anyhow::ensure!(
+        path.exists(),
+        "{} not built: run `cargo build --workspace --bins`",
+        path.display()
+    );
+    Ok(path)
+}

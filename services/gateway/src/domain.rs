@@ -33,7 +33,9 @@ const PAYMENT_METHODS: &[&str] = &["card", "sepa_debit", "ach_debit", "bank_tran
 fn check_id(field: &str, value: &str, errors: &mut Vec<FieldError>) {
     let ok = !value.is_empty()
         && value.len() <= MAX_ID_LEN
-        && value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
     if !ok {
         errors.push(FieldError {
             field: field.into(),
@@ -51,7 +53,9 @@ impl PaymentRequestBody {
         if self.amount_minor <= 0 || self.amount_minor > max_amount_minor {
             errors.push(FieldError {
                 field: "amount_minor".into(),
-                message: format!("must be a positive integer in minor units, at most {max_amount_minor}"),
+                message: format!(
+                    "must be a positive integer in minor units, at most {max_amount_minor}"
+                ),
             });
         }
         if !is_iso_4217(&self.currency) {
@@ -101,12 +105,16 @@ mod tests {
     #[test]
     fn fingerprint_ignores_field_order_and_whitespace() {
         let a = body(VALID).validate(1_000_000).unwrap();
-        let b = body(r#"{ "payment_method":"card", "customer_id":"c_1",
-            "currency":"EUR","amount_minor":1999, "merchant_id":"m_1" }"#)
+        let b = body(
+            r#"{ "payment_method":"card", "customer_id":"c_1",
+            "currency":"EUR","amount_minor":1999, "merchant_id":"m_1" }"#,
+        )
         .validate(1_000_000)
         .unwrap();
         assert_eq!(a.fingerprint(), b.fingerprint());
-        let c = body(&VALID.replace("1999", "2000")).validate(1_000_000).unwrap();
+        let c = body(&VALID.replace("1999", "2000"))
+            .validate(1_000_000)
+            .unwrap();
         assert_ne!(a.fingerprint(), c.fingerprint());
     }
 
@@ -116,7 +124,16 @@ mod tests {
             .validate(1_000_000)
             .unwrap_err();
         let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
-        assert_eq!(fields, ["merchant_id", "customer_id", "amount_minor", "currency", "payment_method"]);
+        assert_eq!(
+            fields,
+            [
+                "merchant_id",
+                "customer_id",
+                "amount_minor",
+                "currency",
+                "payment_method"
+            ]
+        );
     }
 
     #[test]
@@ -127,6 +144,9 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_rejected() {
-        assert!(serde_json::from_str::<PaymentRequestBody>(&VALID.replace("}", r#","extra":1}"#)).is_err());
+        assert!(
+            serde_json::from_str::<PaymentRequestBody>(&VALID.replace("}", r#","extra":1}"#))
+                .is_err()
+        );
     }
 }

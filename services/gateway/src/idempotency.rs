@@ -35,7 +35,9 @@ pub fn parse_key(headers: &HeaderMap) -> Result<String, ApiError> {
         return Err(ApiError::InvalidIdempotencyKey("must not be empty"));
     }
     if key.len() > MAX_KEY_LEN {
-        return Err(ApiError::InvalidIdempotencyKey("must be at most 255 characters"));
+        return Err(ApiError::InvalidIdempotencyKey(
+            "must be at most 255 characters",
+        ));
     }
     Ok(key.to_string())
 }
@@ -148,7 +150,10 @@ mod tests {
 
     #[test]
     fn rejects_missing_empty_and_long_keys() {
-        assert!(matches!(parse_key(&HeaderMap::new()), Err(ApiError::MissingIdempotencyKey)));
+        assert!(matches!(
+            parse_key(&HeaderMap::new()),
+            Err(ApiError::MissingIdempotencyKey)
+        ));
         assert!(parse_key(&headers("\"\"")).is_err());
         assert!(parse_key(&headers(&"k".repeat(256))).is_err());
         assert!(parse_key(&headers(&"k".repeat(255))).is_ok());

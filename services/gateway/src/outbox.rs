@@ -148,7 +148,9 @@ impl OutboxRelay {
             deliveries.push(delivery);
         }
         for delivery in deliveries {
-            kafka::delivered(delivery).await.context("broker did not acknowledge")?;
+            kafka::delivered(delivery)
+                .await
+                .context("broker did not acknowledge")?;
         }
         let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
         sqlx::query("UPDATE outbox SET published_at = now() WHERE id = ANY($1)")

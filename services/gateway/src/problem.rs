@@ -53,16 +53,48 @@ impl ApiError {
     fn parts(&self) -> (StatusCode, &'static str, &'static str) {
         use ApiError::*;
         match self {
-            MissingIdempotencyKey => (StatusCode::BAD_REQUEST, "missing-idempotency-key", "Idempotency-Key required"),
-            InvalidIdempotencyKey(_) => (StatusCode::BAD_REQUEST, "invalid-idempotency-key", "Invalid Idempotency-Key"),
-            UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported media type"),
+            MissingIdempotencyKey => (
+                StatusCode::BAD_REQUEST,
+                "missing-idempotency-key",
+                "Idempotency-Key required",
+            ),
+            InvalidIdempotencyKey(_) => (
+                StatusCode::BAD_REQUEST,
+                "invalid-idempotency-key",
+                "Invalid Idempotency-Key",
+            ),
+            UnsupportedMediaType => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                "Unsupported media type",
+            ),
             MalformedJson(_) => (StatusCode::BAD_REQUEST, "malformed-json", "Malformed JSON"),
-            Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation-error", "Invalid payment request"),
-            IdempotencyKeyReused(_) => (StatusCode::UNPROCESSABLE_ENTITY, "idempotency-key-reused", "Idempotency-Key reused with a different request"),
-            PaymentNotFound(_) => (StatusCode::NOT_FOUND, "payment-not-found", "Payment not found"),
+            Validation(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation-error",
+                "Invalid payment request",
+            ),
+            IdempotencyKeyReused(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency-key-reused",
+                "Idempotency-Key reused with a different request",
+            ),
+            PaymentNotFound(_) => (
+                StatusCode::NOT_FOUND,
+                "payment-not-found",
+                "Payment not found",
+            ),
             RouteNotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
-            PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", "Payload too large"),
-            Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal-error", "Internal server error"),
+            PayloadTooLarge(_) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload-too-large",
+                "Payload too large",
+            ),
+            Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal-error",
+                "Internal server error",
+            ),
         }
     }
 

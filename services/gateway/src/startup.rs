@@ -115,10 +115,16 @@ impl Application {
         // Fail fast when the registry rejects our schema; a transient error is retried by
         // the relay, so the gateway still accepts payments while the registry is down.
         if let Err(e) = codec
-            .register(&settings.topics.payments_requested, &PAYMENT_REQUESTED_SCHEMA)
+            .register(
+                &settings.topics.payments_requested,
+                &PAYMENT_REQUESTED_SCHEMA,
+            )
             .await
         {
-            anyhow::ensure!(e.is_transient(), "schema registry rejected PaymentRequested: {e}");
+            anyhow::ensure!(
+                e.is_transient(),
+                "schema registry rejected PaymentRequested: {e}"
+            );
             tracing::warn!(error = %e, "schema registry unavailable at start-up");
         }
 

@@ -2,7 +2,9 @@
 
 use async_trait::async_trait;
 use chrono::Utc;
-use paystream_core::events::{self, OutcomeStatus, PaymentOutcome, PaymentRequested, Step, PAYMENT_OUTCOME_SCHEMA};
+use paystream_core::events::{
+    self, OutcomeStatus, PaymentOutcome, PaymentRequested, Step, PAYMENT_OUTCOME_SCHEMA,
+};
 use paystream_core::processing::{event_output, Handler, HandlerContext, HandlerError, Output};
 use uuid::Uuid;
 
@@ -29,8 +31,9 @@ impl Handler for PaymentHandler {
         event: PaymentRequested,
         ctx: &mut HandlerContext<'_>,
     ) -> Result<Vec<Output>, HandlerError> {
-        let payment_id = Uuid::parse_str(&event.payment_id)
-            .map_err(|e| HandlerError::Permanent(anyhow::anyhow!("payment_id is not a UUID: {e}")))?;
+        let payment_id = Uuid::parse_str(&event.payment_id).map_err(|e| {
+            HandlerError::Permanent(anyhow::anyhow!("payment_id is not a UUID: {e}"))
+        })?;
         let charge = self.psp.charge(&event).await.map_err(|e| match e {
             PspError::Transient(_) => HandlerError::Transient(e.into()),
             PspError::Rejected(_) => HandlerError::Permanent(e.into()),
@@ -38,7 +41,15 @@ impl Handler for PaymentHandler {
         let (status, reason) = if charge.succeeded() {
             (OutcomeStatus::Succeeded, None)
         } else {
-            (OutcomeStatus::Failed, Some(charge.decline_code.clone().unwrap_or_else(|| charge.status.clone())))
+            (
+                OutcomeStatus::Failed,
+                Some(
+                    charge
+                        .decline_code
+                        .clone()
+                        .unwrap_or_else(|| charge.status.clone()),
+                ),
+            )
         };
 
         // Conditional transition: only a PENDING payment moves. If it already moved (an
@@ -56,17 +67,23 @@ impl Handler for PaymentHandler {
         .await?;
         let decided = match moved {
             Some(d) => d,
-            None => sqlx::query_as("SELECT status, failure_reason, psp_charge_id FROM payments WHERE id = $1")
-                .bind(payment_id)
-                .fetch_optional(&mut *ctx.db)
-                .await?
-                .ok_or_else(|| HandlerError::Permanent(anyhow::anyhow!("payment {payment_id} is unknown")))?,
+            None => sqlx::query_as(
+                "SELECT status, failure_reason, psp_charge_id FROM payments WHERE id = $1",
+            )
+            .bind(payment_id)
+            .fetch_optional(&mut *ctx.db)
+            .await?
+            .ok_or_else(|| {
+                HandlerError::Permanent(anyhow::anyhow!("payment {payment_id} is unknown"))
+            })?,
         };
         let status = match decided.status.as_str() {
             "SUCCEEDED" => OutcomeStatus::Succeeded,
             "FAILED" => OutcomeStatus::Failed,
             other => {
-                return Err(HandlerError::Transient(anyhow::anyhow!("payment {payment_id} is still {other}")))
+                return Err(HandlerError::Transient(anyhow::anyhow!(
+                    "payment {payment_id} is still {other}"
+                )))
             }
         };
         tracing::info!(%payment_id, status = status.as_str(), "payment decided");

@@ -5,5 +5,6 @@ async fn main() -> anyhow::Result<()> {
     let _telemetry = paystream_core::telemetry::init("payment-processor")?;
     let settings = Settings::load()?;
     let app = Application::build(settings).await?;
-    app.run_until_stopped(paystream_core::shutdown::on_signal()).await
+    app.run_until_stopped(paystream_core::shutdown::on_signal())
+        .await
 }

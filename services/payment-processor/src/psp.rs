@@ -89,7 +89,10 @@ impl PspClient {
             match self.charge_once(payment).await {
                 Err(PspError::Transient(e)) if attempt < self.settings.attempts => {
                     tracing::warn!(error = %e, attempt, "PSP call failed; retrying with the same key");
-                    tokio::time::sleep(Duration::from_millis(self.settings.retry_backoff_ms * u64::from(attempt))).await;
+                    tokio::time::sleep(Duration::from_millis(
+                        self.settings.retry_backoff_ms * u64::from(attempt),
+                    ))
+                    .await;
                     attempt += 1;
                 }
                 other => return other,
@@ -102,7 +105,10 @@ impl PspClient {
         let response = self
             .http
             .post(url)
-            .header("Idempotency-Key", Self::idempotency_key(&payment.payment_id))
+            .header(
+                "Idempotency-Key",
+                Self::idempotency_key(&payment.payment_id),
+            )
             .json(&ChargeRequest {
                 payment_id: &payment.payment_id,
                 merchant_id: &payment.merchant_id,
@@ -122,7 +128,10 @@ impl PspClient {
                 .map_err(|e| PspError::Transient(format!("unreadable PSP answer: {e}")));
         }
         let body = response.text().await.unwrap_or_default();
-        let detail = format!("HTTP {status}: {}", body.chars().take(200).collect::<String>());
+        let detail = format!(
+            "HTTP {status}: {}",
+            body.chars().take(200).collect::<String>()
+        );
         if status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429 {
             Err(PspError::Transient(detail))
         } else {

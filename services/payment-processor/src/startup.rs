@@ -9,7 +9,9 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use paystream_core::avro::AvroCodec;
-use paystream_core::config::{DatabaseSettings, HttpSettings, KafkaSettings, SchemaRegistrySettings, TopicSettings};
+use paystream_core::config::{
+    DatabaseSettings, HttpSettings, KafkaSettings, SchemaRegistrySettings, TopicSettings,
+};
 use paystream_core::events::PAYMENT_OUTCOME_SCHEMA;
 use paystream_core::processing::{LoopSettings, LoopStats, ProcessingLoop};
 use paystream_core::shutdown::Shutdown;
@@ -54,7 +56,8 @@ impl Settings {
             // Stable per instance: in Kubernetes HOSTNAME is the pod name (a StatefulSet
             // ordinal keeps it across restarts), locally the machine's.
             let instance = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
-            settings.consumer.transactional_id = format!("{}-{instance}", settings.consumer.group_id);
+            settings.consumer.transactional_id =
+                format!("{}-{instance}", settings.consumer.group_id);
         }
         Ok(settings)
     }
@@ -114,7 +117,10 @@ impl Application {
         let ready = self.ready.clone();
         let stats = self.processing.stats();
         let router = Router::new()
-            .route("/health/live", get(|| async { Json(json!({"status": "live"})) }))
+            .route(
+                "/health/live",
+                get(|| async { Json(json!({"status": "live"})) }),
+            )
             .route("/health/ready", get(health_ready))
             .with_state((ready.clone(), stats));
         let http_shutdown = shutdown.clone();
@@ -138,6 +144,15 @@ async fn health_ready(
     State((ready, stats)): State<(Arc<AtomicBool>, Arc<LoopStats>)>,
 ) -> (StatusCode, Json<serde_json::Value>) {
     let is_ready = ready.load(Ordering::Relaxed);
-    let status = if is_ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, Json(json!({"status": if is_ready { "ready" } else { "not ready" }, "stats": stats.snapshot()})))
+    let status = if is_ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(
+            json!({"status": if is_ready { "ready" } else { "not ready" }, "stats": stats.snapshot()}),
+        ),
+    )
 }

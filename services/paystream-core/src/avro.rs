@@ -120,20 +120,28 @@ impl AvroCodec {
             .map_err(|e| AvroError::Undecodable(format!("value has no JSON form: {e}")))
     }
 
-    async fn decode_value(&self, bytes: Option<&[u8]>) -> Result<apache_avro::types::Value, AvroError> {
+    async fn decode_value(
+        &self,
+        bytes: Option<&[u8]>,
+    ) -> Result<apache_avro::types::Value, AvroError> {
         match bytes {
             None => Err(AvroError::Undecodable("record has no value".into())),
             Some(b) if b.len() < 5 || b[0] != 0 => Err(AvroError::Undecodable(
                 "not in the Confluent wire format (magic byte 0 + 4-byte schema id)".into(),
             )),
-            Some(b) => self.decoder.decode(Some(b)).await.map(|r| r.value).map_err(|e| {
-                if e.retriable {
-                    self.decoder.remove_errors_from_cache();
-                    AvroError::RegistryUnavailable(e)
-                } else {
-                    AvroError::Undecodable(e.to_string())
-                }
-            }),
+            Some(b) => self
+                .decoder
+                .decode(Some(b))
+                .await
+                .map(|r| r.value)
+                .map_err(|e| {
+                    if e.retriable {
+                        self.decoder.remove_errors_from_cache();
+                        AvroError::RegistryUnavailable(e)
+                    } else {
+                        AvroError::Undecodable(e.to_string())
+                    }
+                }),
         }
     }
 }
@@ -148,7 +156,8 @@ fn classify_src(e: SRCError) -> AvroError {
 
 /// The schema id of a Confluent-framed value, if it is framed.
 pub fn schema_id(bytes: &[u8]) -> Option<u32> {
-    (bytes.len() >= 5 && bytes[0] == 0).then(|| u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]))
+    (bytes.len() >= 5 && bytes[0] == 0)
+        .then(|| u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]))
 }
 
 #[cfg(test)]

@@ -16,7 +16,10 @@ pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
     let mut options = PgConnectOptions::from_str(settings.url()).context("invalid database url")?;
     if let Some(schema) = &settings.schema {
         anyhow::ensure!(
-            !schema.is_empty() && schema.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            !schema.is_empty()
+                && schema
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_'),
             "database schema name must be [A-Za-z0-9_]+"
         );
         let admin = PgPoolOptions::new()

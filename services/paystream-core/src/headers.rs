@@ -32,7 +32,10 @@ pub struct RecordHeaders(pub Vec<(String, String)>);
 
 impl RecordHeaders {
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// Sets `name`, replacing an existing value.
@@ -49,7 +52,9 @@ impl RecordHeaders {
         let mut out = Vec::new();
         if let Some(h) = headers {
             for header in h.iter() {
-                let value = header.value.map(|v| String::from_utf8_lossy(v).into_owned());
+                let value = header
+                    .value
+                    .map(|v| String::from_utf8_lossy(v).into_owned());
                 out.push((header.key.to_string(), value.unwrap_or_default()));
             }
         }
@@ -57,14 +62,15 @@ impl RecordHeaders {
     }
 
     pub fn to_kafka(&self) -> OwnedHeaders {
-        self.0
-            .iter()
-            .fold(OwnedHeaders::new_with_capacity(self.0.len()), |h, (k, v)| {
+        self.0.iter().fold(
+            OwnedHeaders::new_with_capacity(self.0.len()),
+            |h, (k, v)| {
                 h.insert(Header {
                     key: k,
                     value: Some(v.as_bytes()),
                 })
-            })
+            },
+        )
     }
 
     /// Writes the current span's trace context (`traceparent`, `tracestate`).

@@ -18,7 +18,10 @@ use crate::config::KafkaSettings;
 
 /// Builds a client config from the shared settings plus the properties this client sets.
 /// Fails when `settings.properties` tries to override one of `ours`.
-pub fn client_config(settings: &KafkaSettings, ours: &[(&str, &str)]) -> anyhow::Result<ClientConfig> {
+pub fn client_config(
+    settings: &KafkaSettings,
+    ours: &[(&str, &str)],
+) -> anyhow::Result<ClientConfig> {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", &settings.bootstrap_servers);
     for (key, value) in &settings.properties {
@@ -81,7 +84,11 @@ pub async fn ensure_topics(settings: &KafkaSettings, topics: &[TopicSpec]) -> an
         .iter()
         .map(|t| {
             t.config.iter().fold(
-                NewTopic::new(&t.name, t.partitions, TopicReplication::Fixed(t.replication)),
+                NewTopic::new(
+                    &t.name,
+                    t.partitions,
+                    TopicReplication::Fixed(t.replication),
+                ),
                 |nt, (k, v)| nt.set(k, v),
             )
         })
@@ -110,7 +117,8 @@ pub async fn enqueue(
     headers: OwnedHeaders,
 ) -> Result<DeliveryFuture, KafkaError> {
     loop {
-        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(headers.clone());
+        let mut record: FutureRecord<'_, [u8], [u8]> =
+            FutureRecord::to(topic).headers(headers.clone());
         if let Some(k) = key {
             record = record.key(k);
         }
@@ -215,7 +223,9 @@ mod tests {
             ErrorClass::Retriable
         );
         assert_eq!(
-            classify(&KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)),
+            classify(&KafkaError::MessageProduction(
+                RDKafkaErrorCode::MessageSizeTooLarge
+            )),
             ErrorClass::Abortable
         );
     }

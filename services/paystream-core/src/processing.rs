@@ -234,11 +234,26 @@ impl LoopStats {
 
     pub fn snapshot(&self) -> BTreeMap<&'static str, u64> {
         BTreeMap::from([
-            ("batches_committed", self.batches_committed.load(Ordering::Relaxed)),
-            ("batches_aborted", self.batches_aborted.load(Ordering::Relaxed)),
-            ("records_applied", self.records_applied.load(Ordering::Relaxed)),
-            ("records_replayed", self.records_replayed.load(Ordering::Relaxed)),
-            ("records_dead_lettered", self.records_dead_lettered.load(Ordering::Relaxed)),
+            (
+                "batches_committed",
+                self.batches_committed.load(Ordering::Relaxed),
+            ),
+            (
+                "batches_aborted",
+                self.batches_aborted.load(Ordering::Relaxed),
+            ),
+            (
+                "records_applied",
+                self.records_applied.load(Ordering::Relaxed),
+            ),
+            (
+                "records_replayed",
+                self.records_replayed.load(Ordering::Relaxed),
+            ),
+            (
+                "records_dead_lettered",
+                self.records_dead_lettered.load(Ordering::Relaxed),
+            ),
         ])
     }
 }
@@ -315,7 +330,10 @@ impl<H: Handler> ProcessingLoop<H> {
         codec: Arc<AvroCodec>,
         handler: H,
     ) -> anyhow::Result<Self> {
-        anyhow::ensure!(!settings.group_id.is_empty(), "processing loop needs a group id");
+        anyhow::ensure!(
+            !settings.group_id.is_empty(),
+            "processing loop needs a group id"
+        );
         anyhow::ensure!(
             !settings.transactional_id.is_empty(),
             "processing loop needs a transactional id"
@@ -324,16 +342,19 @@ impl<H: Handler> ProcessingLoop<H> {
         let mut consumer_props = kafka::TRANSACTIONAL_CONSUMER.to_vec();
         consumer_props.push(("group.id", &settings.group_id));
         consumer_props.push(("session.timeout.ms", &session_timeout));
-        let consumer: StreamConsumer<LoopContext> = kafka::client_config(kafka_settings, &consumer_props)?
-            .create_with_context(LoopContext {
-                group_id: settings.group_id.clone(),
-            })?;
+        let consumer: StreamConsumer<LoopContext> =
+            kafka::client_config(kafka_settings, &consumer_props)?.create_with_context(
+                LoopContext {
+                    group_id: settings.group_id.clone(),
+                },
+            )?;
 
         let txn_timeout = settings.transaction_timeout_ms.to_string();
         let mut producer_props = kafka::IDEMPOTENT_PRODUCER.to_vec();
         producer_props.push(("transactional.id", &settings.transactional_id));
         producer_props.push(("transaction.timeout.ms", &txn_timeout));
-        let producer: FutureProducer = kafka::client_config(kafka_settings, &producer_props)?.create()?;
+        let producer: FutureProducer =
+            kafka::client_config(kafka_settings, &producer_props)?.create()?;
         Ok(Self {
             settings,
             topics,
@@ -376,7 +397,9 @@ impl<H: Handler> ProcessingLoop<H> {
         let result = loop {
             let batch = match self.next_batch(&shutdown).await {
                 Ok(batch) => batch,
-                Err(e) if kafka::classify(&e) == ErrorClass::Fatal => break Err(LoopError::Fatal(e)),
+                Err(e) if kafka::classify(&e) == ErrorClass::Fatal => {
+                    break Err(LoopError::Fatal(e))
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "consumer error");
                     tokio::time::sleep(base_backoff).await;
@@ -411,7 +434,8 @@ impl<H: Handler> ProcessingLoop<H> {
                         _ = shutdown.cancelled() => break Ok(()),
                         _ = tokio::time::sleep(backoff) => {}
                     }
-                    backoff = (backoff * 2).min(Duration::from_millis(self.settings.abort_backoff_max_ms));
+                    backoff = (backoff * 2)
+                        .min(Duration::from_millis(self.settings.abort_backoff_max_ms));
                 }
             }
         };
@@ -533,18 +557,30 @@ impl<H: Handler> ProcessingLoop<H> {
         self.apply_in_span(record, event_id).instrument(span).await
     }
 
-    async fn apply_in_span(&self, record: &Record, event_id: Uuid) -> Result<Vec<Output>, BatchError> {
-        let transient = |e: sqlx::Error| BatchError::Transient(anyhow::Error::new(e).context("database"));
+    async fn apply_in_span(
+        &self,
+        record: &Record,
+        event_id: Uuid,
+    ) -> Result<Vec<Output>, BatchError> {
+        let transient =
+            |e: sqlx::Error| BatchError::Transient(anyhow::Error::new(e).context("database"));
         let group = &self.settings.group_id;
         let mut tx = self.pool.begin().await.map_err(transient)?;
-        if let Some(stored) = stored_outputs(&mut tx, group, event_id).await.map_err(transient)? {
+        if let Some(stored) = stored_outputs(&mut tx, group, event_id)
+            .await
+            .map_err(transient)?
+        {
             tx.rollback().await.map_err(transient)?;
             LoopStats::bump(&self.stats.records_replayed);
             tracing::info!(%event_id, "event already applied; re-producing its recorded outputs");
             return Ok(stored);
         }
 
-        let mut outputs = match self.codec.decode::<H::Event>(record.payload.as_deref()).await {
+        let mut outputs = match self
+            .codec
+            .decode::<H::Event>(record.payload.as_deref())
+            .await
+        {
             Err(e) if e.is_transient() => return Err(BatchError::Transient(e.into())),
             Err(e) => Err(("poison", e.to_string())),
             Ok(event) => {
@@ -574,8 +610,9 @@ impl<H: Handler> ProcessingLoop<H> {
             output.headers.inject_current_context();
         }
 
-        let stored = serde_json::to_value(&outputs)
-            .map_err(|e| BatchError::Transient(anyhow::Error::new(e).context("serializing outputs")))?;
+        let stored = serde_json::to_value(&outputs).map_err(|e| {
+            BatchError::Transient(anyhow::Error::new(e).context("serializing outputs"))
+        })?;
         let inserted = sqlx::query(
             "INSERT INTO processed_events (consumer_group, event_id, topic, partition, \"offset\", outputs)
              VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
@@ -614,11 +651,17 @@ impl<H: Handler> ProcessingLoop<H> {
     fn dead_letter(&self, record: &Record, class: &str, message: &str) -> Output {
         let mut headers = record.headers.clone();
         headers.set(headers::DLQ_ORIGINAL_TOPIC, record.topic.clone());
-        headers.set(headers::DLQ_ORIGINAL_PARTITION, record.partition.to_string());
+        headers.set(
+            headers::DLQ_ORIGINAL_PARTITION,
+            record.partition.to_string(),
+        );
         headers.set(headers::DLQ_ORIGINAL_OFFSET, record.offset.to_string());
         headers.set(headers::DLQ_CONSUMER_GROUP, self.settings.group_id.clone());
         headers.set(headers::DLQ_ERROR_CLASS, class);
-        headers.set(headers::DLQ_ERROR_MESSAGE, headers::bounded_error_message(message));
+        headers.set(
+            headers::DLQ_ERROR_MESSAGE,
+            headers::bounded_error_message(message),
+        );
         Output {
             topic: self.settings.dlq_topic(),
             key: record.key.clone(),
@@ -683,12 +726,13 @@ async fn stored_outputs(
     group: &str,
     event_id: Uuid,
 ) -> Result<Option<Vec<Output>>, sqlx::Error> {
-    let row: Option<(serde_json::Value,)> =
-        sqlx::query_as("SELECT outputs FROM processed_events WHERE consumer_group = $1 AND event_id = $2")
-            .bind(group)
-            .bind(event_id)
-            .fetch_optional(conn)
-            .await?;
+    let row: Option<(serde_json::Value,)> = sqlx::query_as(
+        "SELECT outputs FROM processed_events WHERE consumer_group = $1 AND event_id = $2",
+    )
+    .bind(group)
+    .bind(event_id)
+    .fetch_optional(conn)
+    .await?;
     row.map(|(v,)| serde_json::from_value(v).map_err(|e| sqlx::Error::Decode(Box::new(e))))
         .transpose()
 }
@@ -742,7 +786,12 @@ mod tests {
 
     #[test]
     fn commits_last_offset_plus_one_per_partition() {
-        let batch = [record("a", 0, 5), record("a", 1, 9), record("a", 0, 6), record("b", 0, 1)];
+        let batch = [
+            record("a", 0, 5),
+            record("a", 1, 9),
+            record("a", 0, 6),
+            record("b", 0, 1),
+        ];
         let tpl = next_offsets(&batch).unwrap();
         let got: Vec<_> = tpl
             .elements()

@@ -163,7 +163,10 @@ mod tests {
         let records = ledger.records(&ChargeFilter::all());
         assert_eq!(records.len(), 1);
         assert_eq!(records[0].calls, 2);
-        assert_eq!(records[0].charge_id.as_deref(), Some(first.charge_id.as_str()));
+        assert_eq!(
+            records[0].charge_id.as_deref(),
+            Some(first.charge_id.as_str())
+        );
         assert_eq!(records[0].status, RecordStatus::Succeeded);
         assert!(first.charge_id.starts_with("ch_"));
     }

@@ -35,7 +35,9 @@ async fn spawn_app_with(psp: SimulatorSettings) -> TestApp {
         },
         psp,
     };
-    let app = Application::build(settings).await.expect("building the app");
+    let app = Application::build(settings)
+        .await
+        .expect("building the app");
     assert_ne!(app.port(), 0);
     let base_url = app.base_url();
     let shutdown = Shutdown::new();
@@ -223,7 +225,10 @@ async fn concurrent_identical_requests_charge_once() {
     let replies = calls.join_all().await;
 
     assert!(replies.iter().all(|(status, ..)| *status == StatusCode::OK));
-    assert_eq!(replies.iter().filter(|(_, replayed, _)| !replayed).count(), 1);
+    assert_eq!(
+        replies.iter().filter(|(_, replayed, _)| !replayed).count(),
+        1
+    );
     assert!(replies.iter().all(|(.., b)| *b == replies[0].2));
 
     let records = app.records().await;
@@ -256,9 +261,7 @@ async fn same_key_with_a_different_body_is_422() {
 async fn missing_idempotency_key_is_400_and_charges_nothing() {
     let app = spawn_app().await;
 
-    let reply = app
-        .post_charge(None, &charge_body("mer_1", "cus_1"))
-        .await;
+    let reply = app.post_charge(None, &charge_body("mer_1", "cus_1")).await;
 
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);
     assert_eq!(reply.content_type, "application/problem+json");
@@ -314,7 +317,10 @@ async fn flaky_trigger_fails_the_first_call_then_succeeds() {
 
     let second = app.post_charge(Some(&key), &body).await;
     assert_eq!(second.status, StatusCode::OK);
-    assert!(!second.replayed, "the first successful answer is not a replay");
+    assert!(
+        !second.replayed,
+        "the first successful answer is not a replay"
+    );
     assert_eq!(second.body["status"], "succeeded");
 
     let third = app.post_charge(Some(&key), &body).await;
@@ -394,15 +400,26 @@ async fn charges_filter_by_merchant_and_payment() {
         assert_eq!(reply.status, StatusCode::OK);
     }
 
-    let for_a = app.psp.charges(&ChargeFilter::merchant("mer_a")).await.unwrap();
+    let for_a = app
+        .psp
+        .charges(&ChargeFilter::merchant("mer_a"))
+        .await
+        .unwrap();
     let payments: Vec<&str> = for_a.iter().map(|r| r.payment_id.as_str()).collect();
     assert_eq!(
         payments,
-        [a1["payment_id"].as_str().unwrap(), a2["payment_id"].as_str().unwrap()]
+        [
+            a1["payment_id"].as_str().unwrap(),
+            a2["payment_id"].as_str().unwrap()
+        ]
     );
 
     let b_payment = b1["payment_id"].as_str().unwrap();
-    let for_payment = app.psp.charges(&ChargeFilter::payment(b_payment)).await.unwrap();
+    let for_payment = app
+        .psp
+        .charges(&ChargeFilter::payment(b_payment))
+        .await
+        .unwrap();
     assert_eq!(for_payment.len(), 1);
     assert_eq!(for_payment[0].merchant_id, "mer_b");
 
@@ -442,7 +459,10 @@ async fn delete_charges_clears_the_ledger() {
 #[tokio::test]
 async fn admin_config_round_trips_and_refuses_bad_values() {
     let app = spawn_app().await;
-    assert_eq!(app.psp.config().await.unwrap(), SimulatorSettings::default());
+    assert_eq!(
+        app.psp.config().await.unwrap(),
+        SimulatorSettings::default()
+    );
 
     let patched = app
         .psp

@@ -30,7 +30,9 @@ pub enum ApiError {
          [1, 2^31-1] and the string \"latest\""
     )]
     InvalidVersion(String),
-    #[error("The specified subject is not valid: it must be non-empty, without control characters")]
+    #[error(
+        "The specified subject is not valid: it must be non-empty, without control characters"
+    )]
     InvalidSubject,
     /// Well-formed JSON of the wrong shape (Confluent answers 422 with code 422).
     #[error("Unprocessable entity: {0}")]

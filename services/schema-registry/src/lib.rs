@@ -8,7 +8,7 @@
 //!   and its graceful shutdown.
 //! - `routes`: the REST API grouped by resource (`subjects`, `schemas`, `config`, `health`)
 //!   and the extractors that turn bad input into Confluent-style errors.
-//! - `error`: [`ApiError`], mapped to Confluent's `error_code`s and HTTP statuses.
+//! - `error`: `ApiError`, mapped to Confluent's `error_code`s and HTTP statuses.
 //! - `schema`: the domain — schema types, schema identity (normalized form and fingerprint),
 //!   version selectors, subject names. Pure, unit tested.
 //! - `store`: Postgres persistence; global ids and per-subject versions, safe with several
@@ -23,7 +23,6 @@ mod store;
 use paystream_core::config::{DatabaseSettings, HttpSettings};
 use serde::Deserialize;
 
-pub use error::ApiError;
 pub use startup::Application;
 
 /// Compiled-in defaults: listen where Confluent's registry does, on loopback.

@@ -82,7 +82,9 @@ impl ParsedSchema {
         }
         // Postgres text cannot hold NUL; a valid Avro schema never contains a raw one.
         if text.contains('\0') {
-            return Err(SchemaError::InvalidAvro("schema contains a NUL character".into()));
+            return Err(SchemaError::InvalidAvro(
+                "schema contains a NUL character".into(),
+            ));
         }
         let canonical_form = match schema_type {
             SchemaType::Avro => normalize_avro(text)?,

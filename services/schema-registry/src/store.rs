@@ -38,7 +38,7 @@ pub struct Registered {
 
 /// What a soft or permanent subject delete found.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Deleted {
+pub enum DeleteOutcome {
     /// The versions deleted, ascending.
     Versions(Vec<i32>),
     SubjectNotFound,
@@ -223,7 +223,7 @@ impl Store {
 
     /// Marks every live version of `subject` deleted. Schema ids stay resolvable, so records
     /// already written with them can still be decoded.
-    pub async fn soft_delete_subject(&self, subject: &str) -> Result<Deleted, sqlx::Error> {
+    pub async fn soft_delete_subject(&self, subject: &str) -> Result<DeleteOutcome, sqlx::Error> {
         let mut versions: Vec<i32> = sqlx::query_scalar(
             "UPDATE schema_registry_subject_versions SET deleted = true \
              WHERE subject = $1 AND NOT deleted RETURNING version",
@@ -233,18 +233,18 @@ impl Store {
         .await?;
         if !versions.is_empty() {
             versions.sort_unstable();
-            return Ok(Deleted::Versions(versions));
+            return Ok(DeleteOutcome::Versions(versions));
         }
         Ok(if self.subject_exists(subject, true).await? {
-            Deleted::AlreadySoftDeleted
+            DeleteOutcome::AlreadySoftDeleted
         } else {
-            Deleted::SubjectNotFound
+            DeleteOutcome::SubjectNotFound
         })
     }
 
     /// Removes the soft-deleted versions of `subject`; refused while live versions remain
     /// (Confluent's rule). Schema rows are kept: their ids may still be in Kafka records.
-    pub async fn hard_delete_subject(&self, subject: &str) -> Result<Deleted, sqlx::Error> {
+    pub async fn hard_delete_subject(&self, subject: &str) -> Result<DeleteOutcome, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(subject_lock_key(subject))
@@ -258,7 +258,7 @@ impl Store {
         .fetch_one(&mut *tx)
         .await?;
         if live {
-            return Ok(Deleted::NotSoftDeleted);
+            return Ok(DeleteOutcome::NotSoftDeleted);
         }
         let mut versions: Vec<i32> = sqlx::query_scalar(
             "DELETE FROM schema_registry_subject_versions WHERE subject = $1 RETURNING version",
@@ -268,15 +268,18 @@ impl Store {
         .await?;
         tx.commit().await?;
         if versions.is_empty() {
-            return Ok(Deleted::SubjectNotFound);
+            return Ok(DeleteOutcome::SubjectNotFound);
         }
         versions.sort_unstable();
-        Ok(Deleted::Versions(versions))
+        Ok(DeleteOutcome::Versions(versions))
     }
 
     /// Whether the database answers, for readiness.
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
-        sqlx::query("SELECT 1").execute(&self.pool).await.map(|_| ())
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
     }
 }
 

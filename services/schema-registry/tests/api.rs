@@ -102,7 +102,12 @@ impl TestApp {
             .expect("DELETE failed")
     }
 
-    async fn post_raw(&self, path: &str, content_type: Option<&str>, body: &str) -> reqwest::Response {
+    async fn post_raw(
+        &self,
+        path: &str,
+        content_type: Option<&str>,
+        body: &str,
+    ) -> reqwest::Response {
         let mut request = self.client.post(self.url(path)).body(body.to_string());
         if let Some(content_type) = content_type {
             request = request.header("content-type", content_type);
@@ -190,7 +195,8 @@ async fn identical_schema_keeps_its_id_without_a_new_version() {
     assert_eq!(id, 1, "ids start at 1");
     assert_eq!(app.register_ok("payments-value", PAYMENT_V1).await, id);
     assert_eq!(
-        app.register_ok("payments-value", PAYMENT_V1_REFORMATTED).await,
+        app.register_ok("payments-value", PAYMENT_V1_REFORMATTED)
+            .await,
         id
     );
     assert_eq!(app.versions("payments-value").await, json!([1]));
@@ -245,7 +251,9 @@ async fn changed_schema_gets_a_new_version_and_id() {
     let first = json_ok(app.get("/subjects/payments-value/versions/1").await).await;
     assert_eq!(first["id"], v1);
 
-    let raw = app.get("/subjects/payments-value/versions/latest/schema").await;
+    let raw = app
+        .get("/subjects/payments-value/versions/latest/schema")
+        .await;
     assert_eq!(raw.status(), StatusCode::OK);
     assert_eq!(raw.text().await.unwrap(), PAYMENT_V2);
     let raw = app.get(&format!("/schemas/ids/{v1}/schema")).await;
@@ -363,7 +371,12 @@ async fn malformed_bodies_are_client_errors_never_500() {
     let app = spawn_app().await;
     let path = "/subjects/s-value/versions";
 
-    assert_error(app.post_raw(path, Some(CONTENT_TYPE), "{not json").await, 400, 400).await;
+    assert_error(
+        app.post_raw(path, Some(CONTENT_TYPE), "{not json").await,
+        400,
+        400,
+    )
+    .await;
     assert_error(app.post_raw(path, Some(CONTENT_TYPE), "").await, 400, 400).await;
     assert_error(
         app.post_raw(path, Some(CONTENT_TYPE), r#"{"schema": 5}"#)
@@ -373,7 +386,12 @@ async fn malformed_bodies_are_client_errors_never_500() {
     )
     .await;
     assert_error(app.post_raw(path, Some(CONTENT_TYPE), "{}").await, 422, 422).await;
-    assert_error(app.post_raw(path, Some(CONTENT_TYPE), "[1,2]").await, 422, 422).await;
+    assert_error(
+        app.post_raw(path, Some(CONTENT_TYPE), "[1,2]").await,
+        422,
+        422,
+    )
+    .await;
     assert_error(
         app.post_raw("/subjects/s-value", Some(CONTENT_TYPE), "nope")
             .await,
@@ -382,8 +400,12 @@ async fn malformed_bodies_are_client_errors_never_500() {
     )
     .await;
     assert_error(
-        app.post_raw(path, Some("text/plain"), &json!({"schema": PAYMENT_V1}).to_string())
-            .await,
+        app.post_raw(
+            path,
+            Some("text/plain"),
+            &json!({"schema": PAYMENT_V1}).to_string(),
+        )
+        .await,
         415,
         415,
     )
@@ -411,7 +433,11 @@ async fn malformed_bodies_are_client_errors_never_500() {
         None,
     ] {
         let response = app.post_raw(path, content_type, &body).await;
-        assert_eq!(json_ok(response).await, json!({"id": 1}), "{content_type:?}");
+        assert_eq!(
+            json_ok(response).await,
+            json!({"id": 1}),
+            "{content_type:?}"
+        );
     }
 
     app.cleanup().await;
@@ -514,7 +540,9 @@ async fn ids_are_stable_across_restarts() {
     assert_eq!(app.register_ok("payments-value", PAYMENT_V2).await, v2);
     let body = json_ok(app.get(&format!("/schemas/ids/{v2}")).await).await;
     assert_eq!(body["schema"], PAYMENT_V2);
-    let next = app.register_ok("payments-value", &record_schema("New")).await;
+    let next = app
+        .register_ok("payments-value", &record_schema("New"))
+        .await;
     assert_eq!(next, v2 + 1);
     assert_eq!(app.versions("payments-value").await, json!([1, 2, 3]));
 
@@ -537,8 +565,16 @@ async fn deleting_a_subject_keeps_ids_resolvable() {
     let deleted = json_ok(app.delete("/subjects/payments-value").await).await;
     assert_eq!(deleted, json!([1, 2]));
     assert_error(app.delete("/subjects/payments-value").await, 404, 40404).await;
-    assert_error(app.get("/subjects/payments-value/versions").await, 404, 40401).await;
-    assert_eq!(json_ok(app.get("/subjects").await).await, json!(["kept-value"]));
+    assert_error(
+        app.get("/subjects/payments-value/versions").await,
+        404,
+        40401,
+    )
+    .await;
+    assert_eq!(
+        json_ok(app.get("/subjects").await).await,
+        json!(["kept-value"])
+    );
     assert_eq!(
         json_ok(app.get("/subjects?deleted=true").await).await,
         json!(["kept-value", "payments-value"])
@@ -571,7 +607,10 @@ async fn config_types_root_and_health() {
         json_ok(app.get("/config/payments.requested.v1-value").await).await,
         json!({"compatibilityLevel": "BACKWARD"})
     );
-    assert_eq!(json_ok(app.get("/schemas/types").await).await, json!(["AVRO"]));
+    assert_eq!(
+        json_ok(app.get("/schemas/types").await).await,
+        json!(["AVRO"])
+    );
     assert_eq!(json_ok(app.get("/").await).await, json!({}));
     assert_eq!(app.get("/health/live").await.status(), StatusCode::OK);
     let ready = json_ok(app.get("/health/ready").await).await;
@@ -599,9 +638,7 @@ mod converter {
     async fn schema_registry_converter_round_trip() {
         let app = spawn_app().await;
         let topic = "payments.requested.v1";
-        let id = app
-            .register_ok(&format!("{topic}-value"), PAYMENT_V1)
-            .await;
+        let id = app.register_ok(&format!("{topic}-value"), PAYMENT_V1).await;
 
         let encoder = AvroEncoder::new(SrSettings::new(app.address.clone()));
         let payment = Payment {

@@ -38,7 +38,8 @@ fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
         .and_then(|v| v.split(';').next())
         .is_some_and(|mime| {
             let mime = mime.trim().to_ascii_lowercase();
-            mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+            mime == "application/json"
+                || (mime.starts_with("application/") && mime.ends_with("+json"))
         });
     is_json.then_some(()).ok_or(ApiError::UnsupportedMediaType)
 }
@@ -119,7 +120,9 @@ pub async fn create(
         return winner.replay(&key, &fingerprint);
     }
 
-    insert_payment(&mut tx, payment_id, &request, now).await.map_err(internal)?;
+    insert_payment(&mut tx, payment_id, &request, now)
+        .await
+        .map_err(internal)?;
     let event = PaymentRequested {
         event_id: events::event_id(payment_id, Step::Requested).to_string(),
         payment_id: payment_id.to_string(),
@@ -178,7 +181,10 @@ async fn insert_payment(
 }
 
 #[tracing::instrument(name = "get_payment", skip_all, fields(payment.id = %id))]
-pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub async fn get(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let payment_id = Uuid::parse_str(&id).map_err(|_| ApiError::PaymentNotFound(id.clone()))?;
     let payment: Option<PaymentView> = sqlx::query_as(
         "SELECT id, status, merchant_id, customer_id, amount_minor, currency::text AS currency,

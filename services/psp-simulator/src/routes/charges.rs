@@ -39,9 +39,7 @@ pub(super) async fn create(
     let knobs = state.knobs();
     // Slept outside the ledger lock: concurrent calls wait in parallel, then decide in turn.
     tokio::time::sleep(knobs.draw_latency()).await;
-    let answer = state
-        .ledger()
-        .handle(key, request, &knobs, Rolls::draw());
+    let answer = state.ledger().handle(key, request, &knobs, Rolls::draw());
 
     match answer {
         Answer::Charged(charge) => {
@@ -79,7 +77,9 @@ fn idempotency_key(headers: &HeaderMap) -> Result<&str, ApiError> {
         return Err(ApiError::MissingIdempotencyKey);
     }
     if key.len() > MAX_KEY_LEN {
-        return Err(ApiError::InvalidIdempotencyKey("longer than 255 characters"));
+        return Err(ApiError::InvalidIdempotencyKey(
+            "longer than 255 characters",
+        ));
     }
     Ok(key)
 }

@@ -13,7 +13,10 @@ pub(crate) fn router(state: SharedState) -> Router {
     Router::new()
         .route("/v1/charges", post(charges::create))
         .route("/charges", get(charges::list).delete(charges::clear))
-        .route("/admin/config", get(admin::get_config).put(admin::put_config))
+        .route(
+            "/admin/config",
+            get(admin::get_config).put(admin::put_config),
+        )
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))
         .with_state(state)

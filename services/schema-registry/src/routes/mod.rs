@@ -6,13 +6,13 @@ mod health;
 mod schemas;
 mod subjects;
 
+use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::body::Bytes;
 use axum::Router;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -51,7 +51,10 @@ pub fn router(state: AppState) -> Router {
             "/subjects/{subject}/versions",
             get(subjects::versions).post(subjects::register),
         )
-        .route("/subjects/{subject}/versions/{version}", get(subjects::version))
+        .route(
+            "/subjects/{subject}/versions/{version}",
+            get(subjects::version),
+        )
         .route(
             "/subjects/{subject}/versions/{version}/schema",
             get(subjects::version_schema),
@@ -207,10 +210,16 @@ mod tests {
             "Application/JSON",
             "application/octet-stream",
         ] {
-            assert!(check_content_type(&HeaderValue::from_static(ok)).is_ok(), "{ok}");
+            assert!(
+                check_content_type(&HeaderValue::from_static(ok)).is_ok(),
+                "{ok}"
+            );
         }
         for bad in ["text/plain", "application/x-www-form-urlencoded", ""] {
-            assert!(check_content_type(&HeaderValue::from_static(bad)).is_err(), "{bad}");
+            assert!(
+                check_content_type(&HeaderValue::from_static(bad)).is_err(),
+                "{bad}"
+            );
         }
     }
 

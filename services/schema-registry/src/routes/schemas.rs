@@ -5,7 +5,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use serde::Serialize;
 
-use super::{non_avro, query_flag, raw_registry_body, registry_json, AppState, ApiPath};
+use super::{non_avro, query_flag, raw_registry_body, registry_json, ApiPath, AppState};
 use crate::error::ApiError;
 use crate::schema::{parse_schema_id, SchemaType};
 use crate::store::StoredSchema;

@@ -5,10 +5,10 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
 
-use super::{query_flag, raw_registry_body, registry_json, AppState, ApiPath, RegistryJson};
+use super::{query_flag, raw_registry_body, registry_json, ApiPath, AppState, RegistryJson};
 use crate::error::ApiError;
 use crate::schema::{is_valid_subject, ParsedSchema, SchemaError, SchemaType, VersionSpec};
-use crate::store::{Deleted, SubjectVersion};
+use crate::store::{DeleteOutcome, SubjectVersion};
 
 /// The body of `POST /subjects/{subject}/versions` and `POST /subjects/{subject}`. Fields
 /// this registry does not use (`metadata`, `ruleSet`, `id`, `version`) are ignored.
@@ -122,13 +122,13 @@ pub async fn delete(
         state.store.soft_delete_subject(&subject).await?
     };
     match outcome {
-        Deleted::Versions(versions) => {
+        DeleteOutcome::Versions(versions) => {
             tracing::info!(?versions, "subject deleted");
             Ok(registry_json(StatusCode::OK, &versions))
         }
-        Deleted::SubjectNotFound => Err(ApiError::SubjectNotFound(subject)),
-        Deleted::AlreadySoftDeleted => Err(ApiError::SubjectSoftDeleted(subject)),
-        Deleted::NotSoftDeleted => Err(ApiError::SubjectNotSoftDeleted(subject)),
+        DeleteOutcome::SubjectNotFound => Err(ApiError::SubjectNotFound(subject)),
+        DeleteOutcome::AlreadySoftDeleted => Err(ApiError::SubjectSoftDeleted(subject)),
+        DeleteOutcome::NotSoftDeleted => Err(ApiError::SubjectNotSoftDeleted(subject)),
     }
 }
 

@@ -1,0 +1,24 @@
+# paystream — the local stack and the test suite. See README.md.
+.PHONY: up down status test build fmt lint
+
+up:      ## build, install and start the local stack; returns when everything is healthy
+	scripts/stack.sh up
+
+down:    ## stop everything `make up` started
+	scripts/stack.sh down
+
+status:
+	scripts/stack.sh status
+
+test:    ## the whole suite against the real stack (starts it if needed); CI runs exactly this
+	scripts/test.sh
+
+build:
+	cargo build --workspace --bins
+
+fmt:
+	cargo fmt --all
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The whole test suite against the real local stack (what `make test` and CI run).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CACHE_DIR="${PAYSTREAM_CACHE_DIR:-$HOME/.cache/paystream}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE_DIR/target}"
+cd "$ROOT"
+
+"$ROOT/scripts/stack.sh" up
+PYTHON=$("$ROOT/scripts/python-env.sh")
+
+export PAYSTREAM_BIN_DIR="$CARGO_TARGET_DIR/debug"
+echo "== Python confluent-kafka interoperability tests"
+"$PYTHON" -m pytest -q "$ROOT/services/e2e-tests/python"
+
+echo "== Rust unit and integration tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast
+else
+  cargo test --workspace --no-fail-fast
+fi
