@@ -292,10 +292,10 @@ impl ClientContext for LoopContext {}
 
 impl ConsumerContext for LoopContext {
     fn pre_rebalance(&self, _: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        tracing::info!(group = %self.group_id, rebalance = ?rebalance, "rebalance: partitions revoked or lost");
+        tracing::info!(group = %self.group_id, rebalance = ?rebalance, "rebalance starting");
     }
     fn post_rebalance(&self, _: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        tracing::info!(group = %self.group_id, rebalance = ?rebalance, "rebalance: partitions assigned");
+        tracing::info!(group = %self.group_id, rebalance = ?rebalance, "rebalance done");
     }
 }
 

@@ -151,7 +151,7 @@ pub async fn create(
     let mut response = (StatusCode::ACCEPTED, axum::Json(accepted)).into_response();
     response.headers_mut().insert(
         header::LOCATION,
-        HeaderValue::from_str(&format!("/v1/payments/{payment_id}")).map_err(|e| internal(e))?,
+        HeaderValue::from_str(&format!("/v1/payments/{payment_id}")).map_err(internal)?,
     );
     Ok(response)
 }
