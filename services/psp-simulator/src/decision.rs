@@ -158,6 +158,15 @@ mod tests {
         }
     }
 
+    /// The largest draws `Rolls::draw` can produce: only a rate of 1.0 fires below them.
+    fn high_draws() -> Rolls {
+        Rolls {
+            transient: 0.999_999,
+            decline: 0.999_999,
+            decline_code: 0,
+        }
+    }
+
     const SUCCEEDED: Decision = Decision::Charge {
         status: ChargeStatus::Succeeded,
         decline_code: None,
@@ -210,7 +219,7 @@ mod tests {
             };
             // Even an outage-level failure rate does not hide the conflict.
             assert_eq!(
-                decide(Some(seen), &second, &knobs(0.0, 1.0), Rolls::quiet()),
+                decide(Some(seen), &second, &knobs(0.0, 1.0), high_draws()),
                 Decision::KeyReused
             );
         }
@@ -278,11 +287,7 @@ mod tests {
             decline: 0.0,
             decline_code: 0,
         };
-        let high = Rolls {
-            transient: 0.999_999,
-            decline: 0.999_999,
-            decline_code: 0,
-        };
+        let high = high_draws();
         assert_eq!(decide(None, &r, &knobs(0.0, 0.0), low), SUCCEEDED);
         assert!(matches!(
             decide(None, &r, &knobs(1.0, 0.0), high),
@@ -305,7 +310,7 @@ mod tests {
             charged: true,
         };
         assert_eq!(
-            decide(Some(seen), &r, &knobs(0.0, 1.0), Rolls::quiet()),
+            decide(Some(seen), &r, &knobs(0.0, 1.0), high_draws()),
             Decision::TransientFailure(TransientCause::Rate)
         );
     }

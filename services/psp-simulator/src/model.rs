@@ -54,6 +54,15 @@ pub enum ChargeStatus {
     Declined,
 }
 
+impl ChargeStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChargeStatus::Succeeded => "succeeded",
+            ChargeStatus::Declined => "declined",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChargeResponse {
     /// `ch_` followed by 32 hex digits.

@@ -19,6 +19,7 @@ const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-repl
 const MAX_KEY_LEN: usize = 255;
 
 #[tracing::instrument(
+    name = "charge",
     skip_all,
     fields(idempotency_key = tracing::field::Empty, payment.id = tracing::field::Empty)
 )]
@@ -45,7 +46,7 @@ pub(super) async fn create(
         Answer::Charged(charge) => {
             tracing::info!(
                 charge.id = %charge.charge_id,
-                status = ?charge.status,
+                status = charge.status.as_str(),
                 decline_code = charge.decline_code.as_deref(),
                 "charge created"
             );
