@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -16,7 +17,7 @@ use paystream_core::config::{
 };
 use paystream_core::headers::RecordHeaders;
 use paystream_core::kafka::{self, TopicSpec};
-use paystream_core::processing::LoopSettings;
+use paystream_core::processing::{LoopSettings, LoopStats};
 use paystream_core::shutdown::Shutdown;
 use paystream_psp_simulator::{ChargeFilter, ChargeRecord, PspClient};
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -172,17 +173,18 @@ impl TestStack {
         }
     }
 
-    /// Runs a payment processor in this process until the stack is dropped.
-    pub async fn spawn_processor(&self) -> anyhow::Result<()> {
+    /// Runs a payment processor in this process until teardown; returns its loop counters.
+    pub async fn spawn_processor(&self) -> anyhow::Result<Arc<LoopStats>> {
         let app =
             paystream_payment_processor::Application::build(self.processor_settings()).await?;
+        let stats = app.stats();
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             if let Err(e) = app.run_until_stopped(shutdown).await {
                 eprintln!("payment processor stopped with an error: {e:#}");
             }
         });
-        Ok(())
+        Ok(stats)
     }
 
     /// The environment that points the `payment-processor` binary at this stack.

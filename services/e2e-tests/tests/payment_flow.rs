@@ -1,10 +1,12 @@
 //! The walking skeleton end to end: REST → outbox → Kafka → payment processor → outcome.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use paystream_core::events::{self, Step};
 use paystream_e2e_tests::{payment_body, TestStack};
+use paystream_psp_simulator::ConfigPatch;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -165,6 +167,69 @@ async fn bad_requests_get_problem_details_and_store_nothing() -> anyhow::Result<
         .post_payment(Some("k"), &payment_body("m_1", "c_1", 100))
         .await?;
     assert_eq!(fixed.status(), 202);
+    stack.teardown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psp_outage_aborts_rewinds_and_recovers_without_loss() -> anyhow::Result<()> {
+    let stack = TestStack::spawn().await?;
+    // Every PSP call fails until the outage ends: the processor must abort its batch, rewind
+    // to the committed offsets and try again, neither skipping nor double-charging anything.
+    stack
+        .psp
+        .set_config(&ConfigPatch {
+            transient_failure_rate: Some(1.0),
+            ..Default::default()
+        })
+        .await?;
+    let stats = stack.spawn_processor().await?;
+    let mut ids = HashSet::new();
+    for i in 0..5 {
+        ids.insert(
+            stack
+                .accept_payment(&payment_body("m_outage", &format!("c_{i}"), 700))
+                .await?,
+        );
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while stats.batches_aborted.load(Ordering::Relaxed) < 2 {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no batch aborted during the outage"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        stack.terminal_payments().await?.is_empty(),
+        "nothing decided during the outage"
+    );
+
+    stack
+        .psp
+        .set_config(&ConfigPatch {
+            transient_failure_rate: Some(0.0),
+            ..Default::default()
+        })
+        .await?;
+    let terminal = stack.wait_terminal(5, WAIT).await?;
+    assert!(terminal.values().all(|s| s == "SUCCEEDED"), "{terminal:?}");
+    let charges = stack.charges().await?;
+    assert_eq!(
+        charges.iter().filter(|c| c.has_charge()).count(),
+        5,
+        "{charges:?}"
+    );
+    let outcomes = stack
+        .read_topic(&stack.topics.payments_outcomes, WAIT, |r| {
+            r.iter().map(|r| &r.key).collect::<HashSet<_>>().len() >= 5
+        })
+        .await?;
+    let keys: HashSet<Uuid> = outcomes
+        .iter()
+        .map(|r| Uuid::parse_str(&r.key).unwrap())
+        .collect();
+    assert_eq!(keys, ids);
     stack.teardown().await;
     Ok(())
 }

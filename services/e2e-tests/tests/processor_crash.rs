@@ -112,8 +112,12 @@ async fn killed_processor_restarts_without_losing_or_repeating_effects() -> anyh
         outcomes.len()
     );
 
-    second.start_kill()?;
-    second.wait().await?;
+    // SIGTERM: the processor finishes its batch, commits, leaves the group and exits 0.
+    let pid = second.id().expect("running").to_string();
+    let status = Command::new("kill").args(["-TERM", &pid]).status().await?;
+    assert!(status.success());
+    let exit = tokio::time::timeout(Duration::from_secs(20), second.wait()).await??;
+    assert!(exit.success(), "graceful shutdown exits 0, got {exit}");
     stack.teardown().await;
     Ok(())
 }

@@ -267,6 +267,12 @@ pub enum LoopError {
     Setup(anyhow::Error),
 }
 
+/// Recovering from a failed batch did not complete.
+enum Recovery {
+    Fatal(KafkaError),
+    ShutDown,
+}
+
 /// A batch failed: how to go on.
 #[derive(Debug, thiserror::Error)]
 enum BatchError {
@@ -424,11 +430,11 @@ impl<H: Handler> ProcessingLoop<H> {
                 Err(e) => {
                     tracing::warn!(error = %e, records = batch.len(), "batch failed; aborting and rewinding");
                     LoopStats::bump(&self.stats.batches_aborted);
-                    if let Err(e) = self.abort_and_rewind(&batch).await {
-                        if kafka::classify(&e) == ErrorClass::Fatal {
-                            break Err(LoopError::Fatal(e));
-                        }
-                        tracing::warn!(error = %e, "abort or rewind failed; retrying after back-off");
+                    match self.recover(&batch, &shutdown).await {
+                        Ok(()) => {}
+                        Err(Recovery::Fatal(e)) => break Err(LoopError::Fatal(e)),
+                        // Committed offsets are still behind the failed batch: nothing lost.
+                        Err(Recovery::ShutDown) => break Ok(()),
                     }
                     tokio::select! {
                         _ = shutdown.cancelled() => break Ok(()),
@@ -670,13 +676,40 @@ impl<H: Handler> ProcessingLoop<H> {
         }
     }
 
-    /// Aborts the open transaction and seeks every assigned partition back to its committed
-    /// offset, so the aborted records are consumed again.
-    async fn abort_and_rewind(&self, batch: &[Record]) -> Result<(), KafkaError> {
+    /// Aborts the open transaction and rewinds. The rewind is retried until it succeeds:
+    /// consuming on past a failed batch would let a later commit skip its records.
+    async fn recover(&self, batch: &[Record], shutdown: &Shutdown) -> Result<(), Recovery> {
         let producer = self.producer.clone();
         let timeout = self.call_timeout();
-        blocking(move || producer.abort_transaction(timeout)).await?;
+        if let Err(e) = blocking(move || producer.abort_transaction(timeout)).await {
+            // Not fatal: there may be no open transaction (begin failed). A transaction still
+            // open makes the next begin fail, which brings the loop back here.
+            if kafka::classify(&e) == ErrorClass::Fatal {
+                return Err(Recovery::Fatal(e));
+            }
+            tracing::warn!(error = %e, "abort_transaction failed");
+        }
+        let mut backoff = Duration::from_millis(self.settings.abort_backoff_ms);
+        loop {
+            match self.rewind(batch).await {
+                Ok(()) => return Ok(()),
+                Err(e) if kafka::classify(&e) == ErrorClass::Fatal => {
+                    return Err(Recovery::Fatal(e))
+                }
+                Err(e) => tracing::warn!(error = %e, "rewind failed; retrying"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return Err(Recovery::ShutDown),
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_millis(self.settings.abort_backoff_max_ms));
+        }
+    }
 
+    /// Seeks every assigned partition back to its committed offset, so the records of the
+    /// aborted batch are consumed again.
+    async fn rewind(&self, batch: &[Record]) -> Result<(), KafkaError> {
+        let timeout = self.call_timeout();
         let first_offsets: BTreeMap<(String, i32), i64> =
             batch.iter().fold(BTreeMap::new(), |mut m, r| {
                 m.entry((r.topic.clone(), r.partition)).or_insert(r.offset);
