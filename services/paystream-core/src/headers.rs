@@ -81,7 +81,7 @@ impl RecordHeaders {
         opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&cx, &mut carrier));
         let mut keys: Vec<_> = carrier.into_iter().collect();
         keys.sort();
-        for (k, v) in keys {
+        for (k, v) in keys.into_iter().filter(|(_, v)| !v.is_empty()) {
             self.set(&k, v);
         }
     }

@@ -120,6 +120,10 @@ The TOML config file carrying kafka.properties (dotted librdkafka keys cannot be
 # Rendered by the paystream chart; read through PAYSTREAM_CONFIG_FILE, under the environment.
 [kafka.properties]
 {{- range $key, $value := .Values.kafka.properties }}
+{{- /* Values are numbers after Helm's YAML parsing; print whole numbers without an exponent. */}}
+{{- if and (kindIs "float64" $value) (eq (float64 (int64 $value)) $value) }}
+{{- $value = int64 $value }}
+{{- end }}
 {{ $key | quote }} = {{ $value | toString | quote }}
 {{- end }}
 {{- end }}
@@ -171,4 +175,34 @@ Pod-template annotations that roll the pods when their configuration changes.
 {{- define "paystream.configChecksums" -}}
 checksum/config: {{ include (print .Template.BasePath "/configmap.yaml") . | sha256sum }}
 checksum/secret: {{ include (print .Template.BasePath "/secret.yaml") . | sha256sum }}
+{{- end }}
+
+{{/*
+One step of the migration job: a `paystream` CLI container. Call with
+(dict "root" $ "name" "migrate" "args" (list "migrate") "secretName" ... "secretKey" ...).
+The hook runs before the release's ConfigMaps exist, so its settings are inline.
+*/}}
+{{- define "paystream.migrationContainer" -}}
+- name: {{ .name }}
+  image: {{ include "paystream.image" .root | quote }}
+  imagePullPolicy: {{ .root.Values.image.pullPolicy }}
+  command: ["paystream"]
+  args:
+    {{- toYaml .args | nindent 4 }}
+  env:
+    - name: PAYSTREAM_DATABASE__URL
+      valueFrom:
+        secretKeyRef:
+          name: {{ .secretName }}
+          key: {{ .secretKey }}
+    - name: PAYSTREAM_SCHEMA_REGISTRY__URL
+      value: {{ required "set schemaRegistry.url" .root.Values.schemaRegistry.url | quote }}
+    - name: PAYSTREAM_KAFKA__BOOTSTRAP_SERVERS
+      value: {{ required "set kafka.bootstrapServers" .root.Values.kafka.bootstrapServers | quote }}
+    - name: RUST_LOG
+      value: {{ .root.Values.logging.level | quote }}
+  resources:
+    {{- toYaml .root.Values.migrations.resources | nindent 4 }}
+  securityContext:
+    {{- toYaml .root.Values.securityContext | nindent 4 }}
 {{- end }}
