@@ -57,9 +57,11 @@ wait_for() { # wait_for NAME SECONDS CHECK...
 
 http_ok() { curl -fsS -o /dev/null --max-time 2 "$1" 2>/dev/null; }
 
-running() { # running NAME: its pid file names a live process
-  local pidfile="$STATE_DIR/$1.pid"
-  [[ -f $pidfile ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null
+running() { # running NAME: its pid file names a live (not zombie) process
+  local pidfile="$STATE_DIR/$1.pid" state
+  [[ -f $pidfile ]] || return 1
+  state=$(ps -o stat= -p "$(cat "$pidfile")" 2>/dev/null) || return 1
+  [[ $state != Z* ]]
 }
 
 start() { # start NAME CMD...: start in the background unless already running

@@ -22,8 +22,6 @@ use sqlx::PgPool;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-pub const PAYMENT_REQUESTED_TYPE: &str = "io.paystream.payments.v1.PaymentRequested";
-
 /// Adds the event to the outbox inside the caller's transaction.
 pub async fn enqueue_payment_requested(
     conn: &mut sqlx::PgConnection,
@@ -39,7 +37,7 @@ pub async fn enqueue_payment_requested(
     .bind(event_id)
     .bind(topic)
     .bind(&event.payment_id)
-    .bind(PAYMENT_REQUESTED_TYPE)
+    .bind(PAYMENT_REQUESTED_SCHEMA.full_name)
     .bind(serde_json::to_value(event)?)
     .bind(serde_json::to_value(headers)?)
     .execute(conn)
@@ -164,7 +162,7 @@ impl OutboxRelay {
 
     async fn encode(&self, row: &OutboxRow) -> anyhow::Result<Vec<u8>> {
         match row.event_type.as_str() {
-            PAYMENT_REQUESTED_TYPE => {
+            t if t == PAYMENT_REQUESTED_SCHEMA.full_name => {
                 let event: PaymentRequested = serde_json::from_value(row.payload.clone())
                     .with_context(|| format!("outbox row {} is not a PaymentRequested", row.id))?;
                 Ok(self

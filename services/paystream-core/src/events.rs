@@ -36,16 +36,20 @@ pub fn event_id(payment_id: Uuid, step: Step) -> Uuid {
 /// A schema file shipped with the services, registered under `<topic>-value`.
 pub struct SchemaFile {
     pub name: &'static str,
+    /// The record's full name, sent as the `event_type` header.
+    pub full_name: &'static str,
     pub avsc: &'static str,
 }
 
 pub const PAYMENT_REQUESTED_SCHEMA: SchemaFile = SchemaFile {
     name: "payments.requested.v1",
+    full_name: "io.paystream.payments.v1.PaymentRequested",
     avsc: include_str!("../../../schemas/payments.requested.v1.avsc"),
 };
 
 pub const PAYMENT_OUTCOME_SCHEMA: SchemaFile = SchemaFile {
     name: "payments.outcomes.v1",
+    full_name: "io.paystream.payments.v1.PaymentOutcome",
     avsc: include_str!("../../../schemas/payments.outcomes.v1.avsc"),
 };
 
@@ -111,7 +115,12 @@ mod tests {
     #[test]
     fn shipped_schemas_parse() {
         for s in [PAYMENT_REQUESTED_SCHEMA, PAYMENT_OUTCOME_SCHEMA] {
-            apache_avro::Schema::parse_str(s.avsc).unwrap_or_else(|e| panic!("{}: {e}", s.name));
+            let parsed = apache_avro::Schema::parse_str(s.avsc)
+                .unwrap_or_else(|e| panic!("{}: {e}", s.name));
+            let apache_avro::Schema::Record(record) = parsed else {
+                panic!("{} is not a record", s.name)
+            };
+            assert_eq!(record.name.fullname(None), s.full_name);
         }
     }
 }

@@ -779,13 +779,6 @@ pub async fn event_output<T: Serialize>(
     event_id: Uuid,
     value: &T,
 ) -> Result<Output, HandlerError> {
-    let event_type = apache_avro::Schema::parse_str(schema.avsc)
-        .ok()
-        .and_then(|s| match s {
-            apache_avro::Schema::Record(r) => Some(r.name.fullname(None)),
-            _ => None,
-        })
-        .unwrap_or_default();
     let bytes = codec.encode(topic, schema, value).await.map_err(|e| {
         if e.is_transient() {
             HandlerError::Transient(e.into())
@@ -793,7 +786,7 @@ pub async fn event_output<T: Serialize>(
             HandlerError::Permanent(e.into())
         }
     })?;
-    Ok(Output::event(topic, key, bytes, event_id, &event_type))
+    Ok(Output::event(topic, key, bytes, event_id, schema.full_name))
 }
 
 /// Base64 helper re-exported for tools that print stored outputs.
