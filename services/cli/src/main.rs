@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use paystream_core::avro::AvroCodec;
-use paystream_core::config::{DatabaseSettings, KafkaSettings, TopicSettings};
+use paystream_core::config::{DatabaseSettings, KafkaSettings};
 use paystream_core::events::{PAYMENT_OUTCOME_SCHEMA, PAYMENT_REQUESTED_SCHEMA};
 use paystream_core::headers::RecordHeaders;
 use paystream_core::kafka::{self, TopicSpec};
@@ -87,6 +87,23 @@ enum Command {
     },
 }
 
+/// Topic names, overridable like the services' own (`PAYSTREAM_TOPICS__*`).
+#[derive(clap::Args)]
+struct TopicNames {
+    #[arg(
+        long,
+        env = "PAYSTREAM_TOPICS__PAYMENTS_REQUESTED",
+        default_value = "payments.requested.v1"
+    )]
+    requested_topic: String,
+    #[arg(
+        long,
+        env = "PAYSTREAM_TOPICS__PAYMENTS_OUTCOMES",
+        default_value = "payments.outcomes.v1"
+    )]
+    outcomes_topic: String,
+}
+
 #[derive(Subcommand)]
 enum TopicsCommand {
     /// Create paystream's topics (existing ones are left alone).
@@ -96,13 +113,25 @@ enum TopicsCommand {
         partitions: i32,
         #[arg(long, default_value_t = 1)]
         replication_factor: i32,
+        #[command(flatten)]
+        topics: TopicNames,
+        /// The payment processor's dead-letter topic.
+        #[arg(
+            long,
+            env = "PAYSTREAM_CONSUMER__DLQ_TOPIC",
+            default_value = "payment-processor.dlq"
+        )]
+        dlq_topic: String,
     },
 }
 
 #[derive(Subcommand)]
 enum SchemasCommand {
     /// Register the shipped schemas under `<topic>-value`.
-    Register,
+    Register {
+        #[command(flatten)]
+        topics: TopicNames,
+    },
 }
 
 #[tokio::main]
@@ -135,11 +164,20 @@ async fn main() -> ExitCode {
                 TopicsCommand::Create {
                     partitions,
                     replication_factor,
+                    topics,
+                    dlq_topic,
                 },
-        } => create_topics(&kafka_settings, partitions, replication_factor).await,
+        } => {
+            let specs = [
+                TopicSpec::new(topics.requested_topic, partitions),
+                TopicSpec::new(topics.outcomes_topic, partitions),
+                TopicSpec::new(dlq_topic, 1),
+            ];
+            create_topics(&kafka_settings, specs, replication_factor).await
+        }
         Command::Schemas {
-            command: SchemasCommand::Register,
-        } => register_schemas(&cli.registry_url).await,
+            command: SchemasCommand::Register { topics },
+        } => register_schemas(&cli.registry_url, &topics).await,
         Command::Migrate { database_url } => migrate(database_url).await,
     };
     match result {
@@ -252,22 +290,15 @@ async fn tail(
 
 async fn create_topics(
     settings: &KafkaSettings,
-    partitions: i32,
+    specs: [TopicSpec; 3],
     replication: i32,
 ) -> anyhow::Result<()> {
-    anyhow::ensure!(partitions > 0, "--partitions must be positive");
-    let topics = TopicSettings::default();
-    let specs: Vec<TopicSpec> = [
-        (topics.payments_requested.as_str(), partitions),
-        (topics.payments_outcomes.as_str(), partitions),
-        ("payment-processor.dlq", 1),
-    ]
-    .into_iter()
-    .map(|(name, p)| TopicSpec {
-        replication,
-        ..TopicSpec::new(name, p)
-    })
-    .collect();
+    anyhow::ensure!(
+        specs.iter().all(|s| s.partitions > 0),
+        "--partitions must be positive"
+    );
+    anyhow::ensure!(replication > 0, "--replication-factor must be positive");
+    let specs = specs.map(|s| TopicSpec { replication, ..s });
     kafka::ensure_topics(settings, &specs).await?;
     for s in &specs {
         println!("topic {} ({} partitions)", s.name, s.partitions);
@@ -275,15 +306,11 @@ async fn create_topics(
     Ok(())
 }
 
-async fn register_schemas(registry_url: &str) -> anyhow::Result<()> {
-    let topics = TopicSettings::default();
+async fn register_schemas(registry_url: &str, topics: &TopicNames) -> anyhow::Result<()> {
     let codec = AvroCodec::new(registry_url);
     for (topic, schema) in [
-        (
-            topics.payments_requested.as_str(),
-            &PAYMENT_REQUESTED_SCHEMA,
-        ),
-        (topics.payments_outcomes.as_str(), &PAYMENT_OUTCOME_SCHEMA),
+        (&topics.requested_topic, &PAYMENT_REQUESTED_SCHEMA),
+        (&topics.outcomes_topic, &PAYMENT_OUTCOME_SCHEMA),
     ] {
         let id = codec
             .register(topic, schema)

@@ -22,6 +22,7 @@ use paystream_core::shutdown::Shutdown;
 use paystream_psp_simulator::{ChargeFilter, ChargeRecord, PspClient};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
+use rdkafka::producer::FutureProducer;
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::Value;
 use sqlx::PgPool;
@@ -50,6 +51,9 @@ pub fn database_url() -> String {
         "postgres://postgres@127.0.0.1:5432/postgres",
     )
 }
+
+/// Key, value and headers of a record, as bytes.
+pub type RawRecord = (Option<Vec<u8>>, Option<Vec<u8>>, RecordHeaders);
 
 /// A consumed record with its value decoded to JSON.
 #[derive(Debug, Clone)]
@@ -298,14 +302,9 @@ impl TestStack {
         self.psp.charges(&ChargeFilter::all()).await
     }
 
-    /// Reads `topic` from the beginning (read_committed) until `until` holds for what was read,
-    /// or `timeout` passes; returns everything read.
-    pub async fn read_topic(
-        &self,
-        topic: &str,
-        timeout: Duration,
-        until: impl Fn(&[DecodedRecord]) -> bool,
-    ) -> anyhow::Result<Vec<DecodedRecord>> {
+    /// A read_committed consumer assigned to the first `partitions` partitions of `topic`,
+    /// from the beginning; it joins no group and commits nothing.
+    fn reader(&self, topic: &str, partitions: i32) -> anyhow::Result<StreamConsumer> {
         let consumer: StreamConsumer = kafka::client_config(
             &kafka_settings(),
             &[
@@ -319,10 +318,22 @@ impl TestStack {
         )?
         .create()?;
         let mut assignment = TopicPartitionList::new();
-        for p in 0..PARTITIONS {
+        for p in 0..partitions {
             assignment.add_partition_offset(topic, p, Offset::Beginning)?;
         }
         consumer.assign(&assignment)?;
+        Ok(consumer)
+    }
+
+    /// Reads `topic` from the beginning (read_committed) until `until` holds for what was read,
+    /// or `timeout` passes; returns everything read.
+    pub async fn read_topic(
+        &self,
+        topic: &str,
+        timeout: Duration,
+        until: impl Fn(&[DecodedRecord]) -> bool,
+    ) -> anyhow::Result<Vec<DecodedRecord>> {
+        let consumer = self.reader(topic, PARTITIONS)?;
         let codec = AvroCodec::new(&registry_url());
         let deadline = tokio::time::Instant::now() + timeout;
         let mut records = Vec::new();
@@ -341,6 +352,48 @@ impl TestStack {
                 headers: RecordHeaders::from_kafka(message.headers()),
                 value: codec.decode_json(message.payload()).await?,
             });
+        }
+        Ok(records)
+    }
+
+    /// Produces raw bytes, as a foreign or broken producer would.
+    pub async fn produce_raw(&self, topic: &str, key: &str, value: &[u8]) -> anyhow::Result<()> {
+        let producer: FutureProducer =
+            kafka::client_config(&kafka_settings(), kafka::IDEMPOTENT_PRODUCER)?.create()?;
+        let delivery = kafka::enqueue(
+            &producer,
+            topic,
+            Some(key.as_bytes()),
+            Some(value),
+            RecordHeaders::default().to_kafka(),
+        )
+        .await?;
+        kafka::delivered(delivery).await?;
+        Ok(())
+    }
+
+    /// Reads up to `n` records of a single-partition topic without decoding them.
+    pub async fn read_raw(
+        &self,
+        topic: &str,
+        timeout: Duration,
+        n: usize,
+    ) -> anyhow::Result<Vec<RawRecord>> {
+        let consumer = self.reader(topic, 1)?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut records = Vec::new();
+        while records.len() < n {
+            match tokio::time::timeout_at(deadline, consumer.recv()).await {
+                Ok(m) => {
+                    let m = m?;
+                    records.push((
+                        m.key().map(<[u8]>::to_vec),
+                        m.payload().map(<[u8]>::to_vec),
+                        RecordHeaders::from_kafka(m.headers()),
+                    ));
+                }
+                Err(_) => break,
+            }
         }
         Ok(records)
     }

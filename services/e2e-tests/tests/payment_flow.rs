@@ -233,3 +233,46 @@ async fn psp_outage_aborts_rewinds_and_recovers_without_loss() -> anyhow::Result
     stack.teardown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_records_go_to_the_dead_letter_topic_and_the_stream_moves_on() -> anyhow::Result<()>
+{
+    let stack = TestStack::spawn().await?;
+    stack.spawn_processor().await?;
+    let poison = b"\x00\x00\x00\x00\x07not avro at all".to_vec();
+    stack
+        .produce_raw(&stack.topics.payments_requested, "poison-key", &poison)
+        .await?;
+    let paid = stack
+        .accept_payment(&payment_body("m_dlq", "c_1", 300))
+        .await?;
+    stack.wait_terminal(1, WAIT).await?;
+    assert_eq!(stack.get_payment(paid).await?["status"], "SUCCEEDED");
+
+    let dlq = stack
+        .read_raw(&format!("{}.dlq", stack.group_id), WAIT, 1)
+        .await?;
+    assert_eq!(dlq.len(), 1, "{dlq:?}");
+    let (key, value, headers) = &dlq[0];
+    assert_eq!(key.as_deref(), Some(b"poison-key".as_slice()));
+    assert_eq!(
+        value.as_deref(),
+        Some(poison.as_slice()),
+        "original bytes, unchanged"
+    );
+    assert_eq!(headers.get("dlq.error.class"), Some("poison"));
+    assert_eq!(
+        headers.get("dlq.original.topic"),
+        Some(stack.topics.payments_requested.as_str())
+    );
+    assert_eq!(
+        headers.get("dlq.consumer.group"),
+        Some(stack.group_id.as_str())
+    );
+    assert!(headers.get("dlq.original.offset").is_some());
+    assert!(headers
+        .get("dlq.error.message")
+        .is_some_and(|m| !m.is_empty()));
+    stack.teardown().await;
+    Ok(())
+}

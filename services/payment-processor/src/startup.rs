@@ -53,14 +53,23 @@ impl Settings {
     pub fn load() -> anyhow::Result<Self> {
         let mut settings: Settings = paystream_core::config::load(DEFAULTS)?;
         if settings.consumer.transactional_id.is_empty() {
-            // Stable per instance: in Kubernetes HOSTNAME is the pod name (a StatefulSet
-            // ordinal keeps it across restarts), locally the machine's.
-            let instance = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
             settings.consumer.transactional_id =
-                format!("{}-{instance}", settings.consumer.group_id);
+                format!("{}-{}", settings.consumer.group_id, instance_name());
         }
         Ok(settings)
     }
+}
+
+/// A name stable per instance: in Kubernetes the pod name (a StatefulSet ordinal keeps it
+/// across restarts), elsewhere the host name. Shells do not always export `HOSTNAME`, so the
+/// kernel's is the fallback.
+fn instance_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "local".into())
 }
 
 pub struct Application {
