@@ -106,14 +106,16 @@ def test_paystream_tail_decodes_what_confluent_serializer_writes(registry):
              "merchant_id": "m_py", "customer_id": "c_py", "amount_minor": 99, "currency": "EUR",
              "payment_method": "card", "requested_at": 1_700_000_000_000}
     producer = Producer({"bootstrap.servers": BROKER, "enable.idempotence": True})
-    producer.produce(topic, key=payment_id,
-                     value=serializer(value, SerializationContext(topic, MessageField.VALUE)),
-                     headers={"event_id": value["event_id"]})
+    other = dict(value, payment_id=str(uuid.uuid4()), event_id=str(uuid.uuid4()))
+    for v in (other, value):
+        producer.produce(topic, key=v["payment_id"],
+                         value=serializer(v, SerializationContext(topic, MessageField.VALUE)),
+                         headers={"event_id": v["event_id"]})
     assert producer.flush(15) == 0
 
     out = subprocess.run(
-        [os.path.join(BIN_DIR, "paystream"), "tail", topic, "--from-beginning", "--max", "1",
-         "--idle-timeout", "20"],
+        [os.path.join(BIN_DIR, "paystream"), "tail", topic, "--from-beginning", "--key", payment_id,
+         "--max", "1", "--idle-timeout", "20"],
         capture_output=True, text=True, timeout=60, check=True,
         env={**os.environ, "PAYSTREAM_SCHEMA_REGISTRY__URL": REGISTRY,
              "PAYSTREAM_KAFKA__BOOTSTRAP_SERVERS": BROKER},

@@ -590,6 +590,9 @@ impl<H: Handler> ProcessingLoop<H> {
             Err(e) if e.is_transient() => return Err(BatchError::Transient(e.into())),
             Err(e) => Err(("poison", e.to_string())),
             Ok(event) => {
+                // The handler runs inside the transaction that records the event, so its writes
+                // and the dedupe row commit together. Its outside calls (the PSP) hold this one
+                // pooled connection meanwhile; a loop applies one record at a time.
                 let mut ctx = HandlerContext {
                     db: &mut tx,
                     record,
