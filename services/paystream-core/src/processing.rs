@@ -466,7 +466,15 @@ impl<H: Handler> ProcessingLoop<H> {
             tokio::select! {
                 biased;
                 _ = tokio::time::sleep_until(deadline) => break,
-                m = self.consumer.recv() => batch.push(Record::from_message(&m?)),
+                m = self.consumer.recv() => match m {
+                    Ok(m) => batch.push(Record::from_message(&m)),
+                    // The records already taken are past the consumer's position: process
+                    // them now rather than drop them; the error surfaces on the next poll.
+                    Err(e) => {
+                        tracing::warn!(error = %e, "consumer error while filling a batch");
+                        break;
+                    }
+                },
             }
         }
         Ok(batch)
