@@ -6,6 +6,10 @@
 //! - `paystream topics create`: create paystream's topics with explicit partition counts.
 //! - `paystream schemas register`: register the shipped Avro schemas under `<topic>-value`.
 //! - `paystream migrate`: apply the database migrations.
+//! - `paystream dlq list|show|replay`: inspect a consumer group's dead letters and replay them
+//!   to their original topic ([`dlq`]).
+
+mod dlq;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -76,6 +80,11 @@ enum Command {
         #[command(subcommand)]
         command: SchemasCommand,
     },
+    /// Inspect and replay a consumer group's dead letters.
+    Dlq {
+        #[command(subcommand)]
+        command: dlq::DlqCommand,
+    },
     /// Apply database migrations.
     Migrate {
         #[arg(
@@ -122,6 +131,19 @@ enum TopicsCommand {
             default_value = "payment-processor.dlq"
         )]
         dlq_topic: String,
+        /// The payment processor's group: its retry topics are `<group>.retry.1..N`.
+        #[arg(
+            long,
+            env = "PAYSTREAM_CONSUMER__GROUP_ID",
+            default_value = "payment-processor"
+        )]
+        group: String,
+        /// N, the number of retry topics (stages) of the group.
+        #[arg(long, default_value_t = 3)]
+        retry_stages: usize,
+        /// Partitions of each retry topic.
+        #[arg(long, default_value_t = 3)]
+        retry_partitions: i32,
     },
 }
 
@@ -166,19 +188,27 @@ async fn main() -> ExitCode {
                     replication_factor,
                     topics,
                     dlq_topic,
+                    group,
+                    retry_stages,
+                    retry_partitions,
                 },
         } => {
-            let specs = [
+            let mut specs = vec![
                 TopicSpec::new(topics.requested_topic, partitions),
                 TopicSpec::new(topics.outcomes_topic, partitions),
                 TopicSpec::new(dlq_topic, 1),
             ];
+            specs.extend(
+                (1..=retry_stages)
+                    .map(|s| TopicSpec::new(format!("{group}.retry.{s}"), retry_partitions)),
+            );
             create_topics(&kafka_settings, specs, replication_factor).await
         }
         Command::Schemas {
             command: SchemasCommand::Register { topics },
         } => register_schemas(&cli.registry_url, &topics).await,
         Command::Migrate { database_url } => migrate(database_url).await,
+        Command::Dlq { command } => dlq::run(command, &kafka_settings, &cli.registry_url).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -290,7 +320,7 @@ async fn tail(
 
 async fn create_topics(
     settings: &KafkaSettings,
-    specs: [TopicSpec; 3],
+    specs: Vec<TopicSpec>,
     replication: i32,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(
@@ -298,7 +328,10 @@ async fn create_topics(
         "--partitions must be positive"
     );
     anyhow::ensure!(replication > 0, "--replication-factor must be positive");
-    let specs = specs.map(|s| TopicSpec { replication, ..s });
+    let specs: Vec<TopicSpec> = specs
+        .into_iter()
+        .map(|s| TopicSpec { replication, ..s })
+        .collect();
     kafka::ensure_topics(settings, &specs).await?;
     for s in &specs {
         println!("topic {} ({} partitions)", s.name, s.partitions);

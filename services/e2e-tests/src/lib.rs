@@ -5,7 +5,7 @@
 //! the broker, the schema registry and Postgres started by `scripts/stack.sh up`. Tests can
 //! therefore run in parallel.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +30,9 @@ use uuid::Uuid;
 
 pub const PARTITIONS: i32 = 3;
 
+/// Short retry delays, so tests see the whole chain in about a second.
+pub const TEST_RETRY_DELAYS_MS: [u64; 3] = [200, 400, 800];
+
 fn env_or(key: &str, default: &str) -> String {
     std::env::var(key).unwrap_or_else(|_| default.to_string())
 }
@@ -50,6 +53,19 @@ pub fn database_url() -> String {
         "PAYSTREAM_DATABASE__URL",
         "postgres://postgres@127.0.0.1:5432/postgres",
     )
+}
+
+async fn decoded<M: Message>(codec: &AvroCodec, message: &M) -> anyhow::Result<DecodedRecord> {
+    Ok(DecodedRecord {
+        partition: message.partition(),
+        offset: message.offset(),
+        key: message
+            .key()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .unwrap_or_default(),
+        headers: RecordHeaders::from_kafka(message.headers()),
+        value: codec.decode_json(message.payload()).await?,
+    })
 }
 
 /// Key, value and headers of a record, as bytes.
@@ -162,6 +178,7 @@ impl TestStack {
             consumer: LoopSettings {
                 group_id: self.group_id.clone(),
                 transactional_id: format!("{}-0", self.group_id),
+                retry_delays_ms: TEST_RETRY_DELAYS_MS.to_vec(),
                 ..Default::default()
             },
             psp: paystream_payment_processor::psp::PspSettings {
@@ -202,6 +219,10 @@ impl TestStack {
                 s.consumer.transactional_id,
             ),
             ("PAYSTREAM_PSP__URL".into(), s.psp.url),
+            (
+                "PAYSTREAM_CONSUMER__RETRY_DELAYS_MS".into(),
+                TEST_RETRY_DELAYS_MS.map(|d| d.to_string()).join(","),
+            ),
             ("PAYSTREAM_DATABASE__URL".into(), database_url()),
             (
                 "PAYSTREAM_DATABASE__SCHEMA".into(),
@@ -342,16 +363,23 @@ impl TestStack {
                 Ok(m) => m?,
                 Err(_) => break,
             };
-            records.push(DecodedRecord {
-                partition: message.partition(),
-                offset: message.offset(),
-                key: message
-                    .key()
-                    .map(|k| String::from_utf8_lossy(k).into_owned())
-                    .unwrap_or_default(),
-                headers: RecordHeaders::from_kafka(message.headers()),
-                value: codec.decode_json(message.payload()).await?,
-            });
+            records.push(decoded(&codec, &message).await?);
+        }
+        Ok(records)
+    }
+
+    /// Reads all of `topic` (read_committed): stops once nothing new arrived for `idle`.
+    pub async fn read_all(
+        &self,
+        topic: &str,
+        idle: Duration,
+    ) -> anyhow::Result<Vec<DecodedRecord>> {
+        let consumer = self.reader(topic, PARTITIONS)?;
+        let codec = AvroCodec::new(&registry_url());
+        let mut records = Vec::new();
+        while let Ok(message) = tokio::time::timeout(idle, consumer.recv()).await {
+            let message = message?;
+            records.push(decoded(&codec, &message).await?);
         }
         Ok(records)
     }
@@ -439,4 +467,102 @@ pub fn workspace_binary(name: &str) -> anyhow::Result<PathBuf> {
         path.display()
     );
     Ok(path)
+}
+
+/// A `payment-processor` child process wired to a [`TestStack`], logging JSON to its own file.
+pub struct ProcessorProcess {
+    child: tokio::process::Child,
+    pub transactional_id: String,
+    pub log_path: PathBuf,
+}
+
+impl ProcessorProcess {
+    /// Starts an instance with `transactional_id`; `run` names its log file.
+    pub fn spawn(stack: &TestStack, transactional_id: &str, run: &str) -> anyhow::Result<Self> {
+        let log_path = std::env::temp_dir().join(format!("{}-{run}.log", stack.group_id));
+        let log = std::fs::File::create(&log_path)?;
+        let child = tokio::process::Command::new(workspace_binary("payment-processor")?)
+            .envs(stack.processor_env())
+            .env("PAYSTREAM_CONSUMER__TRANSACTIONAL_ID", transactional_id)
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::from(log.try_clone()?))
+            .stderr(std::process::Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()?;
+        Ok(Self {
+            child,
+            transactional_id: transactional_id.to_string(),
+            log_path,
+        })
+    }
+
+    /// SIGKILL: no chance to finish anything.
+    pub async fn kill(&mut self) -> anyhow::Result<()> {
+        self.child.start_kill()?;
+        self.child.wait().await?;
+        Ok(())
+    }
+
+    /// SIGTERM, then waits up to `deadline` for the exit.
+    pub async fn terminate(
+        &mut self,
+        deadline: Duration,
+    ) -> anyhow::Result<std::process::ExitStatus> {
+        let pid = self.child.id().context("already exited")?.to_string();
+        let sent = tokio::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await?;
+        anyhow::ensure!(sent.success(), "kill -TERM {pid} failed");
+        Ok(tokio::time::timeout(deadline, self.child.wait())
+            .await
+            .context("no exit before the deadline")??)
+    }
+
+    /// The JSON log lines this run wrote.
+    pub fn log_lines(&self) -> anyhow::Result<Vec<Value>> {
+        Ok(std::fs::read_to_string(&self.log_path)?
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect())
+    }
+
+    /// How many log lines carry `message`.
+    pub fn count_logged(&self, message: &str) -> anyhow::Result<usize> {
+        Ok(self
+            .log_lines()?
+            .iter()
+            .filter(|l| l["message"] == message)
+            .count())
+    }
+
+    /// The `paystream.txn` tags of the transactions this run logged as committed.
+    pub fn committed_transactions(&self) -> anyhow::Result<HashSet<String>> {
+        Ok(self
+            .log_lines()?
+            .iter()
+            .filter(|l| l["message"] == "transaction committed")
+            .filter_map(|l| l["txn"].as_str().map(str::to_string))
+            .collect())
+    }
+
+    /// The tag of the transaction after the last one this run logged as committed: the one a
+    /// SIGKILL may have cut between its commit and its log line.
+    pub fn in_doubt_transaction(&self) -> anyhow::Result<Option<String>> {
+        let lines = self.log_lines()?;
+        let Some(run) = lines
+            .iter()
+            .find(|l| l["message"] == "processing loop started")
+            .and_then(|l| l["run"].as_str())
+        else {
+            return Ok(None);
+        };
+        let last = self
+            .committed_transactions()?
+            .iter()
+            .filter_map(|t| t.rsplit('/').next()?.parse::<u64>().ok())
+            .max()
+            .unwrap_or(0);
+        Ok(Some(format!("{}/{run}/{}", self.transactional_id, last + 1)))
+    }
 }

@@ -172,10 +172,11 @@ async fn bad_requests_get_problem_details_and_store_nothing() -> anyhow::Result<
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn psp_outage_aborts_rewinds_and_recovers_without_loss() -> anyhow::Result<()> {
+async fn psp_outage_goes_through_the_retry_chain_without_loss() -> anyhow::Result<()> {
     let stack = TestStack::spawn().await?;
-    // Every PSP call fails until the outage ends: the processor must abort its batch, rewind
-    // to the committed offsets and try again, neither skipping nor double-charging anything.
+    // Every PSP call fails until the outage ends: the processor forwards each payment to its
+    // retry chain (the input partitions move on), and the retries succeed once the PSP is back,
+    // neither skipping nor double-charging anything.
     stack
         .psp
         .set_config(&ConfigPatch {
@@ -193,17 +194,18 @@ async fn psp_outage_aborts_rewinds_and_recovers_without_loss() -> anyhow::Result
         );
     }
     let deadline = tokio::time::Instant::now() + WAIT;
-    while stats.batches_aborted.load(Ordering::Relaxed) < 2 {
+    while stats.records_retried.load(Ordering::Relaxed) < 5 {
         anyhow::ensure!(
             tokio::time::Instant::now() < deadline,
-            "no batch aborted during the outage"
+            "no payment forwarded to the retry chain during the outage"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(
         stack.terminal_payments().await?.is_empty(),
         "nothing decided during the outage"
     );
+    assert_eq!(stats.batches_aborted.load(Ordering::Relaxed), 0);
 
     stack
         .psp
@@ -214,6 +216,7 @@ async fn psp_outage_aborts_rewinds_and_recovers_without_loss() -> anyhow::Result
         .await?;
     let terminal = stack.wait_terminal(5, WAIT).await?;
     assert!(terminal.values().all(|s| s == "SUCCEEDED"), "{terminal:?}");
+    assert_eq!(stats.records_dead_lettered.load(Ordering::Relaxed), 0);
     let charges = stack.charges().await?;
     assert_eq!(
         charges.iter().filter(|c| c.has_charge()).count(),
@@ -260,18 +263,18 @@ async fn poison_records_go_to_the_dead_letter_topic_and_the_stream_moves_on() ->
         Some(poison.as_slice()),
         "original bytes, unchanged"
     );
-    assert_eq!(headers.get("dlq.error.class"), Some("poison"));
+    assert_eq!(headers.get("paystream.error.class"), Some("poison"));
     assert_eq!(
-        headers.get("dlq.original.topic"),
+        headers.get("paystream.original.topic"),
         Some(stack.topics.payments_requested.as_str())
     );
     assert_eq!(
-        headers.get("dlq.consumer.group"),
+        headers.get("paystream.consumer.group"),
         Some(stack.group_id.as_str())
     );
-    assert!(headers.get("dlq.original.offset").is_some());
+    assert!(headers.get("paystream.original.offset").is_some());
     assert!(headers
-        .get("dlq.error.message")
+        .get("paystream.error.message")
         .is_some_and(|m| !m.is_empty()));
     stack.teardown().await;
     Ok(())

@@ -14,6 +14,8 @@ pub struct PspSettings {
     pub url: String,
     pub timeout_ms: u64,
     /// Attempts within one processing of a record before the failure is handed to the loop.
+    /// 1 by default: a transient failure goes through the group's retry chain, whose delays
+    /// give the PSP time to recover without holding the input partition.
     pub attempts: u32,
     pub retry_backoff_ms: u64,
 }
@@ -23,7 +25,7 @@ impl Default for PspSettings {
         Self {
             url: "http://127.0.0.1:8090".into(),
             timeout_ms: 5_000,
-            attempts: 3,
+            attempts: 1,
             retry_backoff_ms: 100,
         }
     }
@@ -81,7 +83,7 @@ impl PspClient {
         format!("{payment_id}:charge")
     }
 
-    /// Charges the payment, retrying transient failures a few times with the same key.
+    /// Charges the payment, retrying transient failures `attempts - 1` times with the same key.
     #[tracing::instrument(name = "psp charge", skip_all, fields(otel.kind = "client", payment.id = %payment.payment_id))]
     pub async fn charge(&self, payment: &PaymentRequested) -> Result<Charge, PspError> {
         let mut attempt = 1;

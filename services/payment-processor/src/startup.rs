@@ -13,7 +13,7 @@ use paystream_core::config::{
     DatabaseSettings, HttpSettings, KafkaSettings, SchemaRegistrySettings, TopicSettings,
 };
 use paystream_core::events::PAYMENT_OUTCOME_SCHEMA;
-use paystream_core::processing::{LoopSettings, LoopStats, ProcessingLoop};
+use paystream_core::processing::{Faults, LoopSettings, LoopStats, ProcessingLoop};
 use paystream_core::shutdown::Shutdown;
 use serde::Deserialize;
 use serde_json::json;
@@ -118,6 +118,11 @@ impl Application {
 
     pub fn stats(&self) -> Arc<LoopStats> {
         self.processing.stats()
+    }
+
+    /// The loop's chaos hooks (abort injection), for tests and game days.
+    pub fn faults(&self) -> Arc<Faults> {
+        self.processing.faults()
     }
 
     /// Processes until `shutdown` (the current batch is finished and committed) or a fatal

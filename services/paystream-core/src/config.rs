@@ -157,3 +157,57 @@ mod tests {
         assert!(!format!("{db:?}").contains("hunter2"));
     }
 }
+
+/// Deserializes a list given either as a sequence (TOML file) or as a comma-separated string
+/// (an environment variable such as `PAYSTREAM_CONSUMER__RETRY_DELAYS_MS=1000,10000,60000`).
+pub fn list_or_csv<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: std::str::FromStr + Deserialize<'de>,
+    T::Err: std::fmt::Display,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw<T> {
+        List(Vec<T>),
+        One(T),
+        Text(String),
+    }
+    match Raw::<T>::deserialize(deserializer)? {
+        Raw::List(v) => Ok(v),
+        Raw::One(v) => Ok(vec![v]),
+        Raw::Text(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                p.parse()
+                    .map_err(|e| serde::de::Error::custom(format!("`{p}`: {e}")))
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod list_tests {
+    use super::*;
+
+    #[derive(Deserialize)]
+    struct S {
+        #[serde(deserialize_with = "list_or_csv")]
+        v: Vec<u64>,
+    }
+
+    #[test]
+    fn lists_come_as_sequences_numbers_or_comma_separated_text() {
+        let s: S = serde_json::from_str(r#"{"v":[1,2]}"#).unwrap();
+        assert_eq!(s.v, vec![1, 2]);
+        let s: S = serde_json::from_str(r#"{"v":"10, 20,30"}"#).unwrap();
+        assert_eq!(s.v, vec![10, 20, 30]);
+        let s: S = serde_json::from_str(r#"{"v":7}"#).unwrap();
+        assert_eq!(s.v, vec![7]);
+        let s: S = serde_json::from_str(r#"{"v":""}"#).unwrap();
+        assert!(s.v.is_empty());
+        assert!(serde_json::from_str::<S>(r#"{"v":"1,x"}"#).is_err());
+    }
+}

@@ -15,13 +15,28 @@ pub const EVENT_TYPE: &str = "event_type";
 pub const TRACEPARENT: &str = "traceparent";
 pub const TRACESTATE: &str = "tracestate";
 
-// Dead-letter headers: where the record came from and why it failed.
-pub const DLQ_ORIGINAL_TOPIC: &str = "dlq.original.topic";
-pub const DLQ_ORIGINAL_PARTITION: &str = "dlq.original.partition";
-pub const DLQ_ORIGINAL_OFFSET: &str = "dlq.original.offset";
-pub const DLQ_CONSUMER_GROUP: &str = "dlq.consumer.group";
-pub const DLQ_ERROR_CLASS: &str = "dlq.error.class";
-pub const DLQ_ERROR_MESSAGE: &str = "dlq.error.message";
+// Failure headers, set on every retry-topic and dead-letter record (the original key, value
+// and headers are forwarded unchanged next to them). Values are UTF-8 decimal or text.
+/// Failed attempts so far: 1 on `<group>.retry.1`, N+1 on the DLQ after N retries.
+pub const ATTEMPT: &str = "paystream.attempt";
+/// Epoch milliseconds before which a retry consumer must not process the record.
+pub const DUE_AT_MS: &str = "paystream.due.ms";
+/// Where the record was first consumed from; kept unchanged through the whole chain.
+pub const ORIGINAL_TOPIC: &str = "paystream.original.topic";
+pub const ORIGINAL_PARTITION: &str = "paystream.original.partition";
+pub const ORIGINAL_OFFSET: &str = "paystream.original.offset";
+/// The original record's timestamp (epoch ms), when it had one.
+pub const ORIGINAL_TIMESTAMP_MS: &str = "paystream.original.timestamp";
+pub const CONSUMER_GROUP: &str = "paystream.consumer.group";
+/// `transient`, `permanent` or `poison`.
+pub const ERROR_CLASS: &str = "paystream.error.class";
+/// The last error, truncated to [`MAX_ERROR_MESSAGE_LEN`] bytes.
+pub const ERROR_MESSAGE: &str = "paystream.error.message";
+/// How many times an operator replayed the record from a dead-letter topic.
+pub const REPLAY_COUNT: &str = "paystream.replay.count";
+/// The transaction that produced the record: `<transactional.id>/<run>/<sequence>`. Lets an
+/// operator tell which records came from a transaction that never committed.
+pub const PRODUCER_TXN: &str = "paystream.txn";
 
 /// Bound on error text copied into a header, so a huge error can't bloat a record.
 pub const MAX_ERROR_MESSAGE_LEN: usize = 1024;
@@ -84,6 +99,18 @@ impl RecordHeaders {
         for (k, v) in keys.into_iter().filter(|(_, v)| !v.is_empty()) {
             self.set(&k, v);
         }
+    }
+
+    /// Removes `name`; returns whether it was there.
+    pub fn remove(&mut self, name: &str) -> bool {
+        let before = self.0.len();
+        self.0.retain(|(k, _)| k != name);
+        self.0.len() != before
+    }
+
+    /// Parses a numeric header; `None` when absent or not a number.
+    pub fn get_i64(&self, name: &str) -> Option<i64> {
+        self.get(name).and_then(|v| v.trim().parse().ok())
     }
 
     /// The trace context carried by these headers (empty when there is none).

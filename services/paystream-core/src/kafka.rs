@@ -53,6 +53,9 @@ pub const TRANSACTIONAL_CONSUMER: &[(&str, &str)] = &[
     ("enable.auto.offset.store", "false"),
     ("auto.offset.reset", "earliest"),
     ("enable.partition.eof", "false"),
+    // Incremental rebalancing: a joining or leaving instance only moves the partitions that
+    // change owner, the others keep flowing (KIP-429).
+    ("partition.assignment.strategy", "cooperative-sticky"),
 ];
 
 /// A topic paystream needs, with its partition count.

@@ -13,13 +13,17 @@
 //! - [`headers`]: record header names and W3C trace-context propagation through Kafka.
 //! - [`processing`]: the transactional consume-transform-produce loop with an idempotent
 //!   consumer (applied event ids recorded in Postgres alongside the effects).
+//! - [`retry`]: the retry-topic chain and dead-letter routing, with their headers.
+//! - [`dlq`]: reading and replaying dead letters (the operator tool's library).
 
 pub mod avro;
 pub mod config;
+pub mod dlq;
 pub mod db;
 pub mod events;
 pub mod headers;
 pub mod kafka;
 pub mod processing;
+pub mod retry;
 pub mod shutdown;
 pub mod telemetry;

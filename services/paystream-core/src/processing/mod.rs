@@ -5,21 +5,35 @@
 //! `send_offsets_to_transaction` with the group metadata (KIP-447) → commit.
 //!
 //! Failure handling:
-//! - transient failure (handler, Postgres, registry, abortable Kafka error): abort, rewind every
-//!   assigned partition to its committed offset, back off, go on;
-//! - poison record (undecodable) or permanent handler error: the original record goes to the
-//!   group's dead-letter topic inside the same transaction that commits its offset;
-//! - fatal Kafka error (fenced by a newer instance): stop and return the error, so the
+//! - a handler's transient failure: the record is forwarded to the group's next retry topic
+//!   ([`crate::retry`]) inside the transaction that commits its offset, so the input partition
+//!   keeps flowing; after the last retry it goes to the dead-letter topic;
+//! - a poison record (undecodable) or a permanent handler failure: the original record goes to
+//!   the dead-letter topic inside the transaction that commits its offset;
+//! - an infrastructure failure (Postgres, the registry, an abortable Kafka error): abort, rewind
+//!   every assigned partition to its committed offset, back off, go on;
+//! - a fatal Kafka error (fenced by a newer instance): stop and return the error, so the
 //!   supervisor restarts the process.
+//!
+//! The same consumer reads the group's retry topics. A retry partition whose head record is not
+//! due yet is paused and resumed when it is due ([`hold`]); the other partitions keep flowing.
 //!
 //! Effects outside Kafka are exactly-once because every applied event id is recorded in
 //! `processed_events` in the same database transaction as the handler's writes, together with
 //! the outputs it produced. A redelivered event (after an abort, a crash, or a broker that shows
 //! records of aborted transactions) skips the handler and re-produces the stored outputs, which
 //! carry the same deterministic event ids, so downstream consumers dedupe them in turn.
+//!
+//! Rebalances need no transaction handling of their own: librdkafka serves them inside `recv`,
+//! and the loop only calls `recv` between transactions, so no transaction is open when
+//! partitions are revoked or lost. Records of partitions no longer assigned when a batch closes
+//! are dropped from it; their new owner reads them from the committed offsets.
+
+pub mod hold;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,8 +55,10 @@ use crate::avro::AvroCodec;
 use crate::config::KafkaSettings;
 use crate::events::EVENT_ID_NAMESPACE;
 use crate::headers::{self, RecordHeaders};
-use crate::kafka::{self, ErrorClass};
+use crate::kafka::{self, ErrorClass, TopicSpec};
+use crate::retry::{self, Destination, Failure, FailureClass, RetryPolicy};
 use crate::shutdown::Shutdown;
+use hold::{HeldPartitions, HeldRecord};
 
 /// Settings of one consumer group's loop.
 #[derive(Debug, Clone, Deserialize)]
@@ -61,6 +77,16 @@ pub struct LoopSettings {
     pub abort_backoff_max_ms: u64,
     /// Dead-letter topic; defaults to `<group_id>.dlq`.
     pub dlq_topic: Option<String>,
+    /// Delay of each retry topic `<group_id>.retry.1 … .retry.N`; N is the list's length
+    /// (0: transient failures go straight to the dead-letter topic).
+    #[serde(deserialize_with = "crate::config::list_or_csv")]
+    pub retry_delays_ms: Vec<u64>,
+    /// Partitions of the retry and dead-letter topics the loop creates when they are missing.
+    pub retry_topic_partitions: i32,
+    pub dlq_topic_partitions: i32,
+    /// After a shutdown signal, how long the batch in flight may take to commit before it is
+    /// aborted (its records are then redelivered to the next owner).
+    pub drain_timeout_ms: u64,
 }
 
 impl Default for LoopSettings {
@@ -75,6 +101,10 @@ impl Default for LoopSettings {
             abort_backoff_ms: 200,
             abort_backoff_max_ms: 10_000,
             dlq_topic: None,
+            retry_delays_ms: vec![1_000, 10_000, 60_000],
+            retry_topic_partitions: 3,
+            dlq_topic_partitions: 1,
+            drain_timeout_ms: 20_000,
         }
     }
 }
@@ -84,6 +114,18 @@ impl LoopSettings {
         self.dlq_topic
             .clone()
             .unwrap_or_else(|| format!("{}.dlq", self.group_id))
+    }
+
+    /// The group's retry chain and dead-letter topic.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy::new(
+            self.group_id.clone(),
+            self.retry_delays_ms
+                .iter()
+                .map(|ms| Duration::from_millis(*ms))
+                .collect(),
+            self.dlq_topic(),
+        )
     }
 }
 
@@ -200,6 +242,8 @@ pub struct HandlerContext<'a> {
     pub db: &'a mut sqlx::PgConnection,
     pub record: &'a Record,
     pub event_id: Uuid,
+    /// Failed attempts before this one (0 on the input topic, k on `<group>.retry.k`).
+    pub attempt: u32,
     pub codec: &'a AvroCodec,
 }
 
@@ -223,8 +267,13 @@ pub struct LoopStats {
     pub batches_committed: AtomicU64,
     pub batches_aborted: AtomicU64,
     pub records_applied: AtomicU64,
+    /// Redeliveries of the record that applied an event: its outputs are produced again.
     pub records_replayed: AtomicU64,
+    /// Other records carrying an already applied event id: skipped, nothing produced.
+    pub records_deduplicated: AtomicU64,
+    pub records_retried: AtomicU64,
     pub records_dead_lettered: AtomicU64,
+    pub partitions_held: AtomicU64,
 }
 
 impl LoopStats {
@@ -249,6 +298,18 @@ impl LoopStats {
             (
                 "records_replayed",
                 self.records_replayed.load(Ordering::Relaxed),
+            ),
+            (
+                "records_deduplicated",
+                self.records_deduplicated.load(Ordering::Relaxed),
+            ),
+            (
+                "records_retried",
+                self.records_retried.load(Ordering::Relaxed),
+            ),
+            (
+                "partitions_held",
+                self.partitions_held.load(Ordering::Relaxed),
             ),
             (
                 "records_dead_lettered",
@@ -280,6 +341,8 @@ enum BatchError {
     Kafka(KafkaError),
     #[error("{0:#}")]
     Transient(anyhow::Error),
+    #[error("shutdown drain deadline passed with the batch still open")]
+    DrainTimeout,
 }
 
 impl From<KafkaError> for BatchError {
@@ -290,6 +353,7 @@ impl From<KafkaError> for BatchError {
 
 /// Logs rebalances. The loop never has a transaction open while librdkafka serves a
 /// rebalance: callbacks run inside `recv`, and `recv` is only called between transactions.
+/// The default handling (incremental for cooperative-sticky) is kept.
 pub struct LoopContext {
     group_id: String,
 }
@@ -315,16 +379,70 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
+/// Chaos hooks for tests and game days: make the loop fail the way production can.
+#[derive(Debug)]
+pub struct Faults {
+    abort_after_records: AtomicI64,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Self {
+            abort_after_records: AtomicI64::new(-1),
+        }
+    }
+}
+
+impl Faults {
+    /// Fails the open transaction with an abortable error once `n` more records have been
+    /// applied (before the next record), as a broker-side abort would. One-shot.
+    pub fn abort_after_records(&self, n: u32) {
+        self.abort_after_records
+            .store(i64::from(n), Ordering::SeqCst);
+    }
+
+    /// Whether the armed abort fires now; counts one applied record otherwise.
+    fn fire_before_record(&self) -> bool {
+        let mut current = self.abort_after_records.load(Ordering::SeqCst);
+        loop {
+            let next = match current {
+                c if c < 0 => return false,
+                0 => -1,
+                c => c - 1,
+            };
+            match self.abort_after_records.compare_exchange(
+                current,
+                next,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => return current == 0,
+                Err(actual) => current = actual,
+            }
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
 /// One consumer group instance.
 pub struct ProcessingLoop<H: Handler> {
     settings: LoopSettings,
+    kafka_settings: KafkaSettings,
     topics: Vec<String>,
+    policy: RetryPolicy,
     consumer: Arc<StreamConsumer<LoopContext>>,
     producer: FutureProducer,
     pool: PgPool,
     codec: Arc<AvroCodec>,
     handler: Arc<H>,
     stats: Arc<LoopStats>,
+    faults: Arc<Faults>,
+    /// Distinguishes this process's transactions from an earlier run's with the same
+    /// transactional id, in the `paystream.txn` header.
+    run_id: String,
 }
 
 impl<H: Handler> ProcessingLoop<H> {
@@ -362,7 +480,9 @@ impl<H: Handler> ProcessingLoop<H> {
         let producer: FutureProducer =
             kafka::client_config(kafka_settings, &producer_props)?.create()?;
         Ok(Self {
+            policy: settings.retry_policy(),
             settings,
+            kafka_settings: kafka_settings.clone(),
             topics,
             consumer: Arc::new(consumer),
             producer,
@@ -370,6 +490,8 @@ impl<H: Handler> ProcessingLoop<H> {
             codec,
             handler: Arc::new(handler),
             stats: Arc::default(),
+            faults: Arc::default(),
+            run_id: Uuid::new_v4().simple().to_string()[..8].to_string(),
         })
     }
 
@@ -377,8 +499,27 @@ impl<H: Handler> ProcessingLoop<H> {
         self.stats.clone()
     }
 
+    pub fn faults(&self) -> Arc<Faults> {
+        self.faults.clone()
+    }
+
     fn call_timeout(&self) -> Duration {
         Duration::from_secs(30)
+    }
+
+    /// The retry and dead-letter topics, created when missing.
+    async fn ensure_chain_topics(&self) -> anyhow::Result<()> {
+        let mut specs: Vec<TopicSpec> = self
+            .policy
+            .retry_topics()
+            .into_iter()
+            .map(|t| TopicSpec::new(t, self.settings.retry_topic_partitions))
+            .collect();
+        specs.push(TopicSpec::new(
+            self.policy.dlq_topic(),
+            self.settings.dlq_topic_partitions,
+        ));
+        kafka::ensure_topics(&self.kafka_settings, &specs).await
     }
 
     /// Consumes until `shutdown` fires, then finishes the current batch, commits and leaves.
@@ -391,17 +532,35 @@ impl<H: Handler> ProcessingLoop<H> {
                 ErrorClass::Fatal => LoopError::Fatal(e),
                 _ => LoopError::Setup(anyhow::Error::new(e).context("init_transactions")),
             })?;
-        let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
+        self.ensure_chain_topics()
+            .await
+            .map_err(|e| LoopError::Setup(e.context("creating the retry and dead-letter topics")))?;
+        let mut subscription = self.topics.clone();
+        subscription.extend(self.policy.retry_topics());
+        let topics: Vec<&str> = subscription.iter().map(String::as_str).collect();
         self.consumer
             .subscribe(&topics)
             .map_err(|e| LoopError::Setup(anyhow::Error::new(e).context("subscribe")))?;
-        tracing::info!(group = %self.settings.group_id, topics = ?self.topics,
-            transactional_id = %self.settings.transactional_id, "processing loop started");
+        tracing::info!(group = %self.settings.group_id, topics = ?subscription,
+            transactional_id = %self.settings.transactional_id, run = %self.run_id,
+            "processing loop started");
 
+        let drain_deadline = {
+            let shutdown = shutdown.clone();
+            let grace = Duration::from_millis(self.settings.drain_timeout_ms);
+            async move {
+                shutdown.cancelled().await;
+                tokio::time::sleep(grace).await;
+            }
+        };
+        tokio::pin!(drain_deadline);
         let base_backoff = Duration::from_millis(self.settings.abort_backoff_ms);
         let mut backoff = base_backoff;
+        let mut held = HeldPartitions::default();
+        let mut txn_seq: u64 = 0;
         let result = loop {
-            let batch = match self.next_batch(&shutdown).await {
+            self.resume_due(&mut held);
+            let batch = match self.next_batch(&shutdown, held.next_due_ms()).await {
                 Ok(batch) => batch,
                 Err(e) if kafka::classify(&e) == ErrorClass::Fatal => {
                     break Err(LoopError::Fatal(e))
@@ -418,24 +577,60 @@ impl<H: Handler> ProcessingLoop<H> {
                 }
                 continue;
             }
-            match self.process_batch(&batch).await {
+            let batch = self.still_assigned(batch);
+            let (batch, not_due) =
+                hold::split_not_due(batch, |t| self.policy.is_retry_topic(t), now_ms());
+            if let Err(e) = self.hold(&not_due, &mut held).await {
+                // The held record might now sit behind the consumer's position: rewind to the
+                // committed offsets rather than risk skipping it.
+                tracing::warn!(error = %e, "holding a retry partition failed; rewinding");
+                match self.recover(&batch, &mut held, &shutdown).await {
+                    Ok(()) => continue,
+                    Err(Recovery::Fatal(e)) => break Err(LoopError::Fatal(e)),
+                    Err(Recovery::ShutDown) => break Ok(()),
+                }
+            }
+            if batch.is_empty() {
+                continue;
+            }
+
+            txn_seq += 1;
+            let txn = format!(
+                "{}/{}/{txn_seq}",
+                self.settings.transactional_id, self.run_id
+            );
+            let outcome = tokio::select! {
+                r = self.process_batch(&batch, &txn) => r,
+                _ = &mut drain_deadline => Err(BatchError::DrainTimeout),
+            };
+            match outcome {
                 Ok(()) => {
                     LoopStats::bump(&self.stats.batches_committed);
                     backoff = base_backoff;
                 }
                 Err(BatchError::Kafka(e)) if kafka::classify(&e) == ErrorClass::Fatal => {
-                    tracing::error!(error = %e, "fatal Kafka error; stopping this instance");
+                    tracing::error!(error = %e, %txn, "fatal Kafka error; stopping this instance");
                     break Err(LoopError::Fatal(e));
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, records = batch.len(), "batch failed; aborting and rewinding");
+                Err(BatchError::DrainTimeout) => {
+                    tracing::warn!(%txn, records = batch.len(), "drain deadline passed; aborting the open batch and stopping");
                     LoopStats::bump(&self.stats.batches_aborted);
-                    match self.recover(&batch, &shutdown).await {
+                    let producer = self.producer.clone();
+                    if let Err(e) = blocking(move || producer.abort_transaction(timeout)).await {
+                        tracing::warn!(error = %e, "abort_transaction failed");
+                    }
+                    break Ok(());
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, %txn, records = batch.len(), "batch failed; aborting and rewinding");
+                    LoopStats::bump(&self.stats.batches_aborted);
+                    match self.recover(&batch, &mut held, &shutdown).await {
                         Ok(()) => {}
                         Err(Recovery::Fatal(e)) => break Err(LoopError::Fatal(e)),
                         // Committed offsets are still behind the failed batch: nothing lost.
                         Err(Recovery::ShutDown) => break Ok(()),
                     }
+                    tracing::info!(%txn, "transaction aborted");
                     tokio::select! {
                         _ = shutdown.cancelled() => break Ok(()),
                         _ = tokio::time::sleep(backoff) => {}
@@ -445,18 +640,35 @@ impl<H: Handler> ProcessingLoop<H> {
                 }
             }
         };
+        // Leaving the group now hands the partitions over at once instead of after the session
+        // timeout; the consumer is closed when the loop is dropped.
         self.consumer.unsubscribe();
         tracing::info!(group = %self.settings.group_id, stats = ?self.stats.snapshot(), "processing loop stopped");
         result
     }
 
     /// Up to `batch_max_records` records, waiting at most `batch_max_wait_ms` after the first.
-    /// Returns an empty batch when shutdown fires while idle.
-    async fn next_batch(&self, shutdown: &Shutdown) -> Result<Vec<Record>, KafkaError> {
+    /// Returns an empty batch when shutdown fires while idle, or when a held partition is due
+    /// (`wake_at_ms`) so the caller can resume it.
+    async fn next_batch(
+        &self,
+        shutdown: &Shutdown,
+        wake_at_ms: Option<i64>,
+    ) -> Result<Vec<Record>, KafkaError> {
         let mut batch = Vec::new();
+        let wake = async {
+            match wake_at_ms {
+                Some(at) => {
+                    let wait = u64::try_from(at - now_ms()).unwrap_or(0);
+                    tokio::time::sleep(Duration::from_millis(wait)).await;
+                }
+                None => std::future::pending().await,
+            }
+        };
         let first = tokio::select! {
             biased;
             _ = shutdown.cancelled() => return Ok(batch),
+            _ = wake => return Ok(batch),
             m = self.consumer.recv() => m?,
         };
         batch.push(Record::from_message(&first));
@@ -480,19 +692,96 @@ impl<H: Handler> ProcessingLoop<H> {
         Ok(batch)
     }
 
-    async fn process_batch(&self, batch: &[Record]) -> Result<(), BatchError> {
+    /// Drops records of partitions this instance no longer owns (revoked or lost while the batch
+    /// filled): offsets sent for them would be refused, and their new owner reads them anyway.
+    fn still_assigned(&self, mut batch: Vec<Record>) -> Vec<Record> {
+        let Ok(assignment) = self.consumer.assignment() else {
+            return batch;
+        };
+        let owned: HashSet<(String, i32)> = assignment
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_string(), e.partition()))
+            .collect();
+        let before = batch.len();
+        batch.retain(|r| owned.contains(&(r.topic.clone(), r.partition)));
+        if batch.len() != before {
+            tracing::info!(
+                dropped = before - batch.len(),
+                "dropped records of partitions no longer assigned"
+            );
+        }
+        batch
+    }
+
+    /// Pauses each partition in `not_due` and seeks it back to its held record, so nothing past
+    /// it is consumed until it is resumed.
+    async fn hold(
+        &self,
+        not_due: &[HeldRecord],
+        held: &mut HeldPartitions,
+    ) -> Result<(), KafkaError> {
+        if not_due.is_empty() {
+            return Ok(());
+        }
+        let mut positions = TopicPartitionList::new();
+        for h in not_due {
+            positions.add_partition_offset(&h.topic, h.partition, Offset::Offset(h.offset))?;
+        }
+        self.consumer.pause(&positions)?;
+        let consumer = self.consumer.clone();
+        let timeout = self.call_timeout();
+        let seek = positions.clone();
+        // Seeking also discards what librdkafka already fetched past the held record.
+        blocking(move || consumer.seek_partitions(seek, timeout).map(|_| ())).await?;
+        for h in not_due {
+            tracing::debug!(topic = %h.topic, partition = h.partition, offset = h.offset,
+                due_in_ms = h.due_at_ms - now_ms(), "holding retry partition until due");
+            held.hold(h);
+            LoopStats::bump(&self.stats.partitions_held);
+        }
+        Ok(())
+    }
+
+    /// Resumes the held partitions that are due.
+    fn resume_due(&self, held: &mut HeldPartitions) {
+        self.resume(held.take_due(now_ms()));
+    }
+
+    fn resume(&self, partitions: Vec<(String, i32)>) {
+        if partitions.is_empty() {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition) in &partitions {
+            tpl.add_partition(topic, *partition);
+        }
+        // A partition revoked meanwhile is simply not resumed: its new owner starts unpaused.
+        if let Err(e) = self.consumer.resume(&tpl) {
+            tracing::warn!(error = %e, ?partitions, "resuming held partitions failed");
+        }
+    }
+
+    async fn process_batch(&self, batch: &[Record], txn: &str) -> Result<(), BatchError> {
         let producer = self.producer.clone();
         blocking(move || producer.begin_transaction()).await?;
 
         let mut deliveries = Vec::new();
         for record in batch {
+            if self.faults.fire_before_record() {
+                return Err(BatchError::Transient(anyhow::anyhow!(
+                    "injected abortable fault"
+                )));
+            }
             for output in self.apply(record).await? {
+                let mut headers = output.headers;
+                headers.set(headers::PRODUCER_TXN, txn);
                 let delivery = kafka::enqueue(
                     &self.producer,
                     &output.topic,
                     output.key.as_deref(),
                     output.value.as_deref(),
-                    output.headers.to_kafka(),
+                    headers.to_kafka(),
                 )
                 .await?;
                 deliveries.push(delivery);
@@ -525,7 +814,7 @@ impl<H: Handler> ProcessingLoop<H> {
             }
         })
         .await?;
-        tracing::debug!(records = batch.len(), "batch committed");
+        tracing::info!(%txn, records = batch.len(), "transaction committed");
         Ok(())
     }
 
@@ -549,7 +838,8 @@ impl<H: Handler> ProcessingLoop<H> {
         }
     }
 
-    /// Applies one record exactly once and returns the outputs to produce for it.
+    /// Applies one record exactly once and returns the outputs to produce for it: the handler's
+    /// (stored with the event id), or the record itself forwarded to the retry chain or DLQ.
     async fn apply(&self, record: &Record) -> Result<Vec<Output>, BatchError> {
         let event_id = record.event_id();
         let span = tracing::info_span!(
@@ -566,6 +856,8 @@ impl<H: Handler> ProcessingLoop<H> {
             messaging.consumer.group.name = %self.settings.group_id,
             event.id = %event_id,
             payment.id = %record.key_str(),
+            retry.attempt = retry::attempt_of(&record.headers),
+            error.type = tracing::field::Empty,
         );
         let _ = span.set_parent(record.headers.extract_context());
         self.apply_in_span(record, event_id).instrument(span).await
@@ -580,23 +872,24 @@ impl<H: Handler> ProcessingLoop<H> {
             |e: sqlx::Error| BatchError::Transient(anyhow::Error::new(e).context("database"));
         let group = &self.settings.group_id;
         let mut tx = self.pool.begin().await.map_err(transient)?;
-        if let Some(stored) = stored_outputs(&mut tx, group, event_id)
+        if let Some(applied) = applied_event(&mut tx, group, event_id)
             .await
             .map_err(transient)?
         {
             tx.rollback().await.map_err(transient)?;
-            LoopStats::bump(&self.stats.records_replayed);
-            tracing::info!(%event_id, "event already applied; re-producing its recorded outputs");
-            return Ok(stored);
+            return Ok(self.already_applied(record, applied));
         }
 
-        let mut outputs = match self
+        let handled = match self
             .codec
             .decode::<H::Event>(record.payload.as_deref())
             .await
         {
             Err(e) if e.is_transient() => return Err(BatchError::Transient(e.into())),
-            Err(e) => Err(("poison", e.to_string())),
+            Err(e) => Err(Failure {
+                class: FailureClass::Poison,
+                message: e.to_string(),
+            }),
             Ok(event) => {
                 // The handler runs inside the transaction that records the event, so its writes
                 // and the dedupe row commit together. Its outside calls (the PSP) hold this one
@@ -605,24 +898,35 @@ impl<H: Handler> ProcessingLoop<H> {
                     db: &mut tx,
                     record,
                     event_id,
+                    attempt: retry::attempt_of(&record.headers),
                     codec: &self.codec,
                 };
                 match self.handler.handle(event, &mut ctx).await {
                     Ok(outputs) => Ok(outputs),
-                    Err(HandlerError::Transient(e)) => return Err(BatchError::Transient(e)),
-                    Err(HandlerError::Permanent(e)) => Err(("permanent", format!("{e:#}"))),
+                    Err(HandlerError::Transient(e)) => Err(Failure {
+                        class: FailureClass::Transient,
+                        message: format!("{e:#}"),
+                    }),
+                    Err(HandlerError::Permanent(e)) => Err(Failure {
+                        class: FailureClass::Permanent,
+                        message: format!("{e:#}"),
+                    }),
                 }
             }
         };
-        if let Err((class, message)) = &outputs {
-            // The handler's partial effects are discarded with its transaction; the record
-            // itself is kept, unchanged, on the dead-letter topic.
-            tx.rollback().await.map_err(transient)?;
-            tx = self.pool.begin().await.map_err(transient)?;
-            tracing::warn!(error.type = class, error = %message, "dead-lettering record");
-            outputs = Ok(vec![self.dead_letter(record, class, message)]);
-        }
-        let mut outputs = outputs.unwrap_or_default();
+        let mut outputs = match handled {
+            Ok(outputs) => outputs,
+            Err(failure) => {
+                // The handler's partial effects are discarded with its transaction; the record
+                // goes on, unchanged, to the next stage of the chain. Nothing is recorded as
+                // applied, so a later attempt (or an operator's replay) runs the handler again.
+                tx.rollback().await.map_err(transient)?;
+                let mut forward = self.policy.route(record, &failure, now_ms());
+                self.count_forward(&forward.destination, &forward.output.topic, &failure);
+                forward.output.headers.inject_current_context();
+                return Ok(vec![forward.output]);
+            }
+        };
         for output in &mut outputs {
             output.headers.inject_current_context();
         }
@@ -648,48 +952,67 @@ impl<H: Handler> ProcessingLoop<H> {
             // A concurrent instance (a zombie before it was fenced) applied it first: keep its
             // effects and outputs, drop ours.
             tx.rollback().await.map_err(transient)?;
-            LoopStats::bump(&self.stats.records_replayed);
             let mut conn = self.pool.acquire().await.map_err(transient)?;
-            return Ok(stored_outputs(&mut conn, group, event_id)
+            return Ok(applied_event(&mut conn, group, event_id)
                 .await
                 .map_err(transient)?
+                .map(|applied| self.already_applied(record, applied))
                 .unwrap_or_default());
         }
         tx.commit().await.map_err(transient)?;
-        if outputs.iter().any(|o| o.topic == self.settings.dlq_topic()) {
-            LoopStats::bump(&self.stats.records_dead_lettered);
-        } else {
-            LoopStats::bump(&self.stats.records_applied);
-        }
+        LoopStats::bump(&self.stats.records_applied);
         Ok(outputs)
     }
 
-    /// The original record, unchanged, with headers saying where it came from and why.
-    fn dead_letter(&self, record: &Record, class: &str, message: &str) -> Output {
-        let mut headers = record.headers.clone();
-        headers.set(headers::DLQ_ORIGINAL_TOPIC, record.topic.clone());
-        headers.set(
-            headers::DLQ_ORIGINAL_PARTITION,
-            record.partition.to_string(),
-        );
-        headers.set(headers::DLQ_ORIGINAL_OFFSET, record.offset.to_string());
-        headers.set(headers::DLQ_CONSUMER_GROUP, self.settings.group_id.clone());
-        headers.set(headers::DLQ_ERROR_CLASS, class);
-        headers.set(
-            headers::DLQ_ERROR_MESSAGE,
-            headers::bounded_error_message(message),
-        );
-        Output {
-            topic: self.settings.dlq_topic(),
-            key: record.key.clone(),
-            value: record.payload.clone(),
-            headers,
+    /// The outputs to produce for a record whose event was already applied.
+    ///
+    /// The record that applied the event is the one whose transaction must carry the outputs:
+    /// redelivered (its transaction aborted after the database commit), it re-produces them.
+    /// Any other record with the same event id (the outbox relay publishing twice, a DLQ
+    /// replay, or a record of an aborted transaction that the broker delivered anyway) produces
+    /// nothing: the outputs are already committed, or will be with the original record.
+    fn already_applied(&self, record: &Record, applied: AppliedEvent) -> Vec<Output> {
+        let event_id = record.event_id();
+        if applied.position == (record.topic.clone(), record.partition, record.offset) {
+            LoopStats::bump(&self.stats.records_replayed);
+            tracing::info!(%event_id, "event already applied; re-producing its recorded outputs");
+            applied.outputs
+        } else {
+            LoopStats::bump(&self.stats.records_deduplicated);
+            let (topic, partition, offset) = &applied.position;
+            tracing::info!(%event_id, applied_from = %format!("{topic}/{partition}/{offset}"),
+                "event already applied from another record; skipping");
+            Vec::new()
+        }
+    }
+
+    /// Logs and counts a record leaving for the retry chain or the dead-letter topic.
+    fn count_forward(&self, destination: &Destination, topic: &str, failure: &Failure) {
+        let span = tracing::Span::current();
+        span.record("error.type", failure.class.as_str());
+        match destination {
+            Destination::Retry { attempt, due_at_ms } => {
+                LoopStats::bump(&self.stats.records_retried);
+                tracing::warn!(error.type = failure.class.as_str(), error = %failure.message,
+                    attempt, due_in_ms = due_at_ms - now_ms(), to = topic,
+                    "processing failed; forwarding to the retry chain");
+            }
+            Destination::DeadLetter { attempt } => {
+                LoopStats::bump(&self.stats.records_dead_lettered);
+                tracing::error!(error.type = failure.class.as_str(), error = %failure.message,
+                    attempt, to = topic, "processing failed; dead-lettering the record");
+            }
         }
     }
 
     /// Aborts the open transaction and rewinds. The rewind is retried until it succeeds:
     /// consuming on past a failed batch would let a later commit skip its records.
-    async fn recover(&self, batch: &[Record], shutdown: &Shutdown) -> Result<(), Recovery> {
+    async fn recover(
+        &self,
+        batch: &[Record],
+        held: &mut HeldPartitions,
+        shutdown: &Shutdown,
+    ) -> Result<(), Recovery> {
         let producer = self.producer.clone();
         let timeout = self.call_timeout();
         if let Err(e) = blocking(move || producer.abort_transaction(timeout)).await {
@@ -700,6 +1023,8 @@ impl<H: Handler> ProcessingLoop<H> {
             }
             tracing::warn!(error = %e, "abort_transaction failed");
         }
+        // The rewind moves held partitions too; they are re-held when their records come back.
+        self.resume(held.take_all());
         let mut backoff = Duration::from_millis(self.settings.abort_backoff_ms);
         loop {
             match self.rewind(batch).await {
@@ -765,20 +1090,33 @@ fn next_offsets(batch: &[Record]) -> Result<TopicPartitionList, KafkaError> {
     Ok(tpl)
 }
 
-async fn stored_outputs(
+/// An event the group already applied: where from, and what it produced.
+struct AppliedEvent {
+    position: (String, i32, i64),
+    outputs: Vec<Output>,
+}
+
+async fn applied_event(
     conn: &mut sqlx::PgConnection,
     group: &str,
     event_id: Uuid,
-) -> Result<Option<Vec<Output>>, sqlx::Error> {
-    let row: Option<(serde_json::Value,)> = sqlx::query_as(
-        "SELECT outputs FROM processed_events WHERE consumer_group = $1 AND event_id = $2",
+) -> Result<Option<AppliedEvent>, sqlx::Error> {
+    let row: Option<(String, i32, i64, serde_json::Value)> = sqlx::query_as(
+        "SELECT topic, partition, \"offset\", outputs FROM processed_events
+         WHERE consumer_group = $1 AND event_id = $2",
     )
     .bind(group)
     .bind(event_id)
     .fetch_optional(conn)
     .await?;
-    row.map(|(v,)| serde_json::from_value(v).map_err(|e| sqlx::Error::Decode(Box::new(e))))
-        .transpose()
+    row.map(|(topic, partition, offset, outputs)| {
+        Ok(AppliedEvent {
+            position: (topic, partition, offset),
+            outputs: serde_json::from_value(outputs)
+                .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+        })
+    })
+    .transpose()
 }
 
 /// Encodes `value` and wraps it as an event [`Output`]; a convenience for handlers.

@@ -1,0 +1,345 @@
+//! Dead letters, for operators: read a group's dead-letter topic, filter it, and replay chosen
+//! records to the topic they first came from.
+//!
+//! A replay is one Kafka transaction: all chosen records reach their topics, or none do. The
+//! replayed record keeps its key, value, event id and origin headers, loses its failure
+//! headers (it starts a fresh retry chain) and carries `paystream.replay.count` one higher, so a
+//! record that keeps failing cannot be replayed forever. Consumers dedupe by event id, so
+//! replaying a record that was meanwhile applied has no second effect.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::config::KafkaSettings;
+use crate::headers::{self, RecordHeaders};
+use crate::kafka;
+use crate::retry;
+
+/// One record of a dead-letter topic.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp_ms: Option<i64>,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: RecordHeaders,
+}
+
+impl DeadLetter {
+    /// `topic/partition/offset`, the handle operators pass to `show` and `replay`.
+    pub fn position(&self) -> String {
+        format!("{}/{}/{}", self.topic, self.partition, self.offset)
+    }
+    pub fn consumer_group(&self) -> Option<&str> {
+        self.headers.get(headers::CONSUMER_GROUP)
+    }
+    pub fn error_class(&self) -> Option<&str> {
+        self.headers.get(headers::ERROR_CLASS)
+    }
+    pub fn error_message(&self) -> Option<&str> {
+        self.headers.get(headers::ERROR_MESSAGE)
+    }
+    pub fn original_topic(&self) -> Option<&str> {
+        self.headers.get(headers::ORIGINAL_TOPIC)
+    }
+    pub fn event_id(&self) -> Option<&str> {
+        self.headers.get(headers::EVENT_ID)
+    }
+    pub fn attempt(&self) -> u32 {
+        retry::attempt_of(&self.headers)
+    }
+    pub fn replay_count(&self) -> u32 {
+        retry::replay_count(&self.headers)
+    }
+    pub fn key_str(&self) -> String {
+        self.key
+            .as_deref()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .unwrap_or_default()
+    }
+}
+
+/// Which dead letters to list or replay; empty fields match everything.
+#[derive(Debug, Clone, Default)]
+pub struct DlqFilter {
+    pub group: Option<String>,
+    pub error_class: Option<String>,
+    /// Record timestamps (epoch ms), inclusive bounds.
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+    /// Only these `(partition, offset)` positions.
+    pub positions: Vec<(i32, i64)>,
+}
+
+impl DlqFilter {
+    pub fn matches(&self, d: &DeadLetter) -> bool {
+        let ts = d.timestamp_ms.unwrap_or(0);
+        self.group
+            .as_deref()
+            .is_none_or(|g| d.consumer_group() == Some(g))
+            && self
+                .error_class
+                .as_deref()
+                .is_none_or(|c| d.error_class() == Some(c))
+            && self.since_ms.is_none_or(|s| ts >= s)
+            && self.until_ms.is_none_or(|u| ts <= u)
+            && (self.positions.is_empty() || self.positions.contains(&(d.partition, d.offset)))
+    }
+}
+
+/// Reads `topic` from the beginning to its current end (read_committed) and returns the records
+/// that match `filter`. Stops early when nothing arrives for `idle`.
+pub async fn read(
+    settings: &KafkaSettings,
+    topic: &str,
+    filter: &DlqFilter,
+    idle: Duration,
+) -> anyhow::Result<Vec<DeadLetter>> {
+    let settings = settings.clone();
+    let topic = topic.to_string();
+    let filter = filter.clone();
+    tokio::task::spawn_blocking(move || read_blocking(&settings, &topic, &filter, idle))
+        .await
+        .context("dead-letter reader panicked")?
+}
+
+fn read_blocking(
+    settings: &KafkaSettings,
+    topic: &str,
+    filter: &DlqFilter,
+    idle: Duration,
+) -> anyhow::Result<Vec<DeadLetter>> {
+    let group = format!("paystream-dlq-reader-{}", uuid::Uuid::new_v4());
+    let consumer: BaseConsumer = kafka::client_config(
+        settings,
+        &[
+            ("group.id", &group),
+            ("enable.auto.commit", "false"),
+            ("isolation.level", "read_committed"),
+        ],
+    )?
+    .create()?;
+    let timeout = Duration::from_secs(10);
+    let metadata = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .with_context(|| format!("reading metadata of {topic}"))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    anyhow::ensure!(!partitions.is_empty(), "topic {topic} does not exist");
+
+    // The end of each partition now; records written later are not this listing's business.
+    let mut ends = BTreeMap::new();
+    let mut assignment = TopicPartitionList::new();
+    for p in &partitions {
+        let (low, high) = consumer.fetch_watermarks(topic, *p, timeout)?;
+        if high > low {
+            ends.insert(*p, high);
+            assignment.add_partition_offset(topic, *p, Offset::Beginning)?;
+        }
+    }
+    consumer.assign(&assignment)?;
+
+    let mut letters = Vec::new();
+    let mut last_seen = Instant::now();
+    while !ends.is_empty() && last_seen.elapsed() < idle {
+        let Some(message) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let m = message?;
+        last_seen = Instant::now();
+        let letter = DeadLetter {
+            topic: m.topic().to_string(),
+            partition: m.partition(),
+            offset: m.offset(),
+            timestamp_ms: m.timestamp().to_millis(),
+            key: m.key().map(<[u8]>::to_vec),
+            value: m.payload().map(<[u8]>::to_vec),
+            headers: RecordHeaders::from_kafka(m.headers()),
+        };
+        if ends
+            .get(&letter.partition)
+            .is_some_and(|end| letter.offset + 1 >= *end)
+        {
+            ends.remove(&letter.partition);
+        }
+        if filter.matches(&letter) {
+            letters.push(letter);
+        }
+    }
+    letters.sort_by_key(|l| (l.partition, l.offset));
+    Ok(letters)
+}
+
+/// What a replay did.
+#[derive(Debug, Default)]
+pub struct ReplayReport {
+    /// Positions replayed, with the topic each went to.
+    pub replayed: Vec<(String, String)>,
+    /// Positions refused, with the reason.
+    pub refused: Vec<(String, String)>,
+}
+
+/// Why a dead letter may not be replayed, if it may not.
+pub fn refusal(letter: &DeadLetter, max_replays: u32) -> Option<String> {
+    if letter.original_topic().is_none() {
+        return Some(format!("no {} header", headers::ORIGINAL_TOPIC));
+    }
+    if letter.replay_count() >= max_replays {
+        return Some(format!(
+            "already replayed {} times (limit {max_replays})",
+            letter.replay_count()
+        ));
+    }
+    None
+}
+
+/// Sends `letters` back to their original topics in one transaction.
+pub async fn replay(
+    settings: &KafkaSettings,
+    letters: &[DeadLetter],
+    max_replays: u32,
+    transactional_id: &str,
+) -> anyhow::Result<ReplayReport> {
+    let mut report = ReplayReport::default();
+    let mut chosen = Vec::new();
+    for letter in letters {
+        match refusal(letter, max_replays) {
+            Some(reason) => report.refused.push((letter.position(), reason)),
+            None => chosen.push(letter),
+        }
+    }
+    if chosen.is_empty() {
+        return Ok(report);
+    }
+
+    let mut props = kafka::IDEMPOTENT_PRODUCER.to_vec();
+    props.push(("transactional.id", transactional_id));
+    let producer: FutureProducer = kafka::client_config(settings, &props)?.create()?;
+    let timeout = Duration::from_secs(30);
+    let p = producer.clone();
+    tokio::task::spawn_blocking(move || {
+        p.init_transactions(timeout)?;
+        p.begin_transaction()
+    })
+    .await?
+    .context("starting the replay transaction")?;
+
+    let mut deliveries = Vec::new();
+    for letter in &chosen {
+        let target = letter.original_topic().unwrap_or_default().to_string();
+        let headers = retry::replay_headers(&letter.headers);
+        let delivery = kafka::enqueue(
+            &producer,
+            &target,
+            letter.key.as_deref(),
+            letter.value.as_deref(),
+            headers.to_kafka(),
+        )
+        .await?;
+        deliveries.push(delivery);
+        report.replayed.push((letter.position(), target));
+    }
+    let mut failed = None;
+    for delivery in deliveries {
+        if let Err(e) = kafka::delivered(delivery).await {
+            failed = Some(e);
+        }
+    }
+    let p = producer.clone();
+    match failed {
+        None => tokio::task::spawn_blocking(move || p.commit_transaction(timeout))
+            .await?
+            .context("committing the replay")?,
+        Some(e) => {
+            tokio::task::spawn_blocking(move || p.abort_transaction(timeout)).await??;
+            return Err(anyhow::Error::new(e).context("replay aborted: a record was not delivered"));
+        }
+    }
+    for (position, target) in &report.replayed {
+        tracing::info!(%position, to = %target, "dead letter replayed");
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn letter(group: &str, class: &str, ts: i64, replays: u32) -> DeadLetter {
+        let mut h = RecordHeaders::default();
+        h.set(headers::CONSUMER_GROUP, group);
+        h.set(headers::ERROR_CLASS, class);
+        h.set(headers::ORIGINAL_TOPIC, "in");
+        if replays > 0 {
+            h.set(headers::REPLAY_COUNT, replays.to_string());
+        }
+        DeadLetter {
+            topic: "g.dlq".into(),
+            partition: 0,
+            offset: ts,
+            timestamp_ms: Some(ts),
+            key: None,
+            value: None,
+            headers: h,
+        }
+    }
+
+    #[test]
+    fn filters_by_group_class_time_and_position() {
+        let d = letter("g", "poison", 100, 0);
+        assert!(DlqFilter::default().matches(&d));
+        let by = |f: DlqFilter| f.matches(&d);
+        assert!(by(DlqFilter {
+            group: Some("g".into()),
+            ..Default::default()
+        }));
+        assert!(!by(DlqFilter {
+            group: Some("h".into()),
+            ..Default::default()
+        }));
+        assert!(!by(DlqFilter {
+            error_class: Some("transient".into()),
+            ..Default::default()
+        }));
+        assert!(by(DlqFilter {
+            since_ms: Some(100),
+            until_ms: Some(100),
+            ..Default::default()
+        }));
+        assert!(!by(DlqFilter {
+            since_ms: Some(101),
+            ..Default::default()
+        }));
+        assert!(by(DlqFilter {
+            positions: vec![(0, 100)],
+            ..Default::default()
+        }));
+        assert!(!by(DlqFilter {
+            positions: vec![(0, 99)],
+            ..Default::default()
+        }));
+    }
+
+    #[test]
+    fn refuses_records_replayed_too_often_or_without_origin() {
+        assert_eq!(refusal(&letter("g", "poison", 0, 2), 3), None);
+        assert!(refusal(&letter("g", "poison", 0, 3), 3)
+            .unwrap()
+            .contains("limit 3"));
+        let mut orphan = letter("g", "poison", 0, 0);
+        orphan.headers.remove(headers::ORIGINAL_TOPIC);
+        assert!(refusal(&orphan, 3).is_some());
+    }
+}

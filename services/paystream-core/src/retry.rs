@@ -1,0 +1,367 @@
+//! The retry chain and dead-letter routing of a consumer group.
+//!
+//! A record whose processing failed is forwarded, unchanged (key, value and headers), to the
+//! next stage of its group's chain with failure headers added:
+//!
+//! ```text
+//! <input topic> ──transient──▶ <group>.retry.1 ──▶ … ──▶ <group>.retry.N ──▶ <group>.dlq
+//!        └──────permanent / poison──────────────────────────────────────────▶ <group>.dlq
+//! ```
+//!
+//! Forwarding happens inside the transaction that commits the failed record's offset, so the
+//! input partition moves on at once and nothing is lost or doubled. Each retry record carries
+//! its due time; the retry consumer holds the partition (pause/resume) until then. This module
+//! is pure: it decides where a record goes and with which headers; the processing loop
+//! produces it.
+
+use std::time::Duration;
+
+use crate::headers::{self, RecordHeaders};
+use crate::processing::{Output, Record};
+
+/// How a record's processing failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureClass {
+    /// Might work later (a dependency timed out or answered 5xx): goes through the retry chain.
+    Transient,
+    /// Will fail the same way every time (invalid data, a business rule): straight to the DLQ.
+    Permanent,
+    /// The bytes are not an event we can read (not Avro, wrong magic byte, unknown schema id):
+    /// straight to the DLQ, and the handler never sees it.
+    Poison,
+}
+
+impl FailureClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureClass::Transient => "transient",
+            FailureClass::Permanent => "permanent",
+            FailureClass::Poison => "poison",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "transient" => Some(FailureClass::Transient),
+            "permanent" => Some(FailureClass::Permanent),
+            "poison" => Some(FailureClass::Poison),
+            _ => None,
+        }
+    }
+}
+
+/// A failed processing attempt.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub class: FailureClass,
+    pub message: String,
+}
+
+/// Where a failed record was sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    /// `<group>.retry.<attempt>`, not to be processed before `due_at_ms`.
+    Retry { attempt: u32, due_at_ms: i64 },
+    /// `<group>.dlq`, after `attempt` failed attempts.
+    DeadLetter { attempt: u32 },
+}
+
+/// A failed record, readdressed.
+#[derive(Debug, Clone)]
+pub struct Forward {
+    pub destination: Destination,
+    pub output: Output,
+}
+
+/// One consumer group's chain: its retry topics with their delays, and its dead-letter topic.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    group: String,
+    delays: Vec<Duration>,
+    dlq_topic: String,
+}
+
+impl RetryPolicy {
+    pub fn new(group: impl Into<String>, delays: Vec<Duration>, dlq_topic: impl Into<String>) -> Self {
+        Self {
+            group: group.into(),
+            delays,
+            dlq_topic: dlq_topic.into(),
+        }
+    }
+
+    /// `<group>.retry.<stage>`, stages counted from 1.
+    pub fn retry_topic(&self, stage: usize) -> String {
+        format!("{}.retry.{stage}", self.group)
+    }
+
+    pub fn retry_topics(&self) -> Vec<String> {
+        (1..=self.delays.len()).map(|s| self.retry_topic(s)).collect()
+    }
+
+    pub fn dlq_topic(&self) -> &str {
+        &self.dlq_topic
+    }
+
+    pub fn is_retry_topic(&self, topic: &str) -> bool {
+        topic
+            .strip_prefix(&self.group)
+            .and_then(|rest| rest.strip_prefix(".retry."))
+            .and_then(|stage| stage.parse::<usize>().ok())
+            .is_some_and(|stage| (1..=self.delays.len()).contains(&stage))
+    }
+
+    /// Where `record`, which just failed with `failure` at `now_ms`, goes next.
+    pub fn route(&self, record: &Record, failure: &Failure, now_ms: i64) -> Forward {
+        let attempt = attempt_of(&record.headers) + 1;
+        let stage = attempt as usize;
+        let mut headers = record.headers.clone();
+        // The origin is the first input the record was read from; later stages keep it.
+        if headers.get(headers::ORIGINAL_TOPIC).is_none() {
+            headers.set(headers::ORIGINAL_TOPIC, record.topic.clone());
+            headers.set(headers::ORIGINAL_PARTITION, record.partition.to_string());
+            headers.set(headers::ORIGINAL_OFFSET, record.offset.to_string());
+            match record.timestamp_ms {
+                Some(ts) => headers.set(headers::ORIGINAL_TIMESTAMP_MS, ts.to_string()),
+                None => {
+                    headers.remove(headers::ORIGINAL_TIMESTAMP_MS);
+                }
+            }
+        }
+        headers.set(headers::CONSUMER_GROUP, self.group.clone());
+        headers.set(headers::ERROR_CLASS, failure.class.as_str());
+        headers.set(
+            headers::ERROR_MESSAGE,
+            headers::bounded_error_message(&failure.message),
+        );
+        headers.set(headers::ATTEMPT, attempt.to_string());
+        headers.remove(headers::PRODUCER_TXN);
+
+        let retry = failure.class == FailureClass::Transient && stage <= self.delays.len();
+        let (topic, destination) = if retry {
+            let delay = i64::try_from(self.delays[stage - 1].as_millis()).unwrap_or(i64::MAX);
+            let due_at_ms = now_ms.saturating_add(delay);
+            headers.set(headers::DUE_AT_MS, due_at_ms.to_string());
+            (
+                self.retry_topic(stage),
+                Destination::Retry { attempt, due_at_ms },
+            )
+        } else {
+            headers.remove(headers::DUE_AT_MS);
+            (self.dlq_topic.clone(), Destination::DeadLetter { attempt })
+        };
+        Forward {
+            destination,
+            output: Output {
+                topic,
+                key: record.key.clone(),
+                value: record.payload.clone(),
+                headers,
+            },
+        }
+    }
+}
+
+/// Failed attempts recorded on a record (0 for a record that never failed).
+pub fn attempt_of(headers: &RecordHeaders) -> u32 {
+    headers
+        .get_i64(headers::ATTEMPT)
+        .and_then(|a| u32::try_from(a).ok())
+        .unwrap_or(0)
+}
+
+/// The epoch-ms time before which a retry record must not be processed.
+pub fn due_at_ms(headers: &RecordHeaders) -> Option<i64> {
+    headers.get_i64(headers::DUE_AT_MS)
+}
+
+/// Times an operator replayed the record.
+pub fn replay_count(headers: &RecordHeaders) -> u32 {
+    headers
+        .get_i64(headers::REPLAY_COUNT)
+        .and_then(|a| u32::try_from(a).ok())
+        .unwrap_or(0)
+}
+
+/// The headers of a dead letter sent back to its original topic by an operator: the attempt
+/// count, due time and last error are cleared (the record starts a fresh chain), the origin
+/// and the event id are kept, and the replay count goes up by one.
+pub fn replay_headers(dead_letter: &RecordHeaders) -> RecordHeaders {
+    let mut headers = dead_letter.clone();
+    for name in [
+        headers::ATTEMPT,
+        headers::DUE_AT_MS,
+        headers::ERROR_CLASS,
+        headers::ERROR_MESSAGE,
+        headers::PRODUCER_TXN,
+    ] {
+        headers.remove(name);
+    }
+    headers.set(
+        headers::REPLAY_COUNT,
+        (replay_count(dead_letter) + 1).to_string(),
+    );
+    headers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy::new(
+            "g",
+            vec![Duration::from_secs(1), Duration::from_secs(10)],
+            "g.dlq",
+        )
+    }
+
+    fn record(topic: &str, headers: RecordHeaders) -> Record {
+        Record {
+            topic: topic.into(),
+            partition: 2,
+            offset: 40,
+            timestamp_ms: Some(1_000),
+            key: Some(b"k".to_vec()),
+            payload: Some(vec![0, 0, 0, 0, 1, 2]),
+            headers,
+        }
+    }
+
+    fn failure(class: FailureClass) -> Failure {
+        Failure {
+            class,
+            message: "boom".into(),
+        }
+    }
+
+    #[test]
+    fn transient_failures_walk_the_chain_then_dead_letter() {
+        let p = policy();
+        let first = p.route(
+            &record("in", RecordHeaders::default()),
+            &failure(FailureClass::Transient),
+            5_000,
+        );
+        assert_eq!(first.output.topic, "g.retry.1");
+        assert_eq!(
+            first.destination,
+            Destination::Retry {
+                attempt: 1,
+                due_at_ms: 6_000
+            }
+        );
+        let h = &first.output.headers;
+        assert_eq!(h.get(headers::ORIGINAL_TOPIC), Some("in"));
+        assert_eq!(h.get(headers::ORIGINAL_PARTITION), Some("2"));
+        assert_eq!(h.get(headers::ORIGINAL_OFFSET), Some("40"));
+        assert_eq!(h.get(headers::ORIGINAL_TIMESTAMP_MS), Some("1000"));
+        assert_eq!(h.get(headers::CONSUMER_GROUP), Some("g"));
+        assert_eq!(h.get(headers::ERROR_CLASS), Some("transient"));
+        assert_eq!(h.get(headers::ERROR_MESSAGE), Some("boom"));
+        assert_eq!(first.output.key.as_deref(), Some(&b"k"[..]));
+        assert_eq!(first.output.value.as_deref(), Some(&[0, 0, 0, 0, 1, 2][..]));
+
+        let mut second_in = record("g.retry.1", first.output.headers.clone());
+        second_in.offset = 7;
+        let second = p.route(&second_in, &failure(FailureClass::Transient), 7_000);
+        assert_eq!(second.output.topic, "g.retry.2");
+        assert_eq!(
+            second.destination,
+            Destination::Retry {
+                attempt: 2,
+                due_at_ms: 17_000
+            }
+        );
+        // The origin stays the first input, not the retry topic.
+        assert_eq!(
+            second.output.headers.get(headers::ORIGINAL_TOPIC),
+            Some("in")
+        );
+        assert_eq!(
+            second.output.headers.get(headers::ORIGINAL_OFFSET),
+            Some("40")
+        );
+
+        let third = p.route(
+            &record("g.retry.2", second.output.headers.clone()),
+            &failure(FailureClass::Transient),
+            20_000,
+        );
+        assert_eq!(third.output.topic, "g.dlq");
+        assert_eq!(third.destination, Destination::DeadLetter { attempt: 3 });
+        assert_eq!(third.output.headers.get(headers::DUE_AT_MS), None);
+        assert_eq!(third.output.headers.get(headers::ATTEMPT), Some("3"));
+    }
+
+    #[test]
+    fn permanent_and_poison_skip_the_chain() {
+        for class in [FailureClass::Permanent, FailureClass::Poison] {
+            let f = policy().route(&record("in", RecordHeaders::default()), &failure(class), 0);
+            assert_eq!(f.output.topic, "g.dlq");
+            assert_eq!(f.destination, Destination::DeadLetter { attempt: 1 });
+            assert_eq!(f.output.headers.get(headers::ERROR_CLASS), Some(class.as_str()));
+        }
+    }
+
+    #[test]
+    fn no_retry_topics_means_straight_to_the_dlq() {
+        let p = RetryPolicy::new("g", vec![], "g.dlq");
+        let f = p.route(
+            &record("in", RecordHeaders::default()),
+            &failure(FailureClass::Transient),
+            0,
+        );
+        assert_eq!(f.output.topic, "g.dlq");
+    }
+
+    #[test]
+    fn recognises_only_its_own_retry_topics() {
+        let p = policy();
+        assert!(p.is_retry_topic("g.retry.1"));
+        assert!(p.is_retry_topic("g.retry.2"));
+        assert!(!p.is_retry_topic("g.retry.3"));
+        assert!(!p.is_retry_topic("g.retry.x"));
+        assert!(!p.is_retry_topic("h.retry.1"));
+        assert!(!p.is_retry_topic("g.dlq"));
+        assert_eq!(p.retry_topics(), vec!["g.retry.1", "g.retry.2"]);
+    }
+
+    #[test]
+    fn error_messages_are_bounded() {
+        let long = Failure {
+            class: FailureClass::Permanent,
+            message: "x".repeat(10_000),
+        };
+        let f = policy().route(&record("in", RecordHeaders::default()), &long, 0);
+        assert!(f.output.headers.get(headers::ERROR_MESSAGE).unwrap().len() < 1_100);
+    }
+
+    #[test]
+    fn replay_starts_a_fresh_chain_and_counts_replays() {
+        let p = policy();
+        let mut h = RecordHeaders::default();
+        h.set(headers::EVENT_ID, "e");
+        let dead = p.route(&record("in", h), &failure(FailureClass::Permanent), 0);
+        let replayed = replay_headers(&dead.output.headers);
+        assert_eq!(replayed.get(headers::EVENT_ID), Some("e"));
+        assert_eq!(replayed.get(headers::ATTEMPT), None);
+        assert_eq!(replayed.get(headers::ERROR_CLASS), None);
+        assert_eq!(replayed.get(headers::ORIGINAL_TOPIC), Some("in"));
+        assert_eq!(replay_count(&replayed), 1);
+        assert_eq!(replay_count(&replay_headers(&replayed)), 2);
+        assert_eq!(attempt_of(&replayed), 0);
+    }
+
+    #[test]
+    fn failure_classes_round_trip() {
+        for c in [
+            FailureClass::Transient,
+            FailureClass::Permanent,
+            FailureClass::Poison,
+        ] {
+            assert_eq!(FailureClass::parse(c.as_str()), Some(c));
+        }
+        assert_eq!(FailureClass::parse("other"), None);
+    }
+}
