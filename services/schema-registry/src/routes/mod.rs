@@ -1,6 +1,7 @@
 //! The HTTP API, grouped by resource as in Confluent's REST reference, plus the extractors
 //! that turn malformed input into Confluent-style errors (never axum's plain-text rejections).
 
+mod compatibility;
 mod config;
 mod health;
 mod schemas;
@@ -53,7 +54,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route(
             "/subjects/{subject}/versions/{version}",
-            get(subjects::version),
+            get(subjects::version).delete(subjects::delete_version),
         )
         .route(
             "/subjects/{subject}/versions/{version}/schema",
@@ -64,8 +65,26 @@ pub fn router(state: AppState) -> Router {
         .route("/schemas/ids/{id}/schema", get(schemas::raw_by_id))
         .route("/schemas/ids/{id}/versions", get(schemas::versions_by_id))
         .route("/schemas/ids/{id}/subjects", get(schemas::subjects_by_id))
-        .route("/config", get(config::global))
-        .route("/config/{subject}", get(config::subject))
+        .route(
+            "/compatibility/subjects/{subject}/versions",
+            post(compatibility::against_level),
+        )
+        .route(
+            "/compatibility/subjects/{subject}/versions/{version}",
+            post(compatibility::against_version),
+        )
+        .route(
+            "/config",
+            get(config::global)
+                .put(config::set_global)
+                .delete(config::delete_global),
+        )
+        .route(
+            "/config/{subject}",
+            get(config::subject)
+                .put(config::set_subject)
+                .delete(config::delete_subject),
+        )
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))
         .fallback(no_route)
