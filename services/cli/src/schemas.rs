@@ -62,9 +62,7 @@ pub struct Options<'a> {
 pub async fn check(options: &Options<'_>) -> anyhow::Result<()> {
     let contracts = load(options)?;
     let registry = Registry::new(options.registry_url)?;
-    let mut report = String::new();
-    let failures = check_all(&registry, &contracts, options.level, true, &mut report).await?;
-    print!("{report}");
+    let failures = check_all(&registry, &contracts, options.level, true).await?;
     anyhow::ensure!(
         failures == 0,
         "{failures} of {} schemas failed the check",
@@ -83,9 +81,7 @@ pub async fn register(options: &Options<'_>) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("setting the level of {}", contract.subject))?;
     }
-    let mut report = String::new();
-    let failures = check_all(&registry, &contracts, options.level, false, &mut report).await?;
-    print!("{report}");
+    let failures = check_all(&registry, &contracts, options.level, false).await?;
     anyhow::ensure!(
         failures == 0,
         "{failures} of {} schemas failed the check; nothing was registered",
@@ -104,13 +100,13 @@ pub async fn register(options: &Options<'_>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Checks every contract, writing one block per contract to `report`; returns the failures.
+/// Checks every contract: one line per passing contract on stdout, one block per failing one
+/// on stderr (so scripts that silence stdout still show why); returns the failures.
 async fn check_all(
     registry: &Registry,
     contracts: &[Contract],
     level: &str,
     level_must_match: bool,
-    report: &mut String,
 ) -> anyhow::Result<usize> {
     let mut failures = 0;
     for contract in contracts {
@@ -119,18 +115,15 @@ async fn check_all(
             .with_context(|| format!("checking {}", contract.file))?;
         match problems {
             Verdict::Ok(note) => {
-                let _ = writeln!(
-                    report,
-                    "ok    {} ({}): {note}",
-                    contract.subject, contract.file
-                );
+                println!("ok    {} ({}): {note}", contract.subject, contract.file);
             }
             Verdict::Failed(problems) => {
                 failures += 1;
-                let _ = writeln!(report, "FAIL  {} ({}):", contract.subject, contract.file);
+                let mut block = format!("FAIL  {} ({}):\n", contract.subject, contract.file);
                 for p in problems {
-                    let _ = writeln!(report, "      - {p}");
+                    let _ = writeln!(block, "      - {p}");
                 }
+                eprint!("{block}");
             }
         }
     }

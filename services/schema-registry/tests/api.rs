@@ -1176,6 +1176,90 @@ mod converter {
         app.cleanup().await;
     }
 
+    /// The registry calls schema_registry_converter offers, with their results and errors.
+    #[tokio::test]
+    async fn schema_registry_converter_calls() {
+        use schema_registry_converter::async_impl::schema_registry::{
+            get_all_subjects, get_all_versions, get_schema_by_id,
+            get_schema_by_subject_and_version, is_compatible_schema, post_schema,
+        };
+        use schema_registry_converter::error::SRCError;
+        use schema_registry_converter::schema_registry_common::{SchemaType, SuppliedSchema};
+
+        let app = spawn_app().await;
+        let settings = SrSettings::new(app.address.clone());
+        let supplied = |text: &str| SuppliedSchema::new(None, SchemaType::Avro, text.to_string());
+        let subject = "converter-value".to_string();
+        let error_text = |e: SRCError| {
+            assert!(!e.retriable, "{e}");
+            e.to_string()
+        };
+
+        let v1 = post_schema(&settings, subject.clone(), supplied(PAYMENT_V1))
+            .await
+            .expect("post_schema");
+        let by_id = get_schema_by_id(v1.id, &settings).await.expect("by id");
+        assert_eq!(
+            (by_id.schema.as_str(), by_id.schema_type),
+            (PAYMENT_V1, SchemaType::Avro)
+        );
+
+        assert!(
+            is_compatible_schema(&settings, subject.clone(), supplied(PAYMENT_V2))
+                .await
+                .expect("compatibility of v2")
+        );
+        let v2 = post_schema(&settings, subject.clone(), supplied(PAYMENT_V2))
+            .await
+            .expect("post_schema v2");
+        let latest = get_schema_by_subject_and_version(&settings, &subject, None)
+            .await
+            .expect("latest");
+        assert_eq!((latest.id, latest.version), (v2.id, Some(2)));
+        let first = get_schema_by_subject_and_version(&settings, &subject, Some(1))
+            .await
+            .expect("version 1");
+        assert_eq!((first.id, first.schema.as_str()), (v1.id, PAYMENT_V1));
+        assert_eq!(
+            get_all_versions(&settings, subject.clone())
+                .await
+                .expect("versions"),
+            vec![1, 2]
+        );
+        assert_eq!(
+            get_all_subjects(&settings).await.expect("subjects"),
+            vec![subject.clone()]
+        );
+
+        // A field without a default: BACKWARD refuses it, and says so to this client.
+        let incompatible = PAYMENT_V3.replace(r#","default":null"#, "");
+        assert!(
+            !is_compatible_schema(&settings, subject.clone(), supplied(&incompatible))
+                .await
+                .expect("compatibility of an incompatible schema")
+        );
+        let refused = post_schema(&settings, subject.clone(), supplied(&incompatible))
+            .await
+            .expect_err("an incompatible schema registered");
+        assert!(error_text(refused).contains("error_code: 409"));
+
+        let missing = get_schema_by_id(999_999, &settings).await.unwrap_err();
+        assert!(error_text(missing).contains("error_code: 40403"));
+        let missing = get_schema_by_subject_and_version(&settings, &subject, Some(7))
+            .await
+            .unwrap_err();
+        assert!(error_text(missing).contains("error_code: 40402"));
+        let missing = get_all_versions(&settings, "nope-value".into())
+            .await
+            .unwrap_err();
+        assert!(error_text(missing).contains("error_code: 40401"));
+        let invalid = post_schema(&settings, subject.clone(), supplied(r#"{"type":"nope"}"#))
+            .await
+            .unwrap_err();
+        assert!(error_text(invalid).contains("error_code: 42201"));
+        app.cleanup().await;
+    }
+
     /// The governance path: a consumer built against v1 of `PaymentRequested` (paystream-core's
     /// struct and codec) decodes events a producer wrote with a v2 that adds an optional field,
     /// and a v2 that removes a required field is refused with 409, also to the producer's
