@@ -71,6 +71,24 @@ pub struct IdentityUpgrade {
     pub superseded: usize,
 }
 
+/// Which subjects or versions a listing shows (`?deleted=true`, `?deletedOnly=true`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listing {
+    Live,
+    WithDeleted,
+    DeletedOnly,
+}
+
+impl Listing {
+    fn as_sql(self) -> &'static str {
+        match self {
+            Listing::Live => "live",
+            Listing::WithDeleted => "all",
+            Listing::DeletedOnly => "deleted",
+        }
+    }
+}
+
 /// What a soft or permanent subject delete found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeleteOutcome {
@@ -297,28 +315,36 @@ impl Store {
         .await
     }
 
-    pub async fn subjects(&self, include_deleted: bool) -> Result<Vec<String>, sqlx::Error> {
+    /// Subjects starting with `prefix`, sorted. A subject is live while one of its versions
+    /// is, soft-deleted once all are.
+    pub async fn subjects(
+        &self,
+        listing: Listing,
+        prefix: &str,
+    ) -> Result<Vec<String>, sqlx::Error> {
         sqlx::query_scalar(
-            "SELECT DISTINCT subject FROM schema_registry_subject_versions \
-             WHERE NOT deleted OR $1 ORDER BY subject",
+            "SELECT subject FROM schema_registry_subject_versions \
+             WHERE starts_with(subject, $1) GROUP BY subject \
+             HAVING CASE $2 WHEN 'live' THEN bool_or(NOT deleted) \
+                            WHEN 'deleted' THEN NOT bool_or(NOT deleted) ELSE true END \
+             ORDER BY subject",
         )
-        .bind(include_deleted)
+        .bind(prefix)
+        .bind(listing.as_sql())
         .fetch_all(&self.pool)
         .await
     }
 
     /// The version numbers of `subject`, ascending; empty when the subject does not exist.
-    pub async fn versions(
-        &self,
-        subject: &str,
-        include_deleted: bool,
-    ) -> Result<Vec<i32>, sqlx::Error> {
+    pub async fn versions(&self, subject: &str, listing: Listing) -> Result<Vec<i32>, sqlx::Error> {
         sqlx::query_scalar(
             "SELECT version FROM schema_registry_subject_versions \
-             WHERE subject = $1 AND (NOT deleted OR $2) ORDER BY version",
+             WHERE subject = $1 AND CASE $2 WHEN 'live' THEN NOT deleted \
+                                            WHEN 'deleted' THEN deleted ELSE true END \
+             ORDER BY version",
         )
         .bind(subject)
-        .bind(include_deleted)
+        .bind(listing.as_sql())
         .fetch_all(&self.pool)
         .await
     }

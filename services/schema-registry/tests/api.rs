@@ -141,6 +141,10 @@ impl TestApp {
         body["id"].as_i64().expect("an id")
     }
 
+    async fn get_json(&self, path: &str) -> Value {
+        json_ok(self.get(path).await).await
+    }
+
     async fn put_json(&self, path: &str, body: &Value) -> reqwest::Response {
         self.client
             .put(self.url(path))
@@ -1027,6 +1031,67 @@ async fn versions_are_soft_then_permanently_deleted() {
     // The schema id stays resolvable for records written with it.
     let body = json_ok(app.get(&format!("/schemas/ids/{v1_id}")).await).await;
     assert_eq!(body["schema"], v1);
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn listings_filter_and_page_like_confluent() {
+    let app = spawn_app().await;
+    for subject in ["team-a-1", "team-a-2", "team-b-1"] {
+        app.register_ok(subject, PAYMENT_V1).await;
+    }
+    app.register_ok("team-a-1", PAYMENT_V2).await;
+    json_ok(app.delete("/subjects/team-a-2").await).await;
+    json_ok(app.delete("/subjects/team-a-1/versions/1").await).await;
+
+    assert_eq!(
+        app.get_json("/subjects").await,
+        json!(["team-a-1", "team-b-1"])
+    );
+    assert_eq!(
+        app.get_json("/subjects?subjectPrefix=team-a").await,
+        json!(["team-a-1"])
+    );
+    assert_eq!(
+        app.get_json("/subjects?subjectPrefix=team-a&deleted=true")
+            .await,
+        json!(["team-a-1", "team-a-2"])
+    );
+    // Python confluent-kafka spells it deleted_only (and sends True).
+    assert_eq!(
+        app.get_json("/subjects?deleted=True&deleted_only=True")
+            .await,
+        json!(["team-a-2"])
+    );
+    assert_eq!(
+        app.get_json("/subjects?offset=1&limit=1").await,
+        json!(["team-b-1"])
+    );
+    assert_eq!(
+        app.get_json("/subjects/team-a-1/versions").await,
+        json!([2])
+    );
+    assert_eq!(
+        app.get_json("/subjects/team-a-1/versions?deletedOnly=true")
+            .await,
+        json!([1])
+    );
+    assert_eq!(
+        app.get_json("/subjects/team-b-1/versions?deletedOnly=true")
+            .await,
+        json!([])
+    );
+    assert_eq!(
+        app.get_json("/subjects/team-a-1/versions?deleted=true&offset=1")
+            .await,
+        json!([2])
+    );
+    assert_error(
+        app.get("/subjects/nope/versions?deletedOnly=true").await,
+        404,
+        40401,
+    )
+    .await;
     app.cleanup().await;
 }
 

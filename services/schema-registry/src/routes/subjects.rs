@@ -5,10 +5,13 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
 
-use super::{query_flag, raw_registry_body, registry_json, ApiPath, AppState, RegistryJson};
+use super::{
+    listing, page, query_flag, query_value, raw_registry_body, registry_json, ApiPath, AppState,
+    RegistryJson,
+};
 use crate::error::ApiError;
 use crate::schema::{is_valid_subject, ParsedSchema, SchemaError, SchemaType, VersionSpec};
-use crate::store::{DeleteOutcome, RegisterOutcome, SubjectVersion, VersionDeleteOutcome};
+use crate::store::{DeleteOutcome, Listing, RegisterOutcome, SubjectVersion, VersionDeleteOutcome};
 
 /// The body of `POST /subjects/{subject}/versions` and `POST /subjects/{subject}`. Fields
 /// this registry does not use (`metadata`, `ruleSet`, `id`, `version`) are ignored.
@@ -177,34 +180,36 @@ pub async fn delete_version(
     }
 }
 
-/// `GET /subjects[?deleted=true]`.
+/// `GET /subjects[?deleted=true|deletedOnly=true][&subjectPrefix=..][&offset=..&limit=..]`.
 pub async fn list(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let subjects = state
-        .store
-        .subjects(query_flag(query.as_deref(), "deleted"))
-        .await?;
-    Ok(registry_json(StatusCode::OK, &subjects))
+    let query = query.as_deref();
+    let prefix = query_value(query, "subjectPrefix").unwrap_or_default();
+    let subjects = state.store.subjects(listing(query), &prefix).await?;
+    Ok(registry_json(StatusCode::OK, &page(subjects, query)))
 }
 
-/// `GET /subjects/{subject}/versions[?deleted=true]`.
+/// `GET /subjects/{subject}/versions[?deleted=true|deletedOnly=true][&offset=..&limit=..]`.
 pub async fn versions(
     State(state): State<AppState>,
     ApiPath(subject): ApiPath<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let deleted = query_flag(query.as_deref(), "deleted");
-    let versions = if is_valid_subject(&subject) {
-        state.store.versions(&subject, deleted).await?
-    } else {
-        Vec::new()
-    };
-    if versions.is_empty() {
+    let query = query.as_deref();
+    if !is_valid_subject(&subject) {
         return Err(ApiError::SubjectNotFound(subject));
     }
-    Ok(registry_json(StatusCode::OK, &versions))
+    let listing = listing(query);
+    let versions = state.store.versions(&subject, listing).await?;
+    // A subject with only live versions has no deleted ones to list; that is not "not found".
+    let known = !versions.is_empty()
+        || (listing == Listing::DeletedOnly && state.store.subject_exists(&subject, true).await?);
+    if !known {
+        return Err(ApiError::SubjectNotFound(subject));
+    }
+    Ok(registry_json(StatusCode::OK, &page(versions, query)))
 }
 
 /// `GET /subjects/{subject}/versions/{version}`, version a number, `latest` or `-1`.
