@@ -149,7 +149,7 @@ impl Store {
                 new_version: false,
             }));
         }
-        let level = effective_level(&mut *tx, subject).await?;
+        let level = effective_level(&mut tx, subject).await?;
         let live: Vec<SubjectVersion> = sqlx::query_as(&format!(
             "SELECT {VERSION_COLUMNS} WHERE v.subject = $1 AND NOT v.deleted ORDER BY v.version"
         ))
