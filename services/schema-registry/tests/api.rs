@@ -572,6 +572,30 @@ async fn concurrent_registrations_across_two_replicas_get_distinct_ids_and_versi
 }
 
 #[tokio::test]
+async fn racing_incompatible_registrations_across_replicas_let_one_through() {
+    // A and B are each compatible with v1 but not with each other: checked against the same
+    // "latest" without the subject lock, both would get in.
+    let db_schema = new_db_schema();
+    let first = spawn_app_in(db_schema.clone()).await;
+    let second = spawn_app_in(db_schema.clone()).await;
+    let v1 = evo(r#"{"name":"id","type":"string"}"#);
+    let a = evo(r#"{"name":"id","type":"string"},{"name":"n","type":"long","default":0}"#);
+    let b = evo(r#"{"name":"id","type":"string"},{"name":"n","type":"string","default":""}"#);
+    for round in 0..10 {
+        let subject = format!("race-{round}-value");
+        first.register_ok(&subject, &v1).await;
+        let (ra, rb) = tokio::join!(first.register(&subject, &a), second.register(&subject, &b));
+        let statuses = [ra.status().as_u16(), rb.status().as_u16()];
+        let mut sorted = statuses;
+        sorted.sort_unstable();
+        assert_eq!(sorted, [200, 409], "round {round}: {statuses:?}");
+        assert_eq!(first.versions(&subject).await, json!([1, 2]));
+    }
+    second.stop().await;
+    first.cleanup().await;
+}
+
+#[tokio::test]
 async fn ids_are_stable_across_restarts() {
     let db_schema = new_db_schema();
     let app = spawn_app_in(db_schema.clone()).await;
