@@ -10,6 +10,7 @@ cd "$ROOT"
 PYTHON=$("$ROOT/scripts/python-env.sh")
 
 export PAYSTREAM_BIN_DIR="$CARGO_TARGET_DIR/debug"
+"$PAYSTREAM_BIN_DIR/paystream" schemas check --dir "$ROOT/schemas" # contracts vs the registry: an incompatible edit fails here
 echo "== Python confluent-kafka interoperability tests"
 "$PYTHON" -m pytest -q "$ROOT/services/e2e-tests/python"
 

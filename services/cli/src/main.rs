@@ -4,13 +4,18 @@
 //!   the Avro value decoded through the schema registry), like Confluent's
 //!   `kafka-avro-console-consumer`.
 //! - `paystream topics create`: create paystream's topics with explicit partition counts.
-//! - `paystream schemas register`: register the shipped Avro schemas under `<topic>-value`.
+//! - `paystream schemas check | register`: check the Avro contracts against the registry
+//!   (documentation, compatibility level, compatibility) and register them under
+//!   `<topic>-value` (see `schemas`).
 //! - `paystream migrate`: apply the database migrations.
 //! - `paystream dlq list|show|replay`: inspect a consumer group's dead letters and replay them
 //!   to their original topic ([`dlq`]).
 
 mod dlq;
 
+mod schemas;
+
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -18,7 +23,6 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use paystream_core::avro::AvroCodec;
 use paystream_core::config::{DatabaseSettings, KafkaSettings};
-use paystream_core::events::{PAYMENT_OUTCOME_SCHEMA, PAYMENT_REQUESTED_SCHEMA};
 use paystream_core::headers::RecordHeaders;
 use paystream_core::kafka::{self, TopicSpec};
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -149,11 +153,37 @@ enum TopicsCommand {
 
 #[derive(Subcommand)]
 enum SchemasCommand {
-    /// Register the shipped schemas under `<topic>-value`.
+    /// Check every schema against the registry without changing it: docs, the subject's
+    /// level, compatibility with the registered versions. Fails on any problem.
+    Check {
+        #[command(flatten)]
+        contracts: ContractOptions,
+    },
+    /// Set each subject's level, check every schema, then register them all (none if any
+    /// check fails).
     Register {
         #[command(flatten)]
-        topics: TopicNames,
+        contracts: ContractOptions,
     },
+}
+
+/// Which contracts, and the level their subjects are kept at.
+#[derive(clap::Args)]
+struct ContractOptions {
+    /// Directory of `<topic>.avsc` files (default: the ones built into this binary).
+    #[arg(long, env = "PAYSTREAM_SCHEMAS__DIR")]
+    dir: Option<PathBuf>,
+    /// Compatibility level of paystream's subjects.
+    #[arg(
+        long,
+        env = "PAYSTREAM_SCHEMAS__COMPATIBILITY",
+        default_value = schemas::DEFAULT_LEVEL,
+        value_parser = clap::builder::PossibleValuesParser::new(schemas::LEVELS),
+        ignore_case = true,
+    )]
+    compatibility: String,
+    #[command(flatten)]
+    topics: TopicNames,
 }
 
 #[tokio::main]
@@ -204,9 +234,34 @@ async fn main() -> ExitCode {
             );
             create_topics(&kafka_settings, specs, replication_factor).await
         }
-        Command::Schemas {
-            command: SchemasCommand::Register { topics },
-        } => register_schemas(&cli.registry_url, &topics).await,
+        Command::Schemas { command } => {
+            let (contracts, register) = match command {
+                SchemasCommand::Check { contracts } => (contracts, false),
+                SchemasCommand::Register { contracts } => (contracts, true),
+            };
+            let overrides = [
+                (
+                    "payments.requested.v1",
+                    contracts.topics.requested_topic.as_str(),
+                ),
+                (
+                    "payments.outcomes.v1",
+                    contracts.topics.outcomes_topic.as_str(),
+                ),
+            ];
+            let level = contracts.compatibility.to_uppercase();
+            let options = schemas::Options {
+                registry_url: &cli.registry_url,
+                dir: contracts.dir.as_deref(),
+                level: &level,
+                topic_overrides: &overrides,
+            };
+            if register {
+                schemas::register(&options).await
+            } else {
+                schemas::check(&options).await
+            }
+        }
         Command::Migrate { database_url } => migrate(database_url).await,
         Command::Dlq { command } => dlq::run(command, &kafka_settings, &cli.registry_url).await,
     };
@@ -335,24 +390,6 @@ async fn create_topics(
     kafka::ensure_topics(settings, &specs).await?;
     for s in &specs {
         println!("topic {} ({} partitions)", s.name, s.partitions);
-    }
-    Ok(())
-}
-
-async fn register_schemas(registry_url: &str, topics: &TopicNames) -> anyhow::Result<()> {
-    let codec = AvroCodec::new(registry_url);
-    for (topic, schema) in [
-        (&topics.requested_topic, &PAYMENT_REQUESTED_SCHEMA),
-        (&topics.outcomes_topic, &PAYMENT_OUTCOME_SCHEMA),
-    ] {
-        let id = codec
-            .register(topic, schema)
-            .await
-            .with_context(|| format!("registering {}", schema.name))?;
-        println!(
-            "subject {} → schema id {id}",
-            paystream_core::avro::value_subject(topic)
-        );
     }
     Ok(())
 }

@@ -23,8 +23,31 @@ pub enum ApiError {
     SubjectSoftDeleted(String),
     #[error("Subject '{0}' was not deleted first before being permanently deleted")]
     SubjectNotSoftDeleted(String),
+    #[error(
+        "Subject '{0}' Version {1} was soft deleted. Set permanent=true to delete permanently"
+    )]
+    VersionSoftDeleted(String, i32),
+    #[error("Subject '{0}' Version {1} was not deleted first before being permanently deleted")]
+    VersionNotSoftDeleted(String, i32),
+    #[error("Subject '{0}' does not have subject-level compatibility configured")]
+    SubjectLevelNotConfigured(String),
+    /// The compatibility check's messages, Confluent's wording around them.
+    #[error(
+        "Schema being registered is incompatible with an earlier schema for subject \"{subject}\", \
+         details: [{}]",
+        messages.join(", ")
+    )]
+    Incompatible {
+        subject: String,
+        messages: Vec<String>,
+    },
     #[error("{0}")]
     InvalidSchema(#[from] SchemaError),
+    #[error(
+        "Invalid compatibility level '{0}'. Valid values are none, backward, forward, full, \
+         backward_transitive, forward_transitive, and full_transitive"
+    )]
+    InvalidCompatibilityLevel(String),
     #[error(
         "The specified version '{0}' is not a valid version id. Allowed values are between \
          [1, 2^31-1] and the string \"latest\""
@@ -66,7 +89,12 @@ impl ApiError {
             Self::SchemaIdNotFound(_) | Self::SchemaNotFound => (StatusCode::NOT_FOUND, 40403),
             Self::SubjectSoftDeleted(_) => (StatusCode::NOT_FOUND, 40404),
             Self::SubjectNotSoftDeleted(_) => (StatusCode::NOT_FOUND, 40405),
+            Self::VersionSoftDeleted(..) => (StatusCode::NOT_FOUND, 40406),
+            Self::VersionNotSoftDeleted(..) => (StatusCode::NOT_FOUND, 40407),
+            Self::SubjectLevelNotConfigured(_) => (StatusCode::NOT_FOUND, 40408),
+            Self::Incompatible { .. } => (StatusCode::CONFLICT, 409),
             Self::InvalidSchema(_) => (StatusCode::UNPROCESSABLE_ENTITY, 42201),
+            Self::InvalidCompatibilityLevel(_) => (StatusCode::UNPROCESSABLE_ENTITY, 42203),
             Self::InvalidVersion(_) => (StatusCode::UNPROCESSABLE_ENTITY, 42202),
             Self::InvalidSubject => (StatusCode::UNPROCESSABLE_ENTITY, 42208),
             Self::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, 422),
@@ -127,6 +155,18 @@ mod tests {
         assert_eq!(
             ApiError::InvalidVersion("0".into()).codes(),
             (StatusCode::UNPROCESSABLE_ENTITY, 42202)
+        );
+        assert_eq!(
+            ApiError::Incompatible {
+                subject: "s".into(),
+                messages: vec![],
+            }
+            .codes(),
+            (StatusCode::CONFLICT, 409)
+        );
+        assert_eq!(
+            ApiError::InvalidCompatibilityLevel("x".into()).codes(),
+            (StatusCode::UNPROCESSABLE_ENTITY, 42203)
         );
         assert_eq!(
             ApiError::Store(sqlx::Error::PoolTimedOut).codes(),

@@ -1,22 +1,27 @@
-//! A Confluent-compatible Schema Registry (Avro only, no compatibility checks yet) stored in
-//! Postgres: the embedded default where no Confluent Schema Registry runs. It speaks enough
-//! of Confluent's REST API for `schema_registry_converter` and Python `confluent-kafka`.
+//! A Confluent-compatible Schema Registry (Avro) stored in Postgres: the embedded default
+//! where no Confluent Schema Registry runs. It speaks Confluent's REST API for subjects,
+//! schemas, compatibility and config as `schema_registry_converter`, Python `confluent-kafka`
+//! and operators use it, and enforces Confluent's compatibility levels on registration.
+//! docs/schema-registry.md lists the endpoints against Confluent's.
 //!
 //! Layout:
 //!
 //! - [`Settings`] and [`Application`] (in `startup`): configuration, wiring, the HTTP server
 //!   and its graceful shutdown.
-//! - `routes`: the REST API grouped by resource (`subjects`, `schemas`, `config`, `health`)
-//!   and the extractors that turn bad input into Confluent-style errors.
+//! - `routes`: the REST API grouped by resource (`subjects`, `schemas`, `compatibility`,
+//!   `config`, `health`) and the extractors that turn bad input into Confluent-style errors.
 //! - `error`: `ApiError`, mapped to Confluent's `error_code`s and HTTP statuses.
-//! - `schema`: the domain — schema types, schema identity (normalized form and fingerprint),
-//!   version selectors, subject names. Pure, unit tested.
-//! - `store`: Postgres persistence; global ids and per-subject versions, safe with several
-//!   replicas sharing the database.
+//! - `schema`: the domain — schema types, schema identity (Parsing Canonical Form plus what
+//!   resolution reads, and its fingerprint), version selectors, subject names. Pure, unit
+//!   tested.
+//! - `compatibility`: the levels and the Avro reader/writer check. Pure, unit tested.
+//! - `store`: Postgres persistence; global ids, per-subject versions and levels, safe with
+//!   several replicas sharing the database.
 
+pub mod compatibility;
 mod error;
 mod routes;
-mod schema;
+pub mod schema;
 mod startup;
 mod store;
 

@@ -54,28 +54,27 @@ pub enum SchemaError {
     InvalidAvro(String),
 }
 
+/// Version of the identity rules below; stored with each schema row so rows written under
+/// older rules are re-keyed at start-up (see `Store::upgrade_identities`).
+pub const IDENTITY_SCHEME: i16 = 2;
+
 /// A validated schema with the identity the store deduplicates on.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ParsedSchema {
     pub schema_type: SchemaType,
     /// The text as the client sent it; what the registry hands back.
     pub text: String,
-    /// The normalized form that [`ParsedSchema::fingerprint`] is computed over.
+    /// The parsed schema, for compatibility checks.
+    pub avro: Schema,
+    /// The form [`ParsedSchema::fingerprint`] is computed over: see [`identity_form`].
     pub canonical_form: String,
-    /// sha256 (hex) of the type and the normalized form: the global identity of a schema.
+    /// sha256 (hex) of the type, the identity scheme and the canonical form: the global
+    /// identity of a schema.
     pub fingerprint: String,
 }
 
 impl ParsedSchema {
     /// Validates `text` as a schema of `schema_type` and computes its identity.
-    ///
-    /// The normalized form is the parsed Avro schema written back as JSON with object keys
-    /// sorted: whitespace, attribute order and name spelling (`"name": "a.B"` versus
-    /// `"namespace": "a", "name": "B"`) do not change it. It deliberately keeps what Avro's
-    /// Parsing Canonical Form strips (`default`, `doc`, `aliases`, `logicalType`, custom
-    /// properties): under PCF `{"type":"long","logicalType":"timestamp-millis"}` and a plain
-    /// `long`, or a field with and without a default, would share an id, and the second
-    /// registration would silently get the first one's text — which readers decode with.
     pub fn parse(schema_type: SchemaType, text: &str) -> Result<Self, SchemaError> {
         if text.trim().is_empty() {
             return Err(SchemaError::Empty);
@@ -86,34 +85,154 @@ impl ParsedSchema {
                 "schema contains a NUL character".into(),
             ));
         }
-        let canonical_form = match schema_type {
-            SchemaType::Avro => normalize_avro(text)?,
+        let avro = match schema_type {
+            SchemaType::Avro => parse_avro(text)?,
         };
+        let canonical_form = identity_form(&avro, Keep::Resolution)?;
         let fingerprint = fingerprint(schema_type, &canonical_form);
         Ok(Self {
             schema_type,
             text: text.to_string(),
+            avro,
             canonical_form,
             fingerprint,
         })
     }
 }
 
-fn normalize_avro(text: &str) -> Result<String, SchemaError> {
-    // The parser is third-party code fed untrusted input: a panic in it must become a 422,
-    // not a dropped connection.
-    let parsed = catch_unwind(AssertUnwindSafe(|| Schema::parse_str(text)))
+/// Parses Avro text. The parser is third-party code fed untrusted input: a panic in it must
+/// become a 422, not a dropped connection.
+pub fn parse_avro(text: &str) -> Result<Schema, SchemaError> {
+    catch_unwind(AssertUnwindSafe(|| Schema::parse_str(text)))
         .map_err(|_| SchemaError::InvalidAvro("the Avro parser rejected the schema".into()))?
-        .map_err(|e| SchemaError::InvalidAvro(error_chain(&e)))?;
-    let json = serde_json::to_value(&parsed)
-        .map_err(|e| SchemaError::InvalidAvro(format!("cannot normalize schema: {e}")))?;
-    let mut out = String::with_capacity(text.len());
-    write_sorted(&json, &mut out);
-    Ok(out)
+        .map_err(|e| SchemaError::InvalidAvro(error_chain(&e)))
 }
 
 fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     paystream_core::telemetry::error_chain(error)
+}
+
+/// What [`identity_form`] keeps besides Avro's Parsing Canonical Form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    /// Plain Parsing Canonical Form (used in tests against apache-avro's).
+    CanonicalOnly,
+    /// PCF plus what schema resolution and decoding read.
+    Resolution,
+}
+
+/// Attributes of Avro's Parsing Canonical Form, in its order.
+const PCF_KEYS: [&str; 7] = [
+    "name", "type", "fields", "symbols", "items", "values", "size",
+];
+
+/// Attributes PCF strips that a reader does not ignore, so identity keeps them:
+/// - `default`: two schemas differing only in a field default resolve differently (a field
+///   whose default was just added may be removed later under FORWARD). Under plain PCF the
+///   second registration would be "already registered" and the default lost from the subject.
+/// - `logicalType`, `precision`, `scale`: a `timestamp-millis` and a plain `long` decode to
+///   different values.
+/// - `aliases`: they make renames resolvable.
+///
+/// `doc`, `order` and custom properties are dropped: a documentation-only edit keeps its id.
+const RESOLUTION_KEYS: [&str; 5] = ["logicalType", "precision", "scale", "default", "aliases"];
+
+/// The schema's identity text: Avro's Parsing Canonical Form ([FULLNAMES], [STRIP], [ORDER],
+/// [STRINGS], [INTEGERS], [WHITESPACE], [PRIMITIVES]), with `keep`'s extra attributes after
+/// the canonical ones, defaults written with sorted keys and aliases sorted.
+pub fn identity_form(schema: &Schema, keep: Keep) -> Result<String, SchemaError> {
+    // apache-avro writes the parsed schema with explicit namespaces, references as full names
+    // and primitives as plain strings: the walk below only has to select and order.
+    let json = serde_json::to_value(schema)
+        .map_err(|e| SchemaError::InvalidAvro(format!("cannot normalize schema: {e}")))?;
+    let mut out = String::new();
+    write_identity(&json, keep, &mut out);
+    Ok(out)
+}
+
+fn write_identity(value: &Value, keep: Keep, out: &mut String) {
+    match value {
+        Value::Array(items) => write_list(items, out, |v, out| write_identity(v, keep, out)),
+        Value::Object(map) => {
+            let kept = |key: &&str| {
+                map.contains_key(*key)
+                    && (PCF_KEYS.contains(key)
+                        || (keep == Keep::Resolution && RESOLUTION_KEYS.contains(key)))
+            };
+            let keys: Vec<&str> = PCF_KEYS
+                .iter()
+                .chain(RESOLUTION_KEYS.iter())
+                .copied()
+                .filter(kept)
+                .collect();
+            if let (["type"], Some(Value::String(primitive))) = (keys.as_slice(), map.get("type")) {
+                out.push_str(&Value::String(primitive.clone()).to_string());
+                return;
+            }
+            let named = matches!(
+                map.get("type").and_then(Value::as_str),
+                Some("record" | "enum" | "fixed")
+            );
+            out.push('{');
+            for (i, key) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(key.to_string()).to_string());
+                out.push(':');
+                let v = &map[key];
+                match key {
+                    "name" if named => {
+                        let name = v.as_str().unwrap_or_default();
+                        let full = match map.get("namespace").and_then(Value::as_str) {
+                            Some(ns) if !ns.is_empty() && !name.contains('.') => {
+                                format!("{ns}.{name}")
+                            }
+                            _ => name.to_string(),
+                        };
+                        out.push_str(&Value::String(full).to_string());
+                    }
+                    "type" | "items" | "values" | "fields" => write_identity(v, keep, out),
+                    "size" | "precision" | "scale" => match v {
+                        // [INTEGERS]: "8" and 8 are the same size.
+                        Value::String(s) => out.push_str(s.trim()),
+                        other => out.push_str(&other.to_string()),
+                    },
+                    "aliases" => {
+                        let mut aliases: Vec<String> = v
+                            .as_array()
+                            .map(|a| a.iter().map(|x| x.to_string()).collect())
+                            .unwrap_or_default();
+                        aliases.sort();
+                        write_list(&aliases, out, |a, out| out.push_str(a));
+                    }
+                    _ => write_sorted(v, out),
+                }
+            }
+            out.push('}');
+        }
+        scalar => out.push_str(&scalar.to_string()),
+    }
+}
+
+fn write_list<T>(items: &[T], out: &mut String, write: impl FnMut(&T, &mut String)) {
+    write_delimited(('[', ']'), items, out, write);
+}
+
+fn write_delimited<T>(
+    (open, close): (char, char),
+    items: &[T],
+    out: &mut String,
+    mut write: impl FnMut(&T, &mut String),
+) {
+    out.push(open);
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        write(item, out);
+    }
+    out.push(close);
 }
 
 /// Writes `value` as compact JSON with object keys sorted, whatever map type serde_json was
@@ -123,27 +242,13 @@ fn write_sorted(value: &Value, out: &mut String) {
         Value::Object(map) => {
             let mut entries: Vec<_> = map.iter().collect();
             entries.sort_by(|a, b| a.0.cmp(b.0));
-            out.push('{');
-            for (i, (key, v)) in entries.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                out.push_str(&Value::String(key.clone()).to_string());
+            write_delimited(('{', '}'), &entries, out, |(key, v), out| {
+                out.push_str(&Value::String((*key).clone()).to_string());
                 out.push(':');
                 write_sorted(v, out);
-            }
-            out.push('}');
+            });
         }
-        Value::Array(items) => {
-            out.push('[');
-            for (i, v) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_sorted(v, out);
-            }
-            out.push(']');
-        }
+        Value::Array(items) => write_list(items, out, write_sorted),
         scalar => out.push_str(&scalar.to_string()),
     }
 }
@@ -151,7 +256,8 @@ fn write_sorted(value: &Value, out: &mut String) {
 fn fingerprint(schema_type: SchemaType, canonical_form: &str) -> String {
     let mut hasher = Sha256::new();
     hasher.update(schema_type.as_str().as_bytes());
-    hasher.update(b"\n");
+    // The scheme is hashed too, so a fingerprint of the old rules never equals a new one.
+    hasher.update(format!("\nidentity-v{IDENTITY_SCHEME}\n").as_bytes());
     hasher.update(canonical_form.as_bytes());
     hex::encode(hasher.finalize())
 }
@@ -233,7 +339,7 @@ mod tests {
     }
 
     #[test]
-    fn field_order_defaults_and_logical_types_change_identity() {
+    fn field_order_defaults_logical_types_and_names_change_identity() {
         let base = avro(PAYMENT).unwrap();
         let variants = [
             // Field order is part of the Avro binary encoding.
@@ -252,6 +358,65 @@ mod tests {
             let other = avro(v).unwrap();
             assert_ne!(base.fingerprint, other.fingerprint, "{v}");
         }
+    }
+
+    #[test]
+    fn documentation_and_custom_properties_do_not_change_identity() {
+        let base = avro(PAYMENT).unwrap();
+        let documented = avro(
+            r#"{"type":"record","name":"Payment","namespace":"paystream","doc":"A payment.",
+                "x-owner":"payments-team",
+                "fields":[{"name":"id","type":"string","doc":"The id.","order":"descending"},
+                          {"name":"amount","type":"long"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(base.fingerprint, documented.fingerprint);
+        assert_ne!(base.text, documented.text);
+    }
+
+    #[test]
+    fn canonical_only_matches_apache_avro_parsing_canonical_form() {
+        for text in [
+            PAYMENT,
+            r#""string""#,
+            r#"{"type":"record","name":"R","namespace":"a.b","doc":"d","fields":[
+                {"name":"e","type":{"type":"enum","name":"E","symbols":["X","Y"],"default":"X"}},
+                {"name":"f","type":{"type":"fixed","name":"c.F","size":16}},
+                {"name":"again","type":"E"},
+                {"name":"m","type":{"type":"map","values":{"type":"array","items":"c.F"}}},
+                {"name":"u","type":["null","long"],"default":null},
+                {"name":"n","type":{"type":"record","name":"Nested","fields":[{"name":"x","type":"int","default":1}]}}]}"#,
+        ] {
+            let parsed = Schema::parse_str(text).unwrap();
+            assert_eq!(
+                identity_form(&parsed, Keep::CanonicalOnly).unwrap(),
+                parsed.canonical_form(),
+                "{text}"
+            );
+        }
+        // [PRIMITIVES] applies after [STRIP]: a logical type is its plain primitive, as in Java
+        // Avro (apache-avro 0.22 leaves `{"type":"long"}` here).
+        let logical =
+            Schema::parse_str(r#"{"type":"long","logicalType":"timestamp-millis"}"#).unwrap();
+        assert_eq!(
+            identity_form(&logical, Keep::CanonicalOnly).unwrap(),
+            r#""long""#
+        );
+    }
+
+    #[test]
+    fn identity_form_keeps_what_resolution_reads() {
+        let parsed = Schema::parse_str(
+            r#"{"type":"record","name":"R","namespace":"a","doc":"ignored","fields":[
+                {"name":"t","type":{"type":"long","logicalType":"timestamp-millis"},"doc":"x"},
+                {"name":"n","aliases":["old_n","m"],"type":"int","default":7},
+                {"name":"o","type":{"type":"map","values":"int"},"default":{"z":1,"a":2}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            identity_form(&parsed, Keep::Resolution).unwrap(),
+            r#"{"name":"a.R","type":"record","fields":[{"name":"t","type":{"type":"long","logicalType":"timestamp-millis"}},{"name":"n","type":"int","default":7,"aliases":["m","old_n"]},{"name":"o","type":{"type":"map","values":"int"},"default":{"a":2,"z":1}}]}"#
+        );
     }
 
     #[test]

@@ -23,6 +23,17 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
         let pool = paystream_core::db::connect(&settings.database).await?;
         paystream_core::db::migrate(&pool).await?;
+        let upgrade = Store::new(pool.clone())
+            .upgrade_identities()
+            .await
+            .context("re-keying schemas stored under older identity rules")?;
+        if upgrade != Default::default() {
+            tracing::info!(
+                rekeyed = upgrade.rekeyed,
+                superseded = upgrade.superseded,
+                "schema identities upgraded"
+            );
+        }
         let address = settings.http.address();
         let listener = TcpListener::bind(&address)
             .await

@@ -1,6 +1,7 @@
 //! The HTTP API, grouped by resource as in Confluent's REST reference, plus the extractors
 //! that turn malformed input into Confluent-style errors (never axum's plain-text rejections).
 
+mod compatibility;
 mod config;
 mod health;
 mod schemas;
@@ -21,7 +22,7 @@ use tracing::Level;
 
 use crate::error::ApiError;
 use crate::schema::SchemaType;
-use crate::store::Store;
+use crate::store::{Listing, Store};
 
 /// Confluent's response content type; its clients also send it as the request content type.
 pub const REGISTRY_CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
@@ -53,7 +54,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route(
             "/subjects/{subject}/versions/{version}",
-            get(subjects::version),
+            get(subjects::version).delete(subjects::delete_version),
         )
         .route(
             "/subjects/{subject}/versions/{version}/schema",
@@ -64,8 +65,26 @@ pub fn router(state: AppState) -> Router {
         .route("/schemas/ids/{id}/schema", get(schemas::raw_by_id))
         .route("/schemas/ids/{id}/versions", get(schemas::versions_by_id))
         .route("/schemas/ids/{id}/subjects", get(schemas::subjects_by_id))
-        .route("/config", get(config::global))
-        .route("/config/{subject}", get(config::subject))
+        .route(
+            "/compatibility/subjects/{subject}/versions",
+            post(compatibility::against_level),
+        )
+        .route(
+            "/compatibility/subjects/{subject}/versions/{version}",
+            post(compatibility::against_version),
+        )
+        .route(
+            "/config",
+            get(config::global)
+                .put(config::set_global)
+                .delete(config::delete_global),
+        )
+        .route(
+            "/config/{subject}",
+            get(config::subject)
+                .put(config::set_subject)
+                .delete(config::delete_subject),
+        )
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))
         .fallback(no_route)
@@ -180,11 +199,64 @@ pub fn non_avro(schema_type: &str) -> Option<&str> {
 /// Whether a boolean query flag such as `deleted=true` is set. Parsed by hand so unknown or
 /// odd parameters (`?normalize=false&fetchMaxId=...&format=`) are ignored, never rejected.
 pub fn query_flag(query: Option<&str>, name: &str) -> bool {
+    query_value(query, name).is_some_and(|value| value.eq_ignore_ascii_case("true"))
+}
+
+/// The first value of query parameter `name`, percent-decoded (`+` is a space).
+pub fn query_value(query: Option<&str>, name: &str) -> Option<String> {
     query
         .unwrap_or_default()
         .split('&')
         .filter_map(|pair| pair.split_once('='))
-        .any(|(key, value)| key == name && value.eq_ignore_ascii_case("true"))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| percent_decode(value))
+}
+
+fn percent_decode(raw: &str) -> String {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The listing a request asks for: `deletedOnly=true` (Confluent's clients also send
+/// `deleted_only`), else `deleted=true`, else live only.
+pub fn listing(query: Option<&str>) -> Listing {
+    if query_flag(query, "deletedOnly") || query_flag(query, "deleted_only") {
+        Listing::DeletedOnly
+    } else if query_flag(query, "deleted") {
+        Listing::WithDeleted
+    } else {
+        Listing::Live
+    }
+}
+
+/// `offset` and `limit` paging of a list, as Confluent's listings take them (a negative or
+/// absent limit means all).
+pub fn page<T>(items: Vec<T>, query: Option<&str>) -> Vec<T> {
+    let number = |name| query_value(query, name).and_then(|v| v.parse::<i64>().ok());
+    let offset = number("offset").unwrap_or(0).max(0) as usize;
+    let limit = number("limit").filter(|l| *l >= 0).map(|l| l as usize);
+    let rest = items.into_iter().skip(offset);
+    match limit {
+        Some(limit) => rest.take(limit).collect(),
+        None => rest.collect(),
+    }
 }
 
 #[cfg(test)]
@@ -199,6 +271,28 @@ mod tests {
         assert!(!query_flag(Some("deleted"), "deleted"));
         assert!(!query_flag(Some("undeleted=true"), "deleted"));
         assert!(!query_flag(None, "deleted"));
+    }
+
+    #[test]
+    fn query_values_listings_and_pages() {
+        assert_eq!(
+            query_value(Some("subjectPrefix=team%2Fa+b&x=1"), "subjectPrefix").as_deref(),
+            Some("team/a b")
+        );
+        assert_eq!(query_value(Some("p=%zz%4"), "p").as_deref(), Some("%zz%4"));
+        assert_eq!(query_value(None, "p"), None);
+        assert_eq!(listing(Some("deleted=true")), Listing::WithDeleted);
+        assert_eq!(
+            listing(Some("deleted=True&deleted_only=True")),
+            Listing::DeletedOnly
+        );
+        assert_eq!(listing(Some("deletedOnly=true")), Listing::DeletedOnly);
+        assert_eq!(listing(None), Listing::Live);
+        let items = vec![1, 2, 3, 4];
+        assert_eq!(page(items.clone(), Some("offset=1&limit=2")), vec![2, 3]);
+        assert_eq!(page(items.clone(), Some("offset=0&limit=-1")), items);
+        assert_eq!(page(items.clone(), Some("offset=9")), Vec::<i32>::new());
+        assert_eq!(page(items.clone(), Some("offset=x")), items);
     }
 
     #[test]

@@ -5,10 +5,13 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
 
-use super::{query_flag, raw_registry_body, registry_json, ApiPath, AppState, RegistryJson};
+use super::{
+    listing, page, query_flag, query_value, raw_registry_body, registry_json, ApiPath, AppState,
+    RegistryJson,
+};
 use crate::error::ApiError;
 use crate::schema::{is_valid_subject, ParsedSchema, SchemaError, SchemaType, VersionSpec};
-use crate::store::{DeleteOutcome, SubjectVersion};
+use crate::store::{DeleteOutcome, Listing, RegisterOutcome, SubjectVersion, VersionDeleteOutcome};
 
 /// The body of `POST /subjects/{subject}/versions` and `POST /subjects/{subject}`. Fields
 /// this registry does not use (`metadata`, `ruleSet`, `id`, `version`) are ignored.
@@ -21,7 +24,7 @@ pub struct SchemaRequest {
 }
 
 impl SchemaRequest {
-    fn parse(&self) -> Result<ParsedSchema, SchemaError> {
+    pub fn parse(&self) -> Result<ParsedSchema, SchemaError> {
         let schema_type = SchemaType::parse(self.schema_type.as_deref())?;
         if self.references.as_ref().is_some_and(|r| !r.is_empty()) {
             return Err(SchemaError::ReferencesUnsupported);
@@ -61,7 +64,8 @@ struct RegisterBody {
 }
 
 /// `POST /subjects/{subject}/versions`: the schema's global id; an identical schema already
-/// under the subject returns its id without a new version.
+/// under the subject returns its id without a new version. A new one must pass the subject's
+/// compatibility level (409 otherwise, nothing written).
 #[tracing::instrument(skip_all, fields(subject = %subject))]
 pub async fn register(
     State(state): State<AppState>,
@@ -72,7 +76,19 @@ pub async fn register(
         return Err(ApiError::InvalidSubject);
     }
     let schema = request.parse()?;
-    let registered = state.store.register(&subject, &schema).await?;
+    let outcome = state
+        .store
+        .register(&subject, &schema, |level, live| {
+            super::compatibility::check(level, &schema, live)
+        })
+        .await?;
+    let registered = match outcome {
+        RegisterOutcome::Registered(registered) => registered,
+        RegisterOutcome::Incompatible(messages) => {
+            tracing::info!(?messages, "incompatible schema refused");
+            return Err(ApiError::Incompatible { subject, messages });
+        }
+    };
     tracing::info!(
         schema.id = registered.id,
         version = registered.version,
@@ -132,34 +148,68 @@ pub async fn delete(
     }
 }
 
-/// `GET /subjects[?deleted=true]`.
+/// `DELETE /subjects/{subject}/versions/{version}[?permanent=true]`: the version deleted.
+/// Soft first; `permanent=true` then removes it.
+#[tracing::instrument(skip_all, fields(subject = %subject))]
+pub async fn delete_version(
+    State(state): State<AppState>,
+    ApiPath((subject, version)): ApiPath<(String, String)>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let spec =
+        VersionSpec::parse(&version).ok_or_else(|| ApiError::InvalidVersion(version.clone()))?;
+    if !is_valid_subject(&subject) {
+        return Err(ApiError::SubjectNotFound(subject));
+    }
+    let outcome = if query_flag(query.as_deref(), "permanent") {
+        state.store.hard_delete_version(&subject, spec).await?
+    } else {
+        state.store.soft_delete_version(&subject, spec).await?
+    };
+    match outcome {
+        VersionDeleteOutcome::Deleted(number) => {
+            tracing::info!(version = number, "version deleted");
+            Ok(registry_json(StatusCode::OK, &number))
+        }
+        VersionDeleteOutcome::SubjectNotFound => Err(ApiError::SubjectNotFound(subject)),
+        VersionDeleteOutcome::VersionNotFound(n) => Err(ApiError::VersionNotFound(n)),
+        VersionDeleteOutcome::AlreadySoftDeleted(n) => {
+            Err(ApiError::VersionSoftDeleted(subject, n))
+        }
+        VersionDeleteOutcome::NotSoftDeleted(n) => Err(ApiError::VersionNotSoftDeleted(subject, n)),
+    }
+}
+
+/// `GET /subjects[?deleted=true|deletedOnly=true][&subjectPrefix=..][&offset=..&limit=..]`.
 pub async fn list(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let subjects = state
-        .store
-        .subjects(query_flag(query.as_deref(), "deleted"))
-        .await?;
-    Ok(registry_json(StatusCode::OK, &subjects))
+    let query = query.as_deref();
+    let prefix = query_value(query, "subjectPrefix").unwrap_or_default();
+    let subjects = state.store.subjects(listing(query), &prefix).await?;
+    Ok(registry_json(StatusCode::OK, &page(subjects, query)))
 }
 
-/// `GET /subjects/{subject}/versions[?deleted=true]`.
+/// `GET /subjects/{subject}/versions[?deleted=true|deletedOnly=true][&offset=..&limit=..]`.
 pub async fn versions(
     State(state): State<AppState>,
     ApiPath(subject): ApiPath<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let deleted = query_flag(query.as_deref(), "deleted");
-    let versions = if is_valid_subject(&subject) {
-        state.store.versions(&subject, deleted).await?
-    } else {
-        Vec::new()
-    };
-    if versions.is_empty() {
+    let query = query.as_deref();
+    if !is_valid_subject(&subject) {
         return Err(ApiError::SubjectNotFound(subject));
     }
-    Ok(registry_json(StatusCode::OK, &versions))
+    let listing = listing(query);
+    let versions = state.store.versions(&subject, listing).await?;
+    // A subject with only live versions has no deleted ones to list; that is not "not found".
+    let known = !versions.is_empty()
+        || (listing == Listing::DeletedOnly && state.store.subject_exists(&subject, true).await?);
+    if !known {
+        return Err(ApiError::SubjectNotFound(subject));
+    }
+    Ok(registry_json(StatusCode::OK, &page(versions, query)))
 }
 
 /// `GET /subjects/{subject}/versions/{version}`, version a number, `latest` or `-1`.
