@@ -131,8 +131,13 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     match command {
         DlqCommand::List { select, json } => {
-            let letters =
-                dlq::read(settings, &select.source.topic(), &select.filter()?, READ_IDLE).await?;
+            let letters = dlq::read(
+                settings,
+                &select.source.topic(),
+                &select.filter()?,
+                READ_IDLE,
+            )
+            .await?;
             if json {
                 for l in &letters {
                     println!("{}", summary(l));

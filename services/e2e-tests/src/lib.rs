@@ -563,6 +563,10 @@ impl ProcessorProcess {
             .filter_map(|t| t.rsplit('/').next()?.parse::<u64>().ok())
             .max()
             .unwrap_or(0);
-        Ok(Some(format!("{}/{run}/{}", self.transactional_id, last + 1)))
+        Ok(Some(format!(
+            "{}/{run}/{}",
+            self.transactional_id,
+            last + 1
+        )))
     }
 }

@@ -20,8 +20,7 @@ use paystream_core::events::{PaymentRequested, PAYMENT_REQUESTED_SCHEMA};
 use paystream_core::headers::{self, RecordHeaders};
 use paystream_core::kafka::{self, TopicSpec};
 use paystream_core::processing::{
-    Faults, Handler, HandlerContext, HandlerError, LoopSettings, LoopStats, Output,
-    ProcessingLoop,
+    Faults, Handler, HandlerContext, HandlerError, LoopSettings, LoopStats, Output, ProcessingLoop,
 };
 use paystream_core::shutdown::Shutdown;
 use paystream_e2e_tests::{database_url, kafka_settings, registry_url, workspace_binary};
@@ -268,11 +267,9 @@ impl Harness {
 
     /// The group's committed offset on the input's partition 0.
     fn committed_input_offset(&self) -> anyhow::Result<Option<i64>> {
-        let consumer: BaseConsumer = kafka::client_config(
-            &kafka_settings(),
-            &[("group.id", &self.settings.group_id)],
-        )?
-        .create()?;
+        let consumer: BaseConsumer =
+            kafka::client_config(&kafka_settings(), &[("group.id", &self.settings.group_id)])?
+                .create()?;
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition(&self.input, 0);
         let committed = consumer.committed_offsets(tpl, Duration::from_secs(10))?;
@@ -466,7 +463,10 @@ async fn dead_letters_replay_through_the_cli_and_apply_once() -> anyhow::Result<
 
     let (ok, listing) = h.dlq_cli(&["list"]).await?;
     assert!(ok, "{listing}");
-    assert!(listing.contains("permanent") && listing.contains("1 dead letter(s)"), "{listing}");
+    assert!(
+        listing.contains("permanent") && listing.contains("1 dead letter(s)"),
+        "{listing}"
+    );
 
     // Still broken: the replayed record fails again and comes back with replay count 1.
     let (ok, out) = h.dlq_cli(&["replay", "0/0"]).await?;
@@ -501,7 +501,11 @@ async fn dead_letters_replay_through_the_cli_and_apply_once() -> anyhow::Result<
     assert!(ok, "{out}");
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(h.effects().await?[&event], 1, "processed once");
-    assert_eq!(h.calls_for(event).len(), calls_before, "handler not called again");
+    assert_eq!(
+        h.calls_for(event).len(),
+        calls_before,
+        "handler not called again"
+    );
     assert_eq!(stats.records_deduplicated.load(Ordering::Relaxed), 1);
 
     // Bad input to the operator tool is an error, not a guess.

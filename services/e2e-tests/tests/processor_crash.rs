@@ -19,7 +19,7 @@ use uuid::Uuid;
 async fn accept_payments(stack: &TestStack, n: usize, merchant: &str) -> anyhow::Result<Vec<Uuid>> {
     stream::iter(0..n)
         .map(|i| async move {
-            let customer = if i % 10 == 0 {
+            let customer = if declined(i) {
                 format!("cus_decline_{i}")
             } else {
                 format!("c_{i}")
@@ -33,8 +33,13 @@ async fn accept_payments(stack: &TestStack, n: usize, merchant: &str) -> anyhow:
         .await
 }
 
+/// Every 10th payment is made with a card the PSP simulator declines.
+fn declined(i: usize) -> bool {
+    i.is_multiple_of(10)
+}
+
 fn expected_status(i: usize) -> &'static str {
-    if i % 10 == 0 {
+    if declined(i) {
         "FAILED"
     } else {
         "SUCCEEDED"
@@ -99,10 +104,7 @@ async fn two_instances_killed_at_random_lose_and_repeat_nothing() -> anyhow::Res
             "all payments finished after {} kills; the chaos came too late",
             killed_runs.len()
         );
-        anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(300),
-            "no progress"
-        );
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(300), "no progress");
         let slot = rng.below(2) as usize;
         runs[live[slot]].kill().await?;
         killed_runs.push(live[slot]);
@@ -234,8 +236,8 @@ fn account(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_under_load_commits_and_the_next_instance_reprocesses_nothing(
-) -> anyhow::Result<()> {
+async fn sigterm_under_load_commits_and_the_next_instance_reprocesses_nothing() -> anyhow::Result<()>
+{
     const PAYMENTS: usize = 300;
     let stack = TestStack::spawn().await?;
     stack
@@ -251,7 +253,10 @@ async fn sigterm_under_load_commits_and_the_next_instance_reprocesses_nothing(
     let mut first = ProcessorProcess::spawn(&stack, &tid, "first")?;
     let deadline = Instant::now() + Duration::from_secs(90);
     while stack.terminal_payments().await?.len() < 50 {
-        anyhow::ensure!(Instant::now() < deadline, "first processor made no progress");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "first processor made no progress"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let exit = first.terminate(Duration::from_secs(30)).await?;
@@ -276,9 +281,10 @@ async fn sigterm_under_load_commits_and_the_next_instance_reprocesses_nothing(
         so_far.len(),
         "one outcome per payment"
     );
-    assert!(so_far
-        .iter()
-        .all(|r| r.headers.get(headers::PRODUCER_TXN).is_some_and(|t| committed.contains(t))));
+    assert!(so_far.iter().all(|r| r
+        .headers
+        .get(headers::PRODUCER_TXN)
+        .is_some_and(|t| committed.contains(t))));
 
     // The next instance picks up exactly where the first committed: nothing already applied
     // comes back to it.

@@ -18,8 +18,8 @@
 
 pub mod avro;
 pub mod config;
-pub mod dlq;
 pub mod db;
+pub mod dlq;
 pub mod events;
 pub mod headers;
 pub mod kafka;

@@ -82,7 +82,11 @@ pub struct RetryPolicy {
 }
 
 impl RetryPolicy {
-    pub fn new(group: impl Into<String>, delays: Vec<Duration>, dlq_topic: impl Into<String>) -> Self {
+    pub fn new(
+        group: impl Into<String>,
+        delays: Vec<Duration>,
+        dlq_topic: impl Into<String>,
+    ) -> Self {
         Self {
             group: group.into(),
             delays,
@@ -96,7 +100,9 @@ impl RetryPolicy {
     }
 
     pub fn retry_topics(&self) -> Vec<String> {
-        (1..=self.delays.len()).map(|s| self.retry_topic(s)).collect()
+        (1..=self.delays.len())
+            .map(|s| self.retry_topic(s))
+            .collect()
     }
 
     pub fn dlq_topic(&self) -> &str {
@@ -300,7 +306,10 @@ mod tests {
             let f = policy().route(&record("in", RecordHeaders::default()), &failure(class), 0);
             assert_eq!(f.output.topic, "g.dlq");
             assert_eq!(f.destination, Destination::DeadLetter { attempt: 1 });
-            assert_eq!(f.output.headers.get(headers::ERROR_CLASS), Some(class.as_str()));
+            assert_eq!(
+                f.output.headers.get(headers::ERROR_CLASS),
+                Some(class.as_str())
+            );
         }
     }
 

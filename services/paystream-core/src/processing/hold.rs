@@ -61,10 +61,8 @@ pub struct HeldPartitions {
 
 impl HeldPartitions {
     pub fn hold(&mut self, record: &HeldRecord) {
-        self.due.insert(
-            (record.topic.clone(), record.partition),
-            record.due_at_ms,
-        );
+        self.due
+            .insert((record.topic.clone(), record.partition), record.due_at_ms);
     }
 
     /// The earliest due time of a held partition.
@@ -136,7 +134,10 @@ mod tests {
             record("in", 0, 6, Some(99_999)),
         ];
         let (ready, held) = split_not_due(batch, is_retry, 1_000);
-        let ready: Vec<_> = ready.iter().map(|r| (r.topic.as_str(), r.partition, r.offset)).collect();
+        let ready: Vec<_> = ready
+            .iter()
+            .map(|r| (r.topic.as_str(), r.partition, r.offset))
+            .collect();
         // Offset 12 is due, but it sits behind the held offset 11 and must wait with it. A due
         // header on an input topic means nothing.
         assert_eq!(

@@ -532,9 +532,9 @@ impl<H: Handler> ProcessingLoop<H> {
                 ErrorClass::Fatal => LoopError::Fatal(e),
                 _ => LoopError::Setup(anyhow::Error::new(e).context("init_transactions")),
             })?;
-        self.ensure_chain_topics()
-            .await
-            .map_err(|e| LoopError::Setup(e.context("creating the retry and dead-letter topics")))?;
+        self.ensure_chain_topics().await.map_err(|e| {
+            LoopError::Setup(e.context("creating the retry and dead-letter topics"))
+        })?;
         let mut subscription = self.topics.clone();
         subscription.extend(self.policy.retry_topics());
         let topics: Vec<&str> = subscription.iter().map(String::as_str).collect();
