@@ -30,6 +30,7 @@
 //! are dropped from it; their new owner reads them from the committed offsets.
 
 pub mod hold;
+pub mod instruments;
 
 use std::collections::BTreeMap;
 use std::collections::HashSet;
@@ -59,6 +60,7 @@ use crate::kafka::{self, ErrorClass, TopicSpec};
 use crate::retry::{self, Destination, Failure, FailureClass, RetryPolicy};
 use crate::shutdown::Shutdown;
 use hold::{HeldPartitions, HeldRecord};
+use instruments::Outcome;
 
 /// Settings of one consumer group's loop.
 #[derive(Debug, Clone, Deserialize)]
@@ -358,13 +360,23 @@ pub struct LoopContext {
     group_id: String,
 }
 
-impl ClientContext for LoopContext {}
+impl ClientContext for LoopContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        instruments::lag(&self.group_id, &statistics);
+    }
+}
 
 impl ConsumerContext for LoopContext {
     fn pre_rebalance(&self, _: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         tracing::info!(group = %self.group_id, rebalance = ?rebalance, "rebalance starting");
     }
     fn post_rebalance(&self, _: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let kind = match rebalance {
+            Rebalance::Assign(_) => "assign",
+            Rebalance::Revoke(_) => "revoke",
+            Rebalance::Error(_) => "error",
+        };
+        instruments::rebalance(&self.group_id, kind);
         tracing::info!(group = %self.group_id, rebalance = ?rebalance, "rebalance done");
     }
 }
@@ -466,6 +478,8 @@ impl<H: Handler> ProcessingLoop<H> {
         let mut consumer_props = kafka::TRANSACTIONAL_CONSUMER.to_vec();
         consumer_props.push(("group.id", &settings.group_id));
         consumer_props.push(("session.timeout.ms", &session_timeout));
+        // Per-partition consumer lag for the metrics, from librdkafka's own bookkeeping.
+        consumer_props.push(("statistics.interval.ms", "5000"));
         let consumer: StreamConsumer<LoopContext> =
             kafka::client_config(kafka_settings, &consumer_props)?.create_with_context(
                 LoopContext {
@@ -479,6 +493,7 @@ impl<H: Handler> ProcessingLoop<H> {
         producer_props.push(("transaction.timeout.ms", &txn_timeout));
         let producer: FutureProducer =
             kafka::client_config(kafka_settings, &producer_props)?.create()?;
+        instruments::describe();
         Ok(Self {
             policy: settings.retry_policy(),
             settings,
@@ -606,6 +621,7 @@ impl<H: Handler> ProcessingLoop<H> {
             match outcome {
                 Ok(()) => {
                     LoopStats::bump(&self.stats.batches_committed);
+                    instruments::transaction(&self.settings.group_id, true, batch.len());
                     backoff = base_backoff;
                 }
                 Err(BatchError::Kafka(e)) if kafka::classify(&e) == ErrorClass::Fatal => {
@@ -631,6 +647,7 @@ impl<H: Handler> ProcessingLoop<H> {
                         Err(Recovery::ShutDown) => break Ok(()),
                     }
                     tracing::info!(%txn, "transaction aborted");
+                    instruments::transaction(&self.settings.group_id, false, batch.len());
                     tokio::select! {
                         _ = shutdown.cancelled() => break Ok(()),
                         _ = tokio::time::sleep(backoff) => {}
@@ -740,12 +757,17 @@ impl<H: Handler> ProcessingLoop<H> {
             held.hold(h);
             LoopStats::bump(&self.stats.partitions_held);
         }
+        instruments::held_partitions(&self.settings.group_id, held.len());
         Ok(())
     }
 
     /// Resumes the held partitions that are due.
     fn resume_due(&self, held: &mut HeldPartitions) {
-        self.resume(held.take_due(now_ms()));
+        let due = held.take_due(now_ms());
+        if !due.is_empty() {
+            self.resume(due);
+            instruments::held_partitions(&self.settings.group_id, held.len());
+        }
     }
 
     fn resume(&self, partitions: Vec<(String, i32)>) {
@@ -860,14 +882,39 @@ impl<H: Handler> ProcessingLoop<H> {
             error.type = tracing::field::Empty,
         );
         let _ = span.set_parent(record.headers.extract_context());
-        self.apply_in_span(record, event_id).instrument(span).await
+        let started = std::time::Instant::now();
+        let (outputs, outcome) = self
+            .apply_in_span(record, event_id)
+            .instrument(span)
+            .await?;
+        self.observe(record, outcome, started.elapsed());
+        Ok(outputs)
+    }
+
+    /// Counts a handled record in the loop's stats and metrics.
+    fn observe(&self, record: &Record, outcome: Outcome, took: Duration) {
+        let counter = match outcome {
+            Outcome::Applied => &self.stats.records_applied,
+            Outcome::Replayed => &self.stats.records_replayed,
+            Outcome::Deduplicated => &self.stats.records_deduplicated,
+            Outcome::Retried => &self.stats.records_retried,
+            Outcome::DeadLettered => &self.stats.records_dead_lettered,
+        };
+        LoopStats::bump(counter);
+        instruments::record(
+            &self.settings.group_id,
+            &record.topic,
+            outcome,
+            took,
+            record.timestamp_ms,
+        );
     }
 
     async fn apply_in_span(
         &self,
         record: &Record,
         event_id: Uuid,
-    ) -> Result<Vec<Output>, BatchError> {
+    ) -> Result<(Vec<Output>, Outcome), BatchError> {
         let transient =
             |e: sqlx::Error| BatchError::Transient(anyhow::Error::new(e).context("database"));
         let group = &self.settings.group_id;
@@ -922,9 +969,10 @@ impl<H: Handler> ProcessingLoop<H> {
                 // applied, so a later attempt (or an operator's replay) runs the handler again.
                 tx.rollback().await.map_err(transient)?;
                 let mut forward = self.policy.route(record, &failure, now_ms());
-                self.count_forward(&forward.destination, &forward.output.topic, &failure);
+                let outcome =
+                    self.log_forward(&forward.destination, &forward.output.topic, &failure);
                 forward.output.headers.inject_current_context();
-                return Ok(vec![forward.output]);
+                return Ok((vec![forward.output], outcome));
             }
         };
         for output in &mut outputs {
@@ -957,11 +1005,10 @@ impl<H: Handler> ProcessingLoop<H> {
                 .await
                 .map_err(transient)?
                 .map(|applied| self.already_applied(record, applied))
-                .unwrap_or_default());
+                .unwrap_or((Vec::new(), Outcome::Deduplicated)));
         }
         tx.commit().await.map_err(transient)?;
-        LoopStats::bump(&self.stats.records_applied);
-        Ok(outputs)
+        Ok((outputs, Outcome::Applied))
     }
 
     /// The outputs to produce for a record whose event was already applied.
@@ -971,36 +1018,34 @@ impl<H: Handler> ProcessingLoop<H> {
     /// Any other record with the same event id (the outbox relay publishing twice, a DLQ
     /// replay, or a record of an aborted transaction that the broker delivered anyway) produces
     /// nothing: the outputs are already committed, or will be with the original record.
-    fn already_applied(&self, record: &Record, applied: AppliedEvent) -> Vec<Output> {
+    fn already_applied(&self, record: &Record, applied: AppliedEvent) -> (Vec<Output>, Outcome) {
         let event_id = record.event_id();
         if applied.position == (record.topic.clone(), record.partition, record.offset) {
-            LoopStats::bump(&self.stats.records_replayed);
             tracing::info!(%event_id, "event already applied; re-producing its recorded outputs");
-            applied.outputs
+            (applied.outputs, Outcome::Replayed)
         } else {
-            LoopStats::bump(&self.stats.records_deduplicated);
             let (topic, partition, offset) = &applied.position;
             tracing::info!(%event_id, applied_from = %format!("{topic}/{partition}/{offset}"),
                 "event already applied from another record; skipping");
-            Vec::new()
+            (Vec::new(), Outcome::Deduplicated)
         }
     }
 
-    /// Logs and counts a record leaving for the retry chain or the dead-letter topic.
-    fn count_forward(&self, destination: &Destination, topic: &str, failure: &Failure) {
+    /// Logs a record leaving for the retry chain or the dead-letter topic.
+    fn log_forward(&self, destination: &Destination, topic: &str, failure: &Failure) -> Outcome {
         let span = tracing::Span::current();
         span.record("error.type", failure.class.as_str());
         match destination {
             Destination::Retry { attempt, due_at_ms } => {
-                LoopStats::bump(&self.stats.records_retried);
                 tracing::warn!(error.type = failure.class.as_str(), error = %failure.message,
                     attempt, due_in_ms = due_at_ms - now_ms(), to = topic,
                     "processing failed; forwarding to the retry chain");
+                Outcome::Retried
             }
             Destination::DeadLetter { attempt } => {
-                LoopStats::bump(&self.stats.records_dead_lettered);
                 tracing::error!(error.type = failure.class.as_str(), error = %failure.message,
                     attempt, to = topic, "processing failed; dead-lettering the record");
+                Outcome::DeadLettered
             }
         }
     }
