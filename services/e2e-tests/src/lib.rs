@@ -5,6 +5,8 @@
 //! the broker, the schema registry and Postgres started by `scripts/stack.sh up`. Tests can
 //! therefore run in parallel.
 
+pub mod otlp;
+
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -247,6 +249,35 @@ impl TestStack {
         ]
     }
 
+    /// The environment that points the `gateway` binary at this stack, listening on `port`.
+    pub fn gateway_env(&self, port: u16) -> Vec<(String, String)> {
+        vec![
+            ("PAYSTREAM_HTTP__PORT".into(), port.to_string()),
+            ("PAYSTREAM_DATABASE__URL".into(), database_url()),
+            (
+                "PAYSTREAM_DATABASE__SCHEMA".into(),
+                self.database.schema.clone().unwrap_or_default(),
+            ),
+            (
+                "PAYSTREAM_KAFKA__BOOTSTRAP_SERVERS".into(),
+                kafka_settings().bootstrap_servers,
+            ),
+            ("PAYSTREAM_SCHEMA_REGISTRY__URL".into(), registry_url()),
+            (
+                "PAYSTREAM_TOPICS__PAYMENTS_REQUESTED".into(),
+                self.topics.payments_requested.clone(),
+            ),
+            (
+                "PAYSTREAM_TOPICS__PAYMENTS_OUTCOMES".into(),
+                self.topics.payments_outcomes.clone(),
+            ),
+            (
+                "PAYSTREAM_GATEWAY__OUTBOX_POLL_INTERVAL_MS".into(),
+                "100".into(),
+            ),
+        ]
+    }
+
     /// `POST /v1/payments` with a JSON body.
     pub async fn post_payment(
         &self,
@@ -449,6 +480,13 @@ pub fn payment_body(merchant: &str, customer: &str, amount_minor: i64) -> Value 
     })
 }
 
+/// A port nothing listens on right now, for a child process to bind.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
 /// Path of a workspace binary built by `cargo build --workspace --bins` (`make up` does).
 pub fn workspace_binary(name: &str) -> anyhow::Result<PathBuf> {
     let dir = match std::env::var("PAYSTREAM_BIN_DIR") {
@@ -469,21 +507,28 @@ pub fn workspace_binary(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// A `payment-processor` child process wired to a [`TestStack`], logging JSON to its own file.
-pub struct ProcessorProcess {
+/// A service binary run as a child process, logging JSON to its own file.
+pub struct ServiceProcess {
     child: tokio::process::Child,
+    /// The processor's transactional id (empty for other services).
     pub transactional_id: String,
     pub log_path: PathBuf,
 }
 
-impl ProcessorProcess {
-    /// Starts an instance with `transactional_id`; `run` names its log file.
-    pub fn spawn(stack: &TestStack, transactional_id: &str, run: &str) -> anyhow::Result<Self> {
-        let log_path = std::env::temp_dir().join(format!("{}-{run}.log", stack.group_id));
+/// A `payment-processor` child process wired to a [`TestStack`].
+pub type ProcessorProcess = ServiceProcess;
+
+impl ServiceProcess {
+    /// Starts `binary` with `envs`; its output goes to `<temp>/<log_name>.log`.
+    pub fn start(
+        binary: &str,
+        envs: Vec<(String, String)>,
+        log_name: &str,
+    ) -> anyhow::Result<Self> {
+        let log_path = std::env::temp_dir().join(format!("{log_name}.log"));
         let log = std::fs::File::create(&log_path)?;
-        let child = tokio::process::Command::new(workspace_binary("payment-processor")?)
-            .envs(stack.processor_env())
-            .env("PAYSTREAM_CONSUMER__TRANSACTIONAL_ID", transactional_id)
+        let child = tokio::process::Command::new(workspace_binary(binary)?)
+            .envs(envs)
             .env("RUST_LOG", "info")
             .stdout(std::process::Stdio::from(log.try_clone()?))
             .stderr(std::process::Stdio::from(log))
@@ -491,9 +536,36 @@ impl ProcessorProcess {
             .spawn()?;
         Ok(Self {
             child,
-            transactional_id: transactional_id.to_string(),
+            transactional_id: String::new(),
             log_path,
         })
+    }
+
+    /// A payment processor with `transactional_id`; `run` names its log file.
+    pub fn spawn(stack: &TestStack, transactional_id: &str, run: &str) -> anyhow::Result<Self> {
+        Self::spawn_with(stack, transactional_id, run, Vec::new())
+    }
+
+    /// Like [`ServiceProcess::spawn`], with extra environment (e.g. `OTEL_*`).
+    pub fn spawn_with(
+        stack: &TestStack,
+        transactional_id: &str,
+        run: &str,
+        extra: Vec<(String, String)>,
+    ) -> anyhow::Result<Self> {
+        let mut envs = stack.processor_env();
+        envs.push((
+            "PAYSTREAM_CONSUMER__TRANSACTIONAL_ID".into(),
+            transactional_id.into(),
+        ));
+        envs.extend(extra);
+        let mut process = Self::start(
+            "payment-processor",
+            envs,
+            &format!("{}-{run}", stack.group_id),
+        )?;
+        process.transactional_id = transactional_id.to_string();
+        Ok(process)
     }
 
     /// SIGKILL: no chance to finish anything.

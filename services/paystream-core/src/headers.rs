@@ -113,6 +113,32 @@ impl RecordHeaders {
         self.get(name).and_then(|v| v.trim().parse().ok())
     }
 
+    /// Opens a PRODUCER span `send <topic>` (OpenTelemetry messaging conventions) under the
+    /// current span and writes its context: the record's consumer becomes its child, so one
+    /// trace follows a payment through every hop.
+    pub fn inject_send_context(&mut self, topic: &str, key: &str) {
+        let span = tracing::info_span!(
+            "send",
+            otel.name = %format!("send {topic}"),
+            otel.kind = "producer",
+            messaging.system = "kafka",
+            messaging.operation.type = "send",
+            messaging.operation.name = "send",
+            messaging.destination.name = %topic,
+            messaging.kafka.message.key = %key,
+        );
+        let _entered = span.enter();
+        self.inject_current_context();
+    }
+
+    /// The trace id of the W3C `traceparent` header (`00-<trace id>-<span id>-<flags>`).
+    pub fn trace_id(&self) -> Option<&str> {
+        let mut parts = self.get(TRACEPARENT)?.split('-');
+        let (_version, trace_id) = (parts.next()?, parts.next()?);
+        (trace_id.len() == 32 && trace_id.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then_some(trace_id)
+    }
+
     /// The trace context carried by these headers (empty when there is none).
     pub fn extract_context(&self) -> opentelemetry::Context {
         opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(self)))
@@ -166,6 +192,19 @@ mod tests {
         let h = RecordHeaders(vec![("x".into(), "1".into()), ("y".into(), "2".into())]);
         let k = h.to_kafka();
         assert_eq!(RecordHeaders::from_kafka(Some(&k)), h);
+    }
+
+    #[test]
+    fn trace_id_comes_from_a_valid_traceparent_only() {
+        let mut h = RecordHeaders::default();
+        assert_eq!(h.trace_id(), None);
+        h.set(
+            TRACEPARENT,
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        );
+        assert_eq!(h.trace_id(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+        h.set(TRACEPARENT, "00-nothex-00f067aa0ba902b7-01");
+        assert_eq!(h.trace_id(), None);
     }
 
     #[test]

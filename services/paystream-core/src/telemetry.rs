@@ -1,10 +1,13 @@
 //! Logging and tracing set-up shared by every service.
 //!
 //! Logs: one JSON object per line by default (`PAYSTREAM_LOG_FORMAT=pretty` for humans),
-//! filtered by `RUST_LOG` (default `info`). Traces: exported over OTLP/HTTP (protobuf) with a
-//! batch exporter when `OTEL_EXPORTER_OTLP_ENDPOINT` (or the traces-specific variant) is set;
-//! the standard `OTEL_*` variables (service name, sampler, headers) are honoured by the SDK.
-//! W3C trace context is the global propagator, used for HTTP and Kafka headers alike.
+//! filtered by `RUST_LOG` (default `info`). Traces: exported over OTLP with a batch exporter
+//! (its own thread: a slow collector never blocks a request or a batch) when
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` (or the traces-specific variant) is set, over HTTP/protobuf or,
+//! with `OTEL_EXPORTER_OTLP_PROTOCOL=grpc`, gRPC. The standard `OTEL_*` variables (service name,
+//! sampler and its argument, headers, timeouts) are honoured by the SDK. Without an endpoint no
+//! tracer is installed at all, so tracing costs nothing. W3C trace context is the global
+//! propagator, used for HTTP and Kafka headers alike.
 
 use anyhow::Context;
 use opentelemetry::trace::TracerProvider as _;
@@ -41,6 +44,45 @@ fn otlp_configured() -> bool {
         && std::env::var("OTEL_TRACES_EXPORTER").map_or(true, |v| v != "none")
 }
 
+/// The OTLP transport named by `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL` or
+/// `OTEL_EXPORTER_OTLP_PROTOCOL`.
+#[derive(Debug, PartialEq, Eq)]
+enum OtlpProtocol {
+    HttpProtobuf,
+    Grpc,
+}
+
+fn otlp_protocol(traces: Option<&str>, general: Option<&str>) -> anyhow::Result<OtlpProtocol> {
+    match traces.or(general).map(str::trim) {
+        None | Some("") | Some("http/protobuf") => Ok(OtlpProtocol::HttpProtobuf),
+        Some("grpc") => Ok(OtlpProtocol::Grpc),
+        Some(other) => {
+            anyhow::bail!("unsupported OTLP protocol `{other}` (use `http/protobuf` or `grpc`)")
+        }
+    }
+}
+
+fn span_exporter() -> anyhow::Result<opentelemetry_otlp::SpanExporter> {
+    use opentelemetry_otlp::WithExportConfig as _;
+    let protocol = otlp_protocol(
+        std::env::var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+            .ok()
+            .as_deref(),
+        std::env::var("OTEL_EXPORTER_OTLP_PROTOCOL").ok().as_deref(),
+    )?;
+    let exporter = match protocol {
+        OtlpProtocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+            .build(),
+        // tonic needs the Tokio runtime every service runs under (`#[tokio::main]`).
+        OtlpProtocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .build(),
+    };
+    exporter.with_context(|| format!("building the OTLP span exporter ({protocol:?})"))
+}
+
 /// Installs the global subscriber for `service` (the default `service.name`).
 pub fn init(service: &str) -> anyhow::Result<TelemetryGuard> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
@@ -58,10 +100,7 @@ pub fn init(service: &str) -> anyhow::Result<TelemetryGuard> {
     };
 
     let provider = if otlp_configured() {
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .build()
-            .context("building the OTLP span exporter")?;
+        let exporter = span_exporter()?;
         let service_name =
             std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| service.to_string());
         let provider = SdkTracerProvider::builder()
@@ -96,4 +135,27 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
         source = cause.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn otlp_protocol_follows_the_standard_variables() {
+        assert_eq!(
+            otlp_protocol(None, None).unwrap(),
+            OtlpProtocol::HttpProtobuf
+        );
+        assert_eq!(
+            otlp_protocol(None, Some("grpc")).unwrap(),
+            OtlpProtocol::Grpc
+        );
+        assert_eq!(
+            otlp_protocol(Some("http/protobuf"), Some("grpc")).unwrap(),
+            OtlpProtocol::HttpProtobuf,
+            "the traces-specific variable wins"
+        );
+        assert!(otlp_protocol(Some("http/json"), None).is_err());
+    }
 }

@@ -134,8 +134,11 @@ pub async fn create(
         payment_method: request.payment_method.clone(),
         requested_at: now.timestamp_millis(),
     };
+    // The record is produced later by the outbox relay, but the send belongs to this request's
+    // trace: its PRODUCER span is opened here and travels in the outbox row's headers.
     let mut record_headers = RecordHeaders::default();
-    record_headers.inject_current_context();
+    record_headers
+        .inject_send_context(&state.settings.topics.payments_requested, &event.payment_id);
     outbox::enqueue_payment_requested(
         &mut tx,
         &state.settings.topics.payments_requested,

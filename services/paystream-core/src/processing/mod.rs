@@ -40,6 +40,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use base64::Engine as _;
+use opentelemetry::trace::TraceContextExt as _;
 use rdkafka::consumer::{Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -880,8 +881,17 @@ impl<H: Handler> ProcessingLoop<H> {
             payment.id = %record.key_str(),
             retry.attempt = retry::attempt_of(&record.headers),
             error.type = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
         );
         let _ = span.set_parent(record.headers.extract_context());
+        // Logs carry the trace id (the JSON log line shows the span's fields), from the tracer
+        // when traces are exported, else from the record's own `traceparent`.
+        let traced = span.context().span().span_context().trace_id();
+        if traced != opentelemetry::trace::TraceId::INVALID {
+            span.record("trace_id", tracing::field::display(traced));
+        } else if let Some(id) = record.headers.trace_id() {
+            span.record("trace_id", id);
+        }
         let started = std::time::Instant::now();
         let (outputs, outcome) = self
             .apply_in_span(record, event_id)
@@ -971,13 +981,11 @@ impl<H: Handler> ProcessingLoop<H> {
                 let mut forward = self.policy.route(record, &failure, now_ms());
                 let outcome =
                     self.log_forward(&forward.destination, &forward.output.topic, &failure);
-                forward.output.headers.inject_current_context();
+                stamp_send(&mut forward.output);
                 return Ok((vec![forward.output], outcome));
             }
         };
-        for output in &mut outputs {
-            output.headers.inject_current_context();
-        }
+        outputs.iter_mut().for_each(stamp_send);
 
         let stored = serde_json::to_value(&outputs).map_err(|e| {
             BatchError::Transient(anyhow::Error::new(e).context("serializing outputs"))
@@ -1119,6 +1127,16 @@ impl<H: Handler> ProcessingLoop<H> {
         })
         .await
     }
+}
+
+/// Stamps `output` with a PRODUCER span's trace context, so its consumer continues the trace.
+fn stamp_send(output: &mut Output) {
+    let key = output
+        .key
+        .as_deref()
+        .map(|k| String::from_utf8_lossy(k).into_owned())
+        .unwrap_or_default();
+    output.headers.inject_send_context(&output.topic, &key);
 }
 
 /// The offsets to commit after `batch`: last processed offset + 1 per partition.
