@@ -527,9 +527,12 @@ impl ServiceProcess {
     ) -> anyhow::Result<Self> {
         let log_path = std::env::temp_dir().join(format!("{log_name}.log"));
         let log = std::fs::File::create(&log_path)?;
-        let child = tokio::process::Command::new(workspace_binary(binary)?)
+        let mut command = tokio::process::Command::new(workspace_binary(binary)?);
+        if !envs.iter().any(|(k, _)| k == "RUST_LOG") {
+            command.env("RUST_LOG", "info");
+        }
+        let child = command
             .envs(envs)
-            .env("RUST_LOG", "info")
             .stdout(std::process::Stdio::from(log.try_clone()?))
             .stderr(std::process::Stdio::from(log))
             .kill_on_drop(true)

@@ -14,7 +14,10 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::Resource;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
@@ -93,9 +96,17 @@ pub fn init(service: &str) -> anyhow::Result<TelemetryGuard> {
     } else {
         tracing_subscriber::fmt::layer()
             .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
+            .event_format(ServiceJson {
+                service: service.to_string(),
+                inner: tracing_subscriber::fmt::format()
+                    .json()
+                    .flatten_event(true)
+                    // Every enclosing span, innermost last (the current one alone would miss
+                    // the record's context inside a nested span): a PSP call's log line
+                    // carries the payment id, topic, partition and offset of its record.
+                    .with_current_span(false)
+                    .with_span_list(true),
+            })
             .boxed()
     };
 
@@ -123,6 +134,51 @@ pub fn init(service: &str) -> anyhow::Result<TelemetryGuard> {
         .try_init()
         .context("installing the tracing subscriber")?;
     Ok(TelemetryGuard { provider })
+}
+
+/// The JSON log line of `tracing-subscriber`, led by the service name and, when the event
+/// happens inside a traced span, its trace and span ids, so logs join up with traces.
+struct ServiceJson<F> {
+    service: String,
+    inner: F,
+}
+
+impl<S, N, F> FormatEvent<S, N> for ServiceJson<F>
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let mut line = String::new();
+        self.inner
+            .format_event(ctx, Writer::new(&mut line), event)?;
+        let Some(rest) = line.strip_prefix('{') else {
+            return writer.write_str(&line);
+        };
+        // The inner formatter has released every span lock by now, so asking the tracing layer
+        // for the current span's context cannot deadlock.
+        use opentelemetry::trace::TraceContextExt as _;
+        use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+        let cx = tracing::Span::current().context();
+        let span = cx.span();
+        let ids = span.span_context();
+        write!(writer, "{{\"service\":{:?},", self.service)?;
+        if ids.is_valid() {
+            write!(
+                writer,
+                "\"trace_id\":\"{}\",\"span_id\":\"{}\",",
+                ids.trace_id(),
+                ids.span_id()
+            )?;
+        }
+        writer.write_str(rest)
+    }
 }
 
 /// Formats an error with its whole cause chain on one line, for logs and problem details.
