@@ -53,6 +53,8 @@ pub enum ApiError {
     PaymentNotFound(String),
     #[error("no resource at `{0}`")]
     RouteNotFound(String),
+    #[error("method {0} is not allowed on `{1}`")]
+    MethodNotAllowed(String, String),
     #[error("request body exceeds {0} bytes")]
     PayloadTooLarge(usize),
     #[error("the request took longer than {} ms", .0.as_millis())]
@@ -138,6 +140,11 @@ impl ApiError {
                 "Payment not found",
             ),
             RouteNotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
+            MethodNotAllowed(..) => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method not allowed",
+            ),
             PayloadTooLarge(_) => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload-too-large",

@@ -219,6 +219,7 @@ impl Application {
         let request_timeout = Duration::from_millis(settings.gateway.request_timeout_ms);
         let router = api
             .fallback(routes::not_found)
+            .method_not_allowed_fallback(routes::method_not_allowed)
             // Innermost first: rate limiting needs the client that authentication found.
             .route_layer(middleware::from_fn_with_state(state.clone(), rate_limit::limit))
             .route_layer(middleware::from_fn_with_state(state.clone(), auth::authenticate))
@@ -253,16 +254,19 @@ impl Application {
     /// flight, lets the outbox relay make its last pass and flushes the producer.
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
         tracing::info!(port = self.port, "gateway listening");
+        // The relay stops only after the last request committed, so its final pass publishes
+        // the payments accepted during shutdown too.
+        let background = Shutdown::new();
         let relay = self
             .relay
-            .map(|relay| tokio::spawn(relay.run(shutdown.clone())));
-        let purger = tokio::spawn(self.purger.run(shutdown.clone()));
+            .map(|relay| tokio::spawn(relay.run(background.clone())));
+        let purger = tokio::spawn(self.purger.run(background.clone()));
         let served = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .await
             .context("serving HTTP");
         // Also when serving failed: the background tasks must stop and drain either way.
-        shutdown.cancel();
+        background.cancel();
         if let Some(relay) = relay {
             relay.await.context("outbox relay panicked")?;
         }

@@ -16,6 +16,10 @@ pub async fn not_found(uri: axum::http::Uri) -> ApiError {
     ApiError::RouteNotFound(uri.path().chars().take(256).collect())
 }
 
+pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::MethodNotAllowed(method.to_string(), uri.path().chars().take(256).collect())
+}
+
 /// The document's static parts; paths and schemas are added by the router as routes register.
 #[derive(utoipa::OpenApi)]
 #[openapi(
