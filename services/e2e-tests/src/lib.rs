@@ -534,7 +534,8 @@ pub async fn expect_problem(
     );
     let body: Value = response.json().await?;
     anyhow::ensure!(
-        body["type"] == format!("https://paystream.dev/problems/{slug}") && body["status"] == status,
+        body["type"] == format!("https://paystream.dev/problems/{slug}")
+            && body["status"] == status,
         "unexpected problem {body}"
     );
     Ok(body)

@@ -29,9 +29,9 @@ async fn fifty_concurrent_identical_requests_make_one_payment_one_event_one_char
     stack.spawn_processor().await?;
     let body = payment_body("m_race", "c_race", 5000);
     let url = payments_url(&stack.gateway_url);
-    let responses = join_all((0..50).map(|_| {
-        json_post(&stack.http, &url, Some("race-key"), None, &body).send()
-    }))
+    let responses = join_all(
+        (0..50).map(|_| json_post(&stack.http, &url, Some("race-key"), None, &body).send()),
+    )
     .await;
 
     let mut fresh = 0;
@@ -67,9 +67,16 @@ async fn fifty_concurrent_identical_requests_make_one_payment_one_event_one_char
     stack.wait_terminal(1, WAIT).await?;
     assert_eq!(count(&stack, "SELECT count(*) FROM payments").await?, 1);
     assert_eq!(count(&stack, "SELECT count(*) FROM outbox").await?, 1);
-    assert_eq!(count(&stack, "SELECT count(*) FROM idempotency_keys").await?, 1);
+    assert_eq!(
+        count(&stack, "SELECT count(*) FROM idempotency_keys").await?,
+        1
+    );
     let events = stack
-        .read_topic(&stack.topics.payments_requested, Duration::from_secs(3), |_| false)
+        .read_topic(
+            &stack.topics.payments_requested,
+            Duration::from_secs(3),
+            |_| false,
+        )
         .await?;
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0].key, payment_id);
@@ -126,7 +133,10 @@ async fn a_key_in_flight_gets_409_and_nothing_is_stored_for_the_loser() -> anyho
     assert_eq!(retry.headers()["idempotent-replayed"], "true");
     assert_eq!(retry.json::<Value>().await?, first_body);
     assert_eq!(count(&stack, "SELECT count(*) FROM payments").await?, 1);
-    assert_eq!(count(&stack, "SELECT count(*) FROM idempotency_keys").await?, 1);
+    assert_eq!(
+        count(&stack, "SELECT count(*) FROM idempotency_keys").await?,
+        1
+    );
     stack.teardown().await;
     Ok(())
 }
@@ -135,9 +145,11 @@ async fn a_key_in_flight_gets_409_and_nothing_is_stored_for_the_loser() -> anyho
 async fn an_error_that_happened_while_executing_is_stored_and_replayed() -> anyhow::Result<()> {
     let stack = TestStack::spawn().await?;
     // A rule only the database knows: the request passes validation and fails while executing.
-    sqlx::query("ALTER TABLE payments ADD CONSTRAINT test_blocked CHECK (merchant_id <> 'm_blocked')")
-        .execute(&stack.pool)
-        .await?;
+    sqlx::query(
+        "ALTER TABLE payments ADD CONSTRAINT test_blocked CHECK (merchant_id <> 'm_blocked')",
+    )
+    .execute(&stack.pool)
+    .await?;
     let url = payments_url(&stack.gateway_url);
     let body = payment_body("m_blocked", "c_1", 900);
 
@@ -198,13 +210,20 @@ async fn quoted_and_bare_keys_are_one_key_and_the_length_is_bounded() -> anyhow:
         assert_eq!(response.status(), 202, "255 characters are accepted");
     }
     let too_long = "k".repeat(256);
-    for key in [too_long.clone(), format!("\"{too_long}\""), String::new(), "\"\"".into()] {
+    for key in [
+        too_long.clone(),
+        format!("\"{too_long}\""),
+        String::new(),
+        "\"\"".into(),
+    ] {
         let response = json_post(&stack.http, &url, Some(&key), None, &body)
             .send()
             .await?;
         expect_problem(response, 400, "invalid-idempotency-key").await?;
     }
-    let missing = json_post(&stack.http, &url, None, None, &body).send().await?;
+    let missing = json_post(&stack.http, &url, None, None, &body)
+        .send()
+        .await?;
     expect_problem(missing, 400, "missing-idempotency-key").await?;
     stack.teardown().await;
     Ok(())
@@ -239,7 +258,10 @@ async fn keys_are_scoped_per_client() -> anyhow::Result<()> {
     .send()
     .await?;
     assert_eq!(acme.status(), 202);
-    let acme_id = acme.json::<Value>().await?["id"].as_str().unwrap().to_string();
+    let acme_id = acme.json::<Value>().await?["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     // Another client, the same key, another request: its own key, not a 422.
     let globex = json_post(
         &stack.http,
@@ -252,7 +274,10 @@ async fn keys_are_scoped_per_client() -> anyhow::Result<()> {
     .await?;
     assert_eq!(globex.status(), 202);
     assert!(globex.headers().get("idempotent-replayed").is_none());
-    let globex_id = globex.json::<Value>().await?["id"].as_str().unwrap().to_string();
+    let globex_id = globex.json::<Value>().await?["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert_ne!(acme_id, globex_id);
 
     let clients: Vec<(String, String)> =
@@ -292,7 +317,9 @@ async fn keys_expire_after_the_retention_and_are_purged() -> anyhow::Result<()> 
     let url = payments_url(&stack.gateway_url);
     let body = payment_body("m_ttl", "c_1", 100);
     for key in ["ttl-a", "ttl-b"] {
-        let r = json_post(&stack.http, &url, Some(key), None, &body).send().await?;
+        let r = json_post(&stack.http, &url, Some(key), None, &body)
+            .send()
+            .await?;
         assert_eq!(r.status(), 202);
     }
     let retention: f64 = sqlx::query_scalar(
@@ -325,11 +352,17 @@ async fn keys_expire_after_the_retention_and_are_purged() -> anyhow::Result<()> 
     settings.gateway.idempotency_purge_interval_secs = 1;
     let replica = GatewayHandle::spawn(settings).await?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while count(&stack, "SELECT count(*) FROM idempotency_keys WHERE idempotency_key = 'ttl-a'")
-        .await?
+    while count(
+        &stack,
+        "SELECT count(*) FROM idempotency_keys WHERE idempotency_key = 'ttl-a'",
+    )
+    .await?
         > 0
     {
-        assert!(tokio::time::Instant::now() < deadline, "expired key not purged");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "expired key not purged"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let left: Vec<String> = sqlx::query_scalar("SELECT idempotency_key FROM idempotency_keys")

@@ -39,7 +39,11 @@ impl OwnBroker {
                     .join(".cache/paystream")
             })
             .join("tools/bin/nisshi");
-        anyhow::ensure!(binary.exists(), "{} missing: run `make up`", binary.display());
+        anyhow::ensure!(
+            binary.exists(),
+            "{} missing: run `make up`",
+            binary.display()
+        );
         let url = format!("tcp://{addr}");
         let child = Command::new(binary)
             .args(["broker", "--storage-engine", "memory://nisshi/"])
@@ -180,7 +184,11 @@ async fn payments_accepted_while_the_broker_is_down_all_reach_kafka() -> anyhow:
             .body(payment_body("m_down", &format!("c_{i}"), 100 + i as i64).to_string())
             .send()
             .await?;
-        assert_eq!(response.status(), 202, "payment {i} accepted while Kafka is down");
+        assert_eq!(
+            response.status(),
+            202,
+            "payment {i} accepted while Kafka is down"
+        );
         let json: serde_json::Value = response.json().await?;
         ids.insert(json["id"].as_str().unwrap().to_string());
     }
@@ -268,9 +276,24 @@ async fn rows_that_can_never_be_published_are_parked_and_the_rest_flows() -> any
     // Three broken rows ahead of the good ones: an undecodable payload, an unknown event type
     // and headers that are not a header list.
     let bad = [
-        ("bad-payload", "io.paystream.payments.v1.PaymentRequested", r#"{"garbage": true}"#, "[]"),
-        ("bad-type", "io.paystream.payments.v1.NoSuchEvent", "{}", "[]"),
-        ("bad-headers", "io.paystream.payments.v1.PaymentRequested", "{}", r#""not a list""#),
+        (
+            "bad-payload",
+            "io.paystream.payments.v1.PaymentRequested",
+            r#"{"garbage": true}"#,
+            "[]",
+        ),
+        (
+            "bad-type",
+            "io.paystream.payments.v1.NoSuchEvent",
+            "{}",
+            "[]",
+        ),
+        (
+            "bad-headers",
+            "io.paystream.payments.v1.PaymentRequested",
+            "{}",
+            r#""not a list""#,
+        ),
     ];
     for (key, event_type, payload, headers) in bad {
         sqlx::query(
@@ -314,7 +337,9 @@ async fn rows_that_can_never_be_published_are_parked_and_the_rest_flows() -> any
     .await?;
     let parked_keys: Vec<&str> = parked.iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(parked_keys, ["bad-payload", "bad-type", "bad-headers"]);
-    assert!(parked.iter().all(|(_, e)| e.as_deref().is_some_and(|e| !e.is_empty())));
+    assert!(parked
+        .iter()
+        .all(|(_, e)| e.as_deref().is_some_and(|e| !e.is_empty())));
 
     let records = stack
         .read_topic(topic, Duration::from_secs(30), |r| r.len() >= 3)

@@ -70,7 +70,9 @@ impl ApiKeys {
                     .ok()
                     .and_then(|b| <[u8; 32]>::try_from(b).ok())
                     .with_context(|| {
-                        format!("API key of client `{client}` must be a SHA-256 hash as 64 hex digits")
+                        format!(
+                            "API key of client `{client}` must be a SHA-256 hash as 64 hex digits"
+                        )
                     })?;
                 entries.push((bytes, client.clone()));
             }
@@ -123,9 +125,12 @@ pub async fn authenticate(
     mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let client = state.api_keys.client_of(request.headers()).inspect_err(|_| {
-        crate::metrics::auth_failure();
-    })?;
+    let client = state
+        .api_keys
+        .client_of(request.headers())
+        .inspect_err(|_| {
+            crate::metrics::auth_failure();
+        })?;
     request.extensions_mut().insert(client);
     Ok(next.run(request).await)
 }

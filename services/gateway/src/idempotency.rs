@@ -319,7 +319,10 @@ mod tests {
         };
         let r = stored.replay("k", "a").unwrap();
         assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
-        assert_eq!(r.headers()[header::CONTENT_TYPE], "application/problem+json");
+        assert_eq!(
+            r.headers()[header::CONTENT_TYPE],
+            "application/problem+json"
+        );
         assert_eq!(r.headers()[REPLAYED_HEADER], "true");
     }
 }

@@ -30,7 +30,10 @@ pub const OUTBOX_PARKED_ROWS: &str = "gateway_outbox_parked_rows";
 pub fn install() -> anyhow::Result<()> {
     core_metrics::install()?;
     use metrics::{describe_counter, describe_gauge};
-    describe_counter!(IDEMPOTENT_REPLAYS, "Responses replayed for a repeated Idempotency-Key");
+    describe_counter!(
+        IDEMPOTENT_REPLAYS,
+        "Responses replayed for a repeated Idempotency-Key"
+    );
     describe_counter!(
         IDEMPOTENCY_CONFLICTS,
         "Requests refused with 409 because their Idempotency-Key was in flight"
@@ -39,7 +42,10 @@ pub fn install() -> anyhow::Result<()> {
     describe_counter!(PAYMENTS_ACCEPTED, "Payments accepted (202, not replays)");
     describe_counter!(AUTH_FAILURES, "Requests refused with 401");
     describe_counter!(RATE_LIMITED, "Requests refused with 429, by client");
-    describe_counter!(OUTBOX_PUBLISHED, "Outbox rows published to Kafka and acknowledged");
+    describe_counter!(
+        OUTBOX_PUBLISHED,
+        "Outbox rows published to Kafka and acknowledged"
+    );
     describe_counter!(
         OUTBOX_PARKED,
         "Outbox rows parked because they can never be published"

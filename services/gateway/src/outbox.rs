@@ -190,7 +190,8 @@ impl OutboxRelay {
                 Ok(()) => published.push(id),
                 Err(e) => {
                     failure.get_or_insert_with(|| {
-                        anyhow::Error::new(e).context(format!("broker did not acknowledge row {id}"))
+                        anyhow::Error::new(e)
+                            .context(format!("broker did not acknowledge row {id}"))
                     });
                 }
             }

@@ -278,6 +278,9 @@ mod tests {
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert_eq!(body["position"]["line"], 2);
         assert_eq!(body["position"]["column"], 7);
-        assert_eq!(body["type"], "https://paystream.dev/problems/malformed-json");
+        assert_eq!(
+            body["type"],
+            "https://paystream.dev/problems/malformed-json"
+        );
     }
 }

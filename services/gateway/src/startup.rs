@@ -214,15 +214,25 @@ impl Application {
                 .context("building the HTTP client")?,
             api_keys,
             rate_limiter,
-            openapi: Bytes::from(openapi.to_json().context("rendering the OpenAPI document")?),
+            openapi: Bytes::from(
+                openapi
+                    .to_json()
+                    .context("rendering the OpenAPI document")?,
+            ),
         };
         let request_timeout = Duration::from_millis(settings.gateway.request_timeout_ms);
         let router = api
             .fallback(routes::not_found)
             .method_not_allowed_fallback(routes::method_not_allowed)
             // Innermost first: rate limiting needs the client that authentication found.
-            .route_layer(middleware::from_fn_with_state(state.clone(), rate_limit::limit))
-            .route_layer(middleware::from_fn_with_state(state.clone(), auth::authenticate))
+            .route_layer(middleware::from_fn_with_state(
+                state.clone(),
+                rate_limit::limit,
+            ))
+            .route_layer(middleware::from_fn_with_state(
+                state.clone(),
+                auth::authenticate,
+            ))
             .layer(middleware::from_fn_with_state(request_timeout, time_limit))
             // The handler reads the body itself and enforces the limit with a problem answer.
             .layer(DefaultBodyLimit::disable())
