@@ -1,6 +1,7 @@
 //! `POST /v1/payments` and `GET /v1/payments/{id}`.
 
 use axum::body::Body;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -279,12 +280,15 @@ async fn insert_payment(
     ),
     security((), ("api_key" = []))
 )]
-#[tracing::instrument(name = "get_payment", skip_all, fields(payment.id = %id))]
+#[tracing::instrument(name = "get_payment", skip_all, fields(payment.id))]
 pub async fn get(
     State(state): State<AppState>,
     Extension(client): Extension<ClientId>,
-    Path(id): Path<String>,
+    // An id that is not even UTF-8 after percent-decoding names no payment either.
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
+    let id = id.map(|Path(id)| id).unwrap_or_default();
+    tracing::Span::current().record("payment.id", id.as_str());
     let not_found = || ApiError::PaymentNotFound(id.chars().take(64).collect());
     let payment_id = Uuid::parse_str(&id).map_err(|_| not_found())?;
     // Payments of other clients do not exist for this one.
