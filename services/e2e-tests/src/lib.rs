@@ -522,12 +522,7 @@ pub async fn expect_problem(
         response.status(),
         response.text().await.unwrap_or_default()
     );
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
+    let content_type = content_type(&response);
     anyhow::ensure!(
         content_type == "application/problem+json",
         "content type {content_type}"
@@ -583,5 +578,37 @@ impl PaymentsLock {
 
     pub async fn release(self) -> anyhow::Result<()> {
         Ok(self.0.commit().await?)
+    }
+}
+
+/// The response's `Content-Type`, or "" without one.
+pub fn content_type(response: &reqwest::Response) -> String {
+    response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The result of a `SELECT count(*) …` in the test's schema.
+pub async fn count(pool: &PgPool, sql: &str) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(sql).fetch_one(pool).await?)
+}
+
+/// Turns API-key authentication on with one key per client: `(client id, secret key)`.
+/// The gateway is configured with the SHA-256 of each key, as in production.
+pub fn require_api_keys(settings: &mut paystream_gateway::Settings, keys: &[(&str, &str)]) {
+    use sha2::Digest;
+    settings.gateway.auth.enabled = true;
+    for (client, key) in keys {
+        let hash = hex::encode(sha2::Sha256::digest(key.as_bytes()));
+        settings
+            .gateway
+            .auth
+            .api_keys
+            .entry(client.to_string())
+            .and_modify(|hashes| *hashes = format!("{hashes},{hash}"))
+            .or_insert(hash);
     }
 }

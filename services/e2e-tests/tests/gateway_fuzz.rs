@@ -10,7 +10,7 @@ use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{json, Value};
 
-use paystream_e2e_tests::TestStack;
+use paystream_e2e_tests::{content_type, TestStack};
 
 const CASES: u32 = 2000;
 const FIELDS: &[&str] = &[
@@ -169,12 +169,7 @@ async fn check(stack: &TestStack, probe: &Probe) -> Result<Option<u16>, TestCase
         .await
         .map_err(|e| TestCaseError::fail(format!("no response (did the gateway panic?): {e}")))?;
     let status = response.status();
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
+    let content_type = content_type(&response);
     let text = response.text().await.unwrap_or_default();
     prop_assert!(status.as_u16() < 500, "{status} for {probe:?}: {text}");
     if status.is_client_error() {

@@ -4,11 +4,10 @@
 use std::time::Duration;
 
 use paystream_e2e_tests::{
-    expect_problem, gateway_settings, json_post, payment_body, GatewayHandle, PaymentsLock,
-    TestStack,
+    count, expect_problem, gateway_settings, json_post, payment_body, require_api_keys,
+    GatewayHandle, PaymentsLock, TestStack,
 };
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -214,19 +213,11 @@ async fn every_refusal_is_a_problem_with_a_stable_type() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn sha256_hex(key: &str) -> String {
-    hex::encode(Sha256::digest(key.as_bytes()))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_keys_are_required_when_authentication_is_on() -> anyhow::Result<()> {
+    // Two keys for one client: rotation.
     let stack = TestStack::spawn_with(|s| {
-        s.gateway.auth.enabled = true;
-        // Two keys for one client: rotation.
-        s.gateway.auth.api_keys.insert(
-            "acme".into(),
-            format!("{},{}", sha256_hex("old-secret"), sha256_hex("new-secret")),
-        );
+        require_api_keys(s, &[("acme", "old-secret"), ("acme", "new-secret")])
     })
     .await?;
     let url = format!("{}/v1/payments", stack.gateway_url);
@@ -287,15 +278,7 @@ async fn each_client_has_its_own_token_bucket() -> anyhow::Result<()> {
     let stack = TestStack::spawn_with(|s| {
         s.gateway.rate_limit.requests_per_second = 0.5;
         s.gateway.rate_limit.burst = 3;
-        s.gateway.auth.enabled = true;
-        s.gateway
-            .auth
-            .api_keys
-            .insert("acme".into(), sha256_hex("acme-secret"));
-        s.gateway
-            .auth
-            .api_keys
-            .insert("globex".into(), sha256_hex("globex-secret"));
+        require_api_keys(s, &[("acme", "acme-secret"), ("globex", "globex-secret")]);
     })
     .await?;
     let get = |secret: &str| {
@@ -383,10 +366,10 @@ async fn a_slow_request_times_out_with_503_and_stores_nothing() -> anyhow::Resul
         retry.headers().get("idempotent-replayed").is_none(),
         "nothing was stored"
     );
-    let payments: i64 = sqlx::query_scalar("SELECT count(*) FROM payments")
-        .fetch_one(&stack.pool)
-        .await?;
-    assert_eq!(payments, 1);
+    assert_eq!(
+        count(&stack.pool, "SELECT count(*) FROM payments").await?,
+        1
+    );
     stack.teardown().await;
     Ok(())
 }

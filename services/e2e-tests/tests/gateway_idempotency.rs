@@ -6,17 +6,12 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use paystream_e2e_tests::{
-    expect_problem, gateway_settings, json_post, payment_body, GatewayHandle, PaymentsLock,
-    TestStack,
+    count, expect_problem, gateway_settings, json_post, payment_body, require_api_keys,
+    GatewayHandle, PaymentsLock, TestStack,
 };
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-async fn count(stack: &TestStack, sql: &str) -> anyhow::Result<i64> {
-    Ok(sqlx::query_scalar(sql).fetch_one(&stack.pool).await?)
-}
 
 fn payments_url(base: &str) -> String {
     format!("{base}/v1/payments")
@@ -65,10 +60,13 @@ async fn fifty_concurrent_identical_requests_make_one_payment_one_event_one_char
     let payment_id = ids.into_iter().next().unwrap();
 
     stack.wait_terminal(1, WAIT).await?;
-    assert_eq!(count(&stack, "SELECT count(*) FROM payments").await?, 1);
-    assert_eq!(count(&stack, "SELECT count(*) FROM outbox").await?, 1);
     assert_eq!(
-        count(&stack, "SELECT count(*) FROM idempotency_keys").await?,
+        count(&stack.pool, "SELECT count(*) FROM payments").await?,
+        1
+    );
+    assert_eq!(count(&stack.pool, "SELECT count(*) FROM outbox").await?, 1);
+    assert_eq!(
+        count(&stack.pool, "SELECT count(*) FROM idempotency_keys").await?,
         1
     );
     let events = stack
@@ -132,9 +130,12 @@ async fn a_key_in_flight_gets_409_and_nothing_is_stored_for_the_loser() -> anyho
     assert_eq!(retry.status(), 202);
     assert_eq!(retry.headers()["idempotent-replayed"], "true");
     assert_eq!(retry.json::<Value>().await?, first_body);
-    assert_eq!(count(&stack, "SELECT count(*) FROM payments").await?, 1);
     assert_eq!(
-        count(&stack, "SELECT count(*) FROM idempotency_keys").await?,
+        count(&stack.pool, "SELECT count(*) FROM payments").await?,
+        1
+    );
+    assert_eq!(
+        count(&stack.pool, "SELECT count(*) FROM idempotency_keys").await?,
         1
     );
     stack.teardown().await;
@@ -178,8 +179,11 @@ async fn an_error_that_happened_while_executing_is_stored_and_replayed() -> anyh
     .await?;
     expect_problem(different, 422, "idempotency-key-reused").await?;
     // The failed execution left no payment and no event behind.
-    assert_eq!(count(&stack, "SELECT count(*) FROM payments").await?, 0);
-    assert_eq!(count(&stack, "SELECT count(*) FROM outbox").await?, 0);
+    assert_eq!(
+        count(&stack.pool, "SELECT count(*) FROM payments").await?,
+        0
+    );
+    assert_eq!(count(&stack.pool, "SELECT count(*) FROM outbox").await?, 0);
     stack.teardown().await;
     Ok(())
 }
@@ -229,22 +233,10 @@ async fn quoted_and_bare_keys_are_one_key_and_the_length_is_bounded() -> anyhow:
     Ok(())
 }
 
-fn sha256_hex(key: &str) -> String {
-    hex::encode(Sha256::digest(key.as_bytes()))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_are_scoped_per_client() -> anyhow::Result<()> {
     let stack = TestStack::spawn_with(|s| {
-        s.gateway.auth.enabled = true;
-        s.gateway
-            .auth
-            .api_keys
-            .insert("acme".into(), sha256_hex("acme-secret"));
-        s.gateway
-            .auth
-            .api_keys
-            .insert("globex".into(), sha256_hex("globex-secret"));
+        require_api_keys(s, &[("acme", "acme-secret"), ("globex", "globex-secret")])
     })
     .await?;
     let url = payments_url(&stack.gateway_url);
@@ -353,7 +345,7 @@ async fn keys_expire_after_the_retention_and_are_purged() -> anyhow::Result<()> 
     let replica = GatewayHandle::spawn(settings).await?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while count(
-        &stack,
+        &stack.pool,
         "SELECT count(*) FROM idempotency_keys WHERE idempotency_key = 'ttl-a'",
     )
     .await?
@@ -387,7 +379,10 @@ async fn keys_expire_after_the_retention_and_are_purged() -> anyhow::Result<()> 
         .await?;
     assert_eq!(fresh.status(), 202);
     assert!(fresh.headers().get("idempotent-replayed").is_none());
-    assert_eq!(count(&stack, "SELECT count(*) FROM payments").await?, 4);
+    assert_eq!(
+        count(&stack.pool, "SELECT count(*) FROM payments").await?,
+        4
+    );
     stack.teardown().await;
     Ok(())
 }

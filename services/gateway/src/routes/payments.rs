@@ -20,22 +20,8 @@ use crate::outbox;
 use crate::problem::{ApiError, FieldError, ParsePosition, Problem};
 use crate::startup::AppState;
 
-/// The answer to an accepted payment (stored and replayed under its Idempotency-Key).
-#[derive(Debug, Serialize, ToSchema)]
-pub struct AcceptedPayment {
-    pub id: Uuid,
-    /// Always `PENDING`: the payment is executed asynchronously.
-    #[schema(example = "PENDING")]
-    pub status: String,
-    pub merchant_id: String,
-    pub customer_id: String,
-    pub amount_minor: i64,
-    pub currency: String,
-    pub payment_method: String,
-    pub created_at: DateTime<Utc>,
-}
-
-/// A payment as the API shows it.
+/// A payment as the API shows it: the `202` answer (stored and replayed under its
+/// Idempotency-Key) and `GET /v1/payments/{id}`.
 #[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
 pub struct PaymentView {
     pub id: Uuid,
@@ -104,7 +90,7 @@ async fn read_request(body: Body, limit: usize) -> Result<PaymentRequestBody, Ap
     ),
     request_body(content = PaymentRequestBody, content_type = "application/json"),
     responses(
-        (status = 202, description = "Accepted (or replayed: `Idempotent-Replayed: true`)", body = AcceptedPayment,
+        (status = 202, description = "Accepted, status `PENDING` (or replayed: `Idempotent-Replayed: true`)", body = PaymentView,
          headers(("Location" = String, description = "/v1/payments/{id}"),
                  ("Idempotent-Replayed" = String, description = "`true` on a replayed response"))),
         (status = 400, description = "Missing or invalid Idempotency-Key, malformed JSON (with its position)", body = Problem, content_type = "application/problem+json"),
@@ -206,7 +192,7 @@ async fn accept(
     client: &ClientId,
     payment_id: Uuid,
     request: &PaymentRequest,
-) -> anyhow::Result<AcceptedPayment> {
+) -> anyhow::Result<PaymentView> {
     let now = Utc::now();
     insert_payment(conn, client, payment_id, request, now).await?;
     let event = PaymentRequested {
@@ -229,7 +215,7 @@ async fn accept(
         &record_headers,
     )
     .await?;
-    Ok(AcceptedPayment {
+    Ok(PaymentView {
         id: payment_id,
         status: "PENDING".into(),
         merchant_id: request.merchant_id.clone(),
@@ -237,7 +223,9 @@ async fn accept(
         amount_minor: request.amount_minor,
         currency: request.currency.clone(),
         payment_method: request.payment_method.clone(),
+        failure_reason: None,
         created_at: now,
+        updated_at: now,
     })
 }
 
