@@ -373,3 +373,37 @@ mod tracing_opentelemetry_span {
         span
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gateway_settings_come_from_the_environment() {
+        // Env is process-global: only this test of the crate sets PAYSTREAM_* variables.
+        let hash = "5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8";
+        let vars = [
+            ("PAYSTREAM_GATEWAY__AUTH__ENABLED", "true"),
+            ("PAYSTREAM_GATEWAY__AUTH__API_KEYS__ACME", hash),
+            ("PAYSTREAM_GATEWAY__RATE_LIMIT__REQUESTS_PER_SECOND", "50"),
+            ("PAYSTREAM_GATEWAY__RATE_LIMIT__BURST", "7"),
+            ("PAYSTREAM_GATEWAY__REQUEST_TIMEOUT_MS", "1500"),
+        ];
+        for (k, v) in vars {
+            std::env::set_var(k, v);
+        }
+        let settings = Settings::load();
+        for (k, _) in vars {
+            std::env::remove_var(k);
+        }
+        let gateway = settings.unwrap().gateway;
+        assert!(gateway.auth.enabled);
+        assert_eq!(gateway.auth.api_keys["acme"], hash);
+        assert_eq!(gateway.rate_limit.requests_per_second, 50.0);
+        assert_eq!(gateway.rate_limit.burst, 7);
+        assert_eq!(gateway.request_timeout_ms, 1500);
+        assert_eq!(gateway.idempotency_retention_hours, 24);
+        assert!(ApiKeys::from_settings(&gateway.auth).is_ok());
+        gateway.check().unwrap();
+    }
+}
