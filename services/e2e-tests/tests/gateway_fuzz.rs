@@ -10,9 +10,10 @@ use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{json, Value};
 
-use paystream_e2e_tests::{content_type, TestStack};
+use paystream_e2e_tests::{content_type, require_api_keys, TestStack};
 
 const CASES: u32 = 2000;
+const API_KEY: &str = "fuzz-secret";
 const FIELDS: &[&str] = &[
     "merchant_id",
     "amount_minor",
@@ -102,6 +103,15 @@ fn header_bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
     )
 }
 
+/// Mostly the valid key (so most cases reach the handler), else anything.
+fn authorization() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        8 => Just(format!("Bearer {API_KEY}").into_bytes()),
+        1 => header_bytes(80),
+        1 => header_bytes(40).prop_map(|token| [b"Bearer ".as_slice(), &token].concat()),
+    ]
+}
+
 fn headers() -> impl Strategy<Value = Vec<(&'static str, Vec<u8>)>> {
     let key = prop_oneof![
         header_bytes(300),
@@ -118,7 +128,7 @@ fn headers() -> impl Strategy<Value = Vec<(&'static str, Vec<u8>)>> {
     (
         prop::option::weighted(0.9, key),
         prop::option::weighted(0.9, content_type),
-        prop::option::weighted(0.2, header_bytes(80)),
+        prop::option::weighted(0.95, authorization()),
     )
         .prop_map(|(key, content_type, auth)| {
             let mut h = Vec::new();
@@ -162,7 +172,8 @@ async fn check(stack: &TestStack, probe: &Probe) -> Result<Option<u16>, TestCase
         }
         Probe::Get(id) => stack
             .http
-            .get(format!("{}/v1/payments/{id}", stack.gateway_url)),
+            .get(format!("{}/v1/payments/{id}", stack.gateway_url))
+            .bearer_auth(API_KEY),
     };
     let response = request
         .send()
@@ -190,9 +201,11 @@ fn no_body_or_header_makes_the_gateway_fail() -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    // No rate limit: every case must reach the handler.
+    // Authentication on, so the Authorization header is parsed too; no rate limit, so every
+    // authenticated case reaches the handler.
     let stack = runtime.block_on(TestStack::spawn_with(|s| {
-        s.gateway.rate_limit.requests_per_second = 0.0
+        s.gateway.rate_limit.requests_per_second = 0.0;
+        require_api_keys(s, &[("fuzzer", API_KEY)]);
     }))?;
     let mut runner = TestRunner::new(Config {
         cases: CASES,
