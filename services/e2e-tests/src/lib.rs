@@ -99,6 +99,13 @@ impl TestStack {
     /// Topics, schema, PSP simulator and gateway for one test. The processor is started
     /// separately ([`TestStack::spawn_processor`] or as a child process) so tests control it.
     pub async fn spawn() -> anyhow::Result<Self> {
+        Self::spawn_with(|_| {}).await
+    }
+
+    /// [`TestStack::spawn`] with the gateway's settings adjusted by `configure`.
+    pub async fn spawn_with(
+        configure: impl FnOnce(&mut paystream_gateway::Settings),
+    ) -> anyhow::Result<Self> {
         let id = Uuid::new_v4().simple().to_string()[..12].to_string();
         let topics = TopicSettings {
             payments_requested: format!("test-{id}.payments.requested.v1"),
@@ -137,22 +144,8 @@ impl TestStack {
         let psp = PspClient::new(format!("http://127.0.0.1:{}", psp_app.port()));
         tokio::spawn(psp_app.run_until_stopped(shutdown.clone()));
 
-        let gateway_settings = paystream_gateway::Settings {
-            http: HttpSettings {
-                host: "127.0.0.1".into(),
-                port: 0,
-            },
-            gateway: paystream_gateway::GatewaySettings {
-                outbox_poll_interval_ms: 100,
-                ..Default::default()
-            },
-            database: database.clone(),
-            kafka: kafka_settings(),
-            schema_registry: SchemaRegistrySettings {
-                url: registry_url(),
-            },
-            topics: topics.clone(),
-        };
+        let mut gateway_settings = gateway_settings(&database, &topics);
+        configure(&mut gateway_settings);
         let gateway = paystream_gateway::Application::build(gateway_settings).await?;
         let gateway_url = format!("http://127.0.0.1:{}", gateway.port());
         tokio::spawn(gateway.run_until_stopped(shutdown.clone()));
@@ -643,5 +636,184 @@ impl ServiceProcess {
             self.transactional_id,
             last + 1
         )))
+    }
+}
+
+/// Gateway settings for a test's schema and topics, on an ephemeral port, against the shared
+/// broker and registry.
+pub fn gateway_settings(
+    database: &DatabaseSettings,
+    topics: &TopicSettings,
+) -> paystream_gateway::Settings {
+    paystream_gateway::Settings {
+        http: HttpSettings {
+            host: "127.0.0.1".into(),
+            port: 0,
+        },
+        gateway: paystream_gateway::GatewaySettings {
+            outbox_poll_interval_ms: 100,
+            ..Default::default()
+        },
+        database: database.clone(),
+        kafka: kafka_settings(),
+        schema_registry: SchemaRegistrySettings {
+            url: registry_url(),
+        },
+        topics: topics.clone(),
+    }
+}
+
+/// A gateway the test runs and stops on its own: a second replica on a stack's schema, or one
+/// whose graceful shutdown is under test.
+pub struct GatewayHandle {
+    pub url: String,
+    pub shutdown: Shutdown,
+    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl GatewayHandle {
+    pub async fn spawn(settings: paystream_gateway::Settings) -> anyhow::Result<Self> {
+        let app = paystream_gateway::Application::build(settings).await?;
+        let url = format!("http://127.0.0.1:{}", app.port());
+        let shutdown = Shutdown::new();
+        let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+        Ok(Self {
+            url,
+            shutdown,
+            task,
+        })
+    }
+
+    /// Signals shutdown and waits (bounded) until the gateway has drained and stopped.
+    pub async fn stop(self, timeout: Duration) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        tokio::time::timeout(timeout, self.task)
+            .await
+            .context("gateway did not stop in time")??
+    }
+}
+
+/// A request to `{base}{path}` with a JSON body, an optional Idempotency-Key and optional
+/// bearer API key.
+pub fn json_post(
+    http: &reqwest::Client,
+    url: &str,
+    key: Option<&str>,
+    api_key: Option<&str>,
+    body: &Value,
+) -> reqwest::RequestBuilder {
+    let mut request = http
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body.to_string());
+    if let Some(k) = key {
+        request = request.header("Idempotency-Key", k);
+    }
+    if let Some(k) = api_key {
+        request = request.bearer_auth(k);
+    }
+    request
+}
+
+/// Asserts a problem+json response with `status` and problem type `slug`; returns the body.
+pub async fn expect_problem(
+    response: reqwest::Response,
+    status: u16,
+    slug: &str,
+) -> anyhow::Result<Value> {
+    anyhow::ensure!(
+        response.status().as_u16() == status,
+        "expected {status} {slug}, got {}: {}",
+        response.status(),
+        response.text().await.unwrap_or_default()
+    );
+    let content_type = content_type(&response);
+    anyhow::ensure!(
+        content_type == "application/problem+json",
+        "content type {content_type}"
+    );
+    let body: Value = response.json().await?;
+    anyhow::ensure!(
+        body["type"] == format!("https://paystream.dev/problems/{slug}")
+            && body["status"] == status,
+        "unexpected problem {body}"
+    );
+    Ok(body)
+}
+
+/// Holds `LOCK TABLE payments IN EXCLUSIVE MODE` in the stack's schema until dropped or
+/// [`PaymentsLock::release`]d: requests block inside their transaction, so a test can act while
+/// one is in flight.
+pub struct PaymentsLock(sqlx::Transaction<'static, sqlx::Postgres>);
+
+impl PaymentsLock {
+    pub async fn take(pool: &PgPool) -> anyhow::Result<Self> {
+        let mut tx = pool.begin().await?;
+        sqlx::query("LOCK TABLE payments IN EXCLUSIVE MODE")
+            .execute(&mut *tx)
+            .await?;
+        Ok(Self(tx))
+    }
+
+    /// Waits until `n` sessions wait for this lock.
+    pub async fn wait_for_waiters(
+        &self,
+        pool: &PgPool,
+        n: i64,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_locks
+                 WHERE NOT granted AND relation = to_regclass(current_schema() || '.payments')",
+            )
+            .fetch_one(pool)
+            .await?;
+            if waiting >= n {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "{waiting} of {n} requests waiting on the payments lock"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn release(self) -> anyhow::Result<()> {
+        Ok(self.0.commit().await?)
+    }
+}
+
+/// The response's `Content-Type`, or "" without one.
+pub fn content_type(response: &reqwest::Response) -> String {
+    response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The result of a `SELECT count(*) …` in the test's schema.
+pub async fn count(pool: &PgPool, sql: &str) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(sql).fetch_one(pool).await?)
+}
+
+/// Turns API-key authentication on with one key per client: `(client id, secret key)`.
+/// The gateway is configured with the SHA-256 of each key, as in production.
+pub fn require_api_keys(settings: &mut paystream_gateway::Settings, keys: &[(&str, &str)]) {
+    use sha2::Digest;
+    settings.gateway.auth.enabled = true;
+    for (client, key) in keys {
+        let hash = hex::encode(sha2::Sha256::digest(key.as_bytes()));
+        settings
+            .gateway
+            .auth
+            .api_keys
+            .entry(client.to_string())
+            .and_modify(|hashes| *hashes = format!("{hashes},{hash}"))
+            .or_insert(hash);
     }
 }

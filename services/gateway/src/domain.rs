@@ -2,18 +2,30 @@
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
 
 use crate::currencies::is_iso_4217;
 use crate::problem::FieldError;
 
 /// The body of `POST /v1/payments`, as sent. Unknown fields are rejected.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PaymentRequestBody {
+    /// Merchant receiving the funds: 1-64 characters of `[A-Za-z0-9_-]`.
+    #[schema(example = "m_1", pattern = "^[A-Za-z0-9_-]{1,64}$")]
     pub merchant_id: String,
+    /// Amount in the currency's minor unit (cents for EUR): a positive integer, at most the
+    /// configured maximum (`gateway.max_amount_minor`, 100000000 by default).
+    #[schema(example = 1999, minimum = 1)]
     pub amount_minor: i64,
+    /// ISO 4217 alphabetic code, upper case.
+    #[schema(example = "EUR", pattern = "^[A-Z]{3}$")]
     pub currency: String,
+    /// Customer paying: 1-64 characters of `[A-Za-z0-9_-]`.
+    #[schema(example = "c_1", pattern = "^[A-Za-z0-9_-]{1,64}$")]
     pub customer_id: String,
+    /// One of `card`, `sepa_debit`, `ach_debit`, `bank_transfer`, `wallet`.
+    #[schema(example = "card")]
     pub payment_method: String,
 }
 

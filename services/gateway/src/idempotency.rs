@@ -1,35 +1,44 @@
 //! Idempotency-Key handling (IETF httpapi Idempotency-Key draft, Stripe semantics).
 //!
-//! Keys are scoped per client. The first completed response for a key is stored with the
-//! request's fingerprint; the same key and request get that response replayed with
-//! `Idempotent-Replayed: true`, the same key with another request gets 422. Keys expire after
-//! the configured retention and are then treated as never seen.
+//! Keys are scoped per client. A request holds its key for the length of its Postgres
+//! transaction through a transaction-scoped advisory lock: a second request with the same key
+//! that arrives meanwhile gets `409` at once (it neither waits nor stores anything). The
+//! response of a request that started executing is stored with the request's fingerprint, in
+//! the same transaction as its effects: the same key and request get it replayed with
+//! `Idempotent-Replayed: true` (error responses included), the same key with another request
+//! gets `422`. Requests refused before executing (bad key, bad body) store nothing. Keys
+//! expire after the configured retention, are then treated as never seen, and are deleted by
+//! the [`Purger`].
+
+use std::time::Duration;
 
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use paystream_core::shutdown::Shutdown;
+use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::problem::{problem_response, ApiError};
 
 pub const HEADER: &str = "idempotency-key";
 pub const REPLAYED_HEADER: &str = "idempotent-replayed";
-const MAX_KEY_LEN: usize = 255;
+pub const MAX_KEY_LEN: usize = 255;
 
-/// The client a request is attributed to; every key lives in its client's namespace.
-/// Authentication is not wired yet, so all requests share the anonymous client.
+/// The client of requests when authentication is off; every key lives in its client's namespace.
 pub const ANONYMOUS_CLIENT: &str = "anonymous";
 
-/// Reads the key, accepting both the plain form and the structured-field string (`"abc"`).
+/// Reads the key. Accepts the structured-field string the draft specifies (`"abc"`, with `\"`
+/// and `\\` escapes) and, like Stripe, the bare value (`abc`). 1–255 characters, printable ASCII.
 pub fn parse_key(headers: &HeaderMap) -> Result<String, ApiError> {
     let raw = headers
         .get(HEADER)
         .ok_or(ApiError::MissingIdempotencyKey)?
         .to_str()
-        .map_err(|_| ApiError::InvalidIdempotencyKey("must be visible ASCII"))?
+        .map_err(|_| ApiError::InvalidIdempotencyKey("must be printable ASCII"))?
         .trim();
-    let key = match raw.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
-        Some(inner) => inner,
-        None => raw,
+    let key = match raw.strip_prefix('"') {
+        Some(quoted) => parse_sf_string(quoted)?,
+        None => raw.to_string(),
     };
     if key.is_empty() {
         return Err(ApiError::InvalidIdempotencyKey("must not be empty"));
@@ -39,7 +48,29 @@ pub fn parse_key(headers: &HeaderMap) -> Result<String, ApiError> {
             "must be at most 255 characters",
         ));
     }
-    Ok(key.to_string())
+    if !key.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return Err(ApiError::InvalidIdempotencyKey("must be printable ASCII"));
+    }
+    Ok(key)
+}
+
+/// An RFC 8941 sf-string after its opening quote.
+fn parse_sf_string(rest: &str) -> Result<String, ApiError> {
+    let invalid = || ApiError::InvalidIdempotencyKey("malformed quoted string");
+    let mut key = String::with_capacity(rest.len());
+    let mut chars = rest.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some(e @ ('"' | '\\')) => key.push(e),
+                _ => return Err(invalid()),
+            },
+            // The closing quote must end the value.
+            '"' => return chars.next().is_none().then_some(key).ok_or_else(invalid),
+            c => key.push(c),
+        }
+    }
+    Err(invalid())
 }
 
 /// A response stored under a key.
@@ -52,29 +83,53 @@ pub struct StoredResponse {
 }
 
 impl StoredResponse {
+    /// The HTTP response: JSON for a success (with `Location` of the payment), problem+json
+    /// otherwise. The first answer and every replay are rendered by this one function.
+    pub fn render(self) -> Result<Response, ApiError> {
+        let status = StatusCode::from_u16(self.response_status as u16)
+            .map_err(|e| ApiError::Internal(e.into()))?;
+        if !status.is_success() {
+            return Ok(problem_response(status, &self.response_body));
+        }
+        let mut response = (status, axum::Json(self.response_body)).into_response();
+        if let Some(id) = self.payment_id {
+            let location = HeaderValue::from_str(&format!("/v1/payments/{id}"))
+                .map_err(|e| ApiError::Internal(e.into()))?;
+            response.headers_mut().insert(header::LOCATION, location);
+        }
+        Ok(response)
+    }
+
     /// The stored response again, or 422 when the key was used for a different request.
     pub fn replay(self, key: &str, fingerprint: &str) -> Result<Response, ApiError> {
         if self.request_fingerprint != fingerprint {
             return Err(ApiError::IdempotencyKeyReused(key.to_string()));
         }
-        let status = StatusCode::from_u16(self.response_status as u16)
-            .map_err(|e| ApiError::Internal(e.into()))?;
-        let mut response = if status.is_success() {
-            let mut r = (status, axum::Json(self.response_body)).into_response();
-            if let Some(id) = self.payment_id {
-                if let Ok(v) = HeaderValue::from_str(&format!("/v1/payments/{id}")) {
-                    r.headers_mut().insert(header::LOCATION, v);
-                }
-            }
-            r
-        } else {
-            problem_response(status, &self.response_body)
-        };
+        let mut response = self.render()?;
         response
             .headers_mut()
             .insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
+        crate::metrics::idempotent_replay();
         Ok(response)
     }
+}
+
+/// Takes the key's transaction-scoped advisory lock without waiting; false when another
+/// request holds it. The lock id hashes schema, client and key (length-prefixed, so no two
+/// pairs collide by concatenation); a 64-bit hash collision would only cost a spurious 409.
+pub async fn try_lock(
+    conn: &mut sqlx::PgConnection,
+    client: &str,
+    key: &str,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT pg_try_advisory_xact_lock(hashtextextended(
+             format('idempotency:%s:%s:%s:%s', current_schema(), length($1), $1, $2), 0))",
+    )
+    .bind(client)
+    .bind(key)
+    .fetch_one(conn)
+    .await
 }
 
 /// The unexpired response stored under `key`, if any.
@@ -94,30 +149,28 @@ pub async fn lookup(
     .await
 }
 
-/// Claims `key` with its response, inside the caller's transaction. Returns false when another
-/// request holds the key: concurrent claims block on the primary key until the first commits.
-pub async fn claim(
+/// Stores the response under `key` inside the caller's transaction, which holds the key's lock
+/// ([`try_lock`]) and found no unexpired entry ([`lookup`]); an expired one is overwritten.
+pub async fn store(
     conn: &mut sqlx::PgConnection,
     client: &str,
     key: &str,
     response: &StoredResponse,
     retention_hours: i64,
-) -> Result<bool, sqlx::Error> {
-    // An expired key is forgotten, so it can be claimed afresh.
-    sqlx::query(
-        "DELETE FROM idempotency_keys
-         WHERE client_id = $1 AND idempotency_key = $2 AND expires_at <= now()",
-    )
-    .bind(client)
-    .bind(key)
-    .execute(&mut *conn)
-    .await?;
-    let inserted = sqlx::query(
+) -> anyhow::Result<()> {
+    let written = sqlx::query(
         "INSERT INTO idempotency_keys
             (client_id, idempotency_key, request_fingerprint, response_status, response_body,
-             payment_id, expires_at)
-         VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(hours => $7))
-         ON CONFLICT (client_id, idempotency_key) DO NOTHING",
+             payment_id, created_at, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6, now(), now() + make_interval(hours => $7))
+         ON CONFLICT (client_id, idempotency_key) DO UPDATE
+            SET request_fingerprint = excluded.request_fingerprint,
+                response_status = excluded.response_status,
+                response_body = excluded.response_body,
+                payment_id = excluded.payment_id,
+                created_at = excluded.created_at,
+                expires_at = excluded.expires_at
+            WHERE idempotency_keys.expires_at <= now()",
     )
     .bind(client)
     .bind(key)
@@ -125,11 +178,64 @@ pub async fn claim(
     .bind(response.response_status)
     .bind(&response.response_body)
     .bind(response.payment_id)
-    .bind(retention_hours as i32)
+    .bind(i32::try_from(retention_hours)?)
     .execute(conn)
     .await?
     .rows_affected();
-    Ok(inserted == 1)
+    anyhow::ensure!(
+        written == 1,
+        "idempotency key is held by an unexpired entry although its lock was free"
+    );
+    Ok(())
+}
+
+/// Deletes expired keys in batches until none is left; returns how many it deleted.
+/// `SKIP LOCKED` lets several replicas purge side by side.
+pub async fn purge_expired(pool: &PgPool, batch: i64) -> Result<u64, sqlx::Error> {
+    let mut total = 0;
+    loop {
+        let deleted = sqlx::query(
+            "DELETE FROM idempotency_keys WHERE (client_id, idempotency_key) IN (
+                 SELECT client_id, idempotency_key FROM idempotency_keys
+                 WHERE expires_at <= now() LIMIT $1 FOR UPDATE SKIP LOCKED)",
+        )
+        .bind(batch)
+        .execute(pool)
+        .await?
+        .rows_affected();
+        total += deleted;
+        if deleted < batch as u64 {
+            return Ok(total);
+        }
+    }
+}
+
+/// The background task that deletes expired keys (lookups already ignore them; this keeps the
+/// table from growing forever).
+pub struct Purger {
+    pub pool: PgPool,
+    pub interval: Duration,
+}
+
+impl Purger {
+    const BATCH: i64 = 1000;
+
+    pub async fn run(self, shutdown: Shutdown) {
+        loop {
+            match purge_expired(&self.pool, Self::BATCH).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    crate::metrics::idempotency_keys_purged(n);
+                    tracing::info!(keys = n, "expired idempotency keys purged");
+                }
+                Err(e) => tracing::warn!(error = %e, "purging expired idempotency keys failed"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(self.interval) => {}
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -143,24 +249,51 @@ mod tests {
     }
 
     #[test]
-    fn accepts_plain_and_quoted_keys() {
+    fn accepts_plain_and_structured_field_keys() {
         assert_eq!(parse_key(&headers("abc")).unwrap(), "abc");
+        assert_eq!(parse_key(&headers(" abc ")).unwrap(), "abc");
         assert_eq!(parse_key(&headers("\"abc\"")).unwrap(), "abc");
+        assert_eq!(parse_key(&headers(r#""a\"b\\c""#)).unwrap(), r#"a"b\c"#);
+        assert_eq!(parse_key(&headers("\"a b\"")).unwrap(), "a b");
     }
 
     #[test]
-    fn rejects_missing_empty_and_long_keys() {
+    fn rejects_malformed_quoted_keys() {
+        for bad in [r#""abc"#, r#""a"b""#, r#""a\x""#, r#""abc"x"#, "\"\\\""] {
+            assert!(
+                matches!(
+                    parse_key(&headers(bad)),
+                    Err(ApiError::InvalidIdempotencyKey(_))
+                ),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_missing_empty_long_and_non_ascii_keys() {
         assert!(matches!(
             parse_key(&HeaderMap::new()),
             Err(ApiError::MissingIdempotencyKey)
         ));
         assert!(parse_key(&headers("\"\"")).is_err());
+        assert!(parse_key(&headers("")).is_err());
         assert!(parse_key(&headers(&"k".repeat(256))).is_err());
-        assert!(parse_key(&headers(&"k".repeat(255))).is_ok());
+        assert!(parse_key(&headers(&format!("\"{}\"", "k".repeat(256)))).is_err());
+        assert_eq!(parse_key(&headers(&"k".repeat(255))).unwrap().len(), 255);
+        assert_eq!(
+            parse_key(&headers(&format!("\"{}\"", "k".repeat(255))))
+                .unwrap()
+                .len(),
+            255
+        );
+        let mut h = HeaderMap::new();
+        h.insert(HEADER, HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap());
+        assert!(parse_key(&h).is_err());
     }
 
     #[test]
-    fn replay_refuses_a_different_request() {
+    fn replay_refuses_a_different_request_and_marks_replays() {
         let stored = StoredResponse {
             request_fingerprint: "a".into(),
             response_status: 202,
@@ -173,6 +306,23 @@ mod tests {
         ));
         let r = stored.replay("k", "a").unwrap();
         assert_eq!(r.status(), StatusCode::ACCEPTED);
+        assert_eq!(r.headers()[REPLAYED_HEADER], "true");
+    }
+
+    #[test]
+    fn stored_errors_replay_as_problems() {
+        let stored = StoredResponse {
+            request_fingerprint: "a".into(),
+            response_status: 500,
+            response_body: serde_json::json!({"type": "t"}),
+            payment_id: None,
+        };
+        let r = stored.replay("k", "a").unwrap();
+        assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            r.headers()[header::CONTENT_TYPE],
+            "application/problem+json"
+        );
         assert_eq!(r.headers()[REPLAYED_HEADER], "true");
     }
 }

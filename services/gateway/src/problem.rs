@@ -1,16 +1,28 @@
 //! API errors as RFC 9457 problem details (`application/problem+json`), each with a stable `type`.
 
+use std::time::Duration;
+
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use utoipa::ToSchema;
 
 /// Base of every problem `type` URI; the slug after it is stable and documented.
 pub const PROBLEM_TYPE_BASE: &str = "https://paystream.dev/problems/";
+pub const PROBLEM_JSON: &str = "application/problem+json";
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
 pub struct FieldError {
+    /// The offending field (`body` when the JSON shape itself is wrong).
     pub field: String,
     pub message: String,
+}
+
+/// Where in the body a JSON syntax error was found (1-based).
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, ToSchema)]
+pub struct ParsePosition {
+    pub line: usize,
+    pub column: usize,
 }
 
 /// Everything the gateway can answer with besides success.
@@ -22,34 +34,62 @@ pub enum ApiError {
     InvalidIdempotencyKey(&'static str),
     #[error("request body must be application/json")]
     UnsupportedMediaType,
-    #[error("malformed JSON: {0}")]
-    MalformedJson(String),
+    #[error("malformed JSON: {message}")]
+    MalformedJson {
+        message: String,
+        position: ParsePosition,
+    },
     #[error("the request is invalid")]
     Validation(Vec<FieldError>),
     #[error("Idempotency-Key `{0}` was already used with a different request")]
     IdempotencyKeyReused(String),
+    #[error("a request with Idempotency-Key `{0}` is still being processed; retry later")]
+    IdempotencyKeyInFlight(String),
+    #[error("a valid API key is required (Authorization: Bearer <key>)")]
+    Unauthorized,
+    #[error("too many requests; retry after {} s", retry_after_secs(*.0))]
+    RateLimited(Duration),
     #[error("payment `{0}` not found")]
     PaymentNotFound(String),
     #[error("no resource at `{0}`")]
     RouteNotFound(String),
+    #[error("method {0} is not allowed on `{1}`")]
+    MethodNotAllowed(String, String),
     #[error("request body exceeds {0} bytes")]
     PayloadTooLarge(usize),
+    #[error("the request took longer than {} ms", .0.as_millis())]
+    Timeout(Duration),
+    #[error("the service is temporarily unavailable; retry later")]
+    Unavailable(#[source] anyhow::Error),
     #[error("internal error")]
     Internal(#[from] anyhow::Error),
 }
 
-#[derive(Serialize)]
-struct ProblemBody<'a> {
+/// An RFC 9457 problem document, as every error response carries it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Problem {
+    /// Stable URI naming the kind of problem, `https://paystream.dev/problems/<slug>`.
     #[serde(rename = "type")]
-    kind: String,
-    title: &'a str,
-    status: u16,
-    detail: String,
+    #[schema(example = "https://paystream.dev/problems/validation-error")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    /// Every invalid field (validation errors only).
     #[serde(skip_serializing_if = "Option::is_none")]
-    errors: Option<&'a [FieldError]>,
+    pub errors: Option<Vec<FieldError>>,
+    /// Where the JSON syntax error is (malformed JSON only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub position: Option<ParsePosition>,
+}
+
+fn retry_after_secs(wait: Duration) -> u64 {
+    // Whole seconds, rounded up, so a client retrying on time finds a token.
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
 }
 
 impl ApiError {
+    /// Status, stable slug and title of each kind of problem.
     fn parts(&self) -> (StatusCode, &'static str, &'static str) {
         use ApiError::*;
         match self {
@@ -68,7 +108,7 @@ impl ApiError {
                 "unsupported-media-type",
                 "Unsupported media type",
             ),
-            MalformedJson(_) => (StatusCode::BAD_REQUEST, "malformed-json", "Malformed JSON"),
+            MalformedJson { .. } => (StatusCode::BAD_REQUEST, "malformed-json", "Malformed JSON"),
             Validation(_) => (
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "validation-error",
@@ -79,16 +119,46 @@ impl ApiError {
                 "idempotency-key-reused",
                 "Idempotency-Key reused with a different request",
             ),
+            IdempotencyKeyInFlight(_) => (
+                StatusCode::CONFLICT,
+                "idempotency-key-in-flight",
+                "Request with this Idempotency-Key in progress",
+            ),
+            Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "Authentication required",
+            ),
+            RateLimited(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate-limited",
+                "Too many requests",
+            ),
             PaymentNotFound(_) => (
                 StatusCode::NOT_FOUND,
                 "payment-not-found",
                 "Payment not found",
             ),
             RouteNotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
+            MethodNotAllowed(..) => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method not allowed",
+            ),
             PayloadTooLarge(_) => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload-too-large",
                 "Payload too large",
+            ),
+            Timeout(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "request-timeout",
+                "Request timed out",
+            ),
+            Unavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service-unavailable",
+                "Service unavailable",
             ),
             Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -101,38 +171,116 @@ impl ApiError {
     /// The response status and problem body, also used to store replayable responses.
     pub fn status_and_body(&self) -> (StatusCode, serde_json::Value) {
         let (status, slug, title) = self.parts();
-        let errors = match self {
-            ApiError::Validation(errors) => Some(errors.as_slice()),
-            _ => None,
-        };
-        let body = ProblemBody {
+        let problem = Problem {
             kind: format!("{PROBLEM_TYPE_BASE}{slug}"),
-            title,
+            title: title.to_string(),
             status: status.as_u16(),
             detail: self.to_string(),
-            errors,
+            errors: match self {
+                ApiError::Validation(errors) => Some(errors.clone()),
+                _ => None,
+            },
+            position: match self {
+                ApiError::MalformedJson { position, .. } => Some(*position),
+                _ => None,
+            },
         };
-        (status, serde_json::to_value(body).unwrap_or_default())
+        (status, serde_json::to_value(problem).unwrap_or_default())
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    /// A database that cannot be reached (pool exhausted, connection lost, server shutting
+    /// down, serialization conflict) is worth a retry: 503. Anything else is a bug: 500.
+    fn from(e: sqlx::Error) -> Self {
+        if is_transient_db_error(&e) {
+            ApiError::Unavailable(e.into())
+        } else {
+            ApiError::Internal(e.into())
+        }
+    }
+}
+
+pub fn is_transient_db_error(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // 08: connection exception, 40001/40P01: serialization failure/deadlock,
+            // 57P0x: operator intervention (shutdown), 53: insufficient resources.
+            code.starts_with("08")
+                || code.starts_with("53")
+                || code.starts_with("57P")
+                || code == "40001"
+                || code == "40P01"
+        }),
+        _ => false,
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if let ApiError::Internal(e) = &self {
+        if let ApiError::Internal(e) | ApiError::Unavailable(e) = &self {
             // The cause chain goes to the log, never to the client.
             tracing::error!(error = %format!("{e:#}"), "request failed");
         }
         let (status, body) = self.status_and_body();
-        problem_response(status, &body)
+        let mut response = problem_response(status, &body);
+        let retry_after = match &self {
+            ApiError::RateLimited(wait) => Some(retry_after_secs(*wait)),
+            ApiError::Timeout(_) | ApiError::Unavailable(_) => Some(1),
+            _ => None,
+        };
+        if let Some(secs) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let ApiError::Unauthorized = self {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"paystream\""),
+            );
+        }
+        response
     }
 }
 
 /// A problem+json response from a stored or freshly built body.
 pub fn problem_response(status: StatusCode, body: &serde_json::Value) -> Response {
     let mut response = (status, body.to_string()).into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/problem+json"),
-    );
     response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_rounds_up_to_whole_seconds() {
+        assert_eq!(retry_after_secs(Duration::from_millis(1)), 1);
+        assert_eq!(retry_after_secs(Duration::from_secs(2)), 2);
+        assert_eq!(retry_after_secs(Duration::from_millis(2001)), 3);
+        let response = ApiError::RateLimited(Duration::from_millis(1500)).into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "2");
+    }
+
+    #[test]
+    fn malformed_json_carries_its_position() {
+        let (status, body) = ApiError::MalformedJson {
+            message: "x".into(),
+            position: ParsePosition { line: 2, column: 7 },
+        }
+        .status_and_body();
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(body["position"]["line"], 2);
+        assert_eq!(body["position"]["column"], 7);
+        assert_eq!(
+            body["type"],
+            "https://paystream.dev/problems/malformed-json"
+        );
+    }
 }

@@ -11,6 +11,7 @@
 //! - [`avro`]: Confluent wire-format Avro encoding/decoding against a Schema Registry.
 //! - [`kafka`]: librdkafka client construction, topic admin and error classification.
 //! - [`headers`]: record header names and W3C trace-context propagation through Kafka.
+//! - [`metrics`]: the process-wide Prometheus recorder and the shared HTTP metric names.
 //! - [`processing`]: the transactional consume-transform-produce loop with an idempotent
 //!   consumer (applied event ids recorded in Postgres alongside the effects).
 //! - [`retry`]: the retry-topic chain and dead-letter routing, with their headers.
@@ -23,6 +24,7 @@ pub mod dlq;
 pub mod events;
 pub mod headers;
 pub mod kafka;
+pub mod metrics;
 pub mod processing;
 pub mod retry;
 pub mod shutdown;

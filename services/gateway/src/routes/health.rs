@@ -11,11 +11,19 @@ use serde_json::json;
 
 use crate::startup::AppState;
 
+/// The process is up.
+#[utoipa::path(get, path = "/health/live", tag = "operations",
+    responses((status = 200, description = "Live", body = Object, example = json!({"status": "live"}))))]
 pub async fn live() -> impl IntoResponse {
     Json(json!({"status": "live"}))
 }
 
 /// Ready when Postgres, the broker and the schema registry all answer.
+#[utoipa::path(get, path = "/health/ready", tag = "operations",
+    responses(
+        (status = 200, description = "Every dependency answers", body = Object),
+        (status = 503, description = "A dependency does not answer; `checks` names it and its error", body = Object),
+    ))]
 pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     let postgres = sqlx::query("SELECT 1")
         .execute(&state.pool)

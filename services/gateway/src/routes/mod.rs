@@ -1,10 +1,76 @@
-//! HTTP handlers, grouped by resource.
+//! HTTP handlers, grouped by resource, and the OpenAPI document generated from them.
 
 pub mod health;
 pub mod payments;
 
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::Modify;
+
 use crate::problem::ApiError;
+use crate::startup::AppState;
 
 pub async fn not_found(uri: axum::http::Uri) -> ApiError {
-    ApiError::RouteNotFound(uri.path().to_string())
+    ApiError::RouteNotFound(uri.path().chars().take(256).collect())
+}
+
+pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::MethodNotAllowed(method.to_string(), uri.path().chars().take(256).collect())
+}
+
+/// The document's static parts; paths and schemas are added by the router as routes register.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "paystream gateway",
+        description = "Payments over REST, executed asynchronously on Kafka.\n\n\
+            **Idempotency.** `POST /v1/payments` requires an `Idempotency-Key` (IETF httpapi \
+            Idempotency-Key draft, Stripe semantics). Keys are scoped per client. The same key \
+            with the same request (compared by a fingerprint of the canonical body: field order \
+            and whitespace do not matter) replays the first response, errors included, with \
+            `Idempotent-Replayed: true`; with a different request it is `422`; while the first \
+            request is still executing it is `409` and nothing is stored for the second. \
+            Requests refused before executing (invalid key or body) store nothing.\n\n\
+            **Errors** are `application/problem+json` (RFC 9457) with a stable `type` under \
+            `https://paystream.dev/problems/`."
+    ),
+    tags(
+        (name = "payments", description = "Accept payments and read their state"),
+        (name = "operations", description = "Health, metrics and this document"),
+    ),
+    modifiers(&ApiKeyScheme)
+)]
+pub struct ApiDoc;
+
+struct ApiKeyScheme;
+
+impl Modify for ApiKeyScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "`Authorization: Bearer <API key>` on `/v1` routes when the gateway \
+                         runs with authentication enabled; optional otherwise.",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// This OpenAPI document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "OpenAPI 3.1 document", body = Object)))]
+pub async fn openapi(State(state): State<AppState>) -> impl IntoResponse {
+    // Rendered once at start-up; Bytes clones share the buffer.
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        state.openapi.clone(),
+    )
 }

@@ -1,31 +1,39 @@
 //! `POST /v1/payments` and `GET /v1/payments/{id}`.
 
 use axum::body::Body;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use chrono::{DateTime, Utc};
 use paystream_core::events::{self, PaymentRequested, Step};
 use paystream_core::headers::RecordHeaders;
 use serde::Serialize;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
+use crate::auth::ClientId;
 use crate::domain::{PaymentRequest, PaymentRequestBody};
-use crate::idempotency::{self, StoredResponse, ANONYMOUS_CLIENT};
+use crate::idempotency::{self, StoredResponse};
 use crate::outbox;
-use crate::problem::{ApiError, FieldError};
+use crate::problem::{ApiError, FieldError, ParsePosition, Problem};
 use crate::startup::AppState;
 
-/// A payment as the API shows it.
-#[derive(Debug, Serialize, sqlx::FromRow)]
+/// A payment as the API shows it: the `202` answer (stored and replayed under its
+/// Idempotency-Key) and `GET /v1/payments/{id}`.
+#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
 pub struct PaymentView {
     pub id: Uuid,
+    /// `PENDING`, then `SUCCEEDED` or `FAILED`.
+    #[schema(example = "SUCCEEDED")]
     pub status: String,
     pub merchant_id: String,
     pub customer_id: String,
     pub amount_minor: i64,
     pub currency: String,
     pub payment_method: String,
+    /// Why a `FAILED` payment failed, e.g. `card_declined`.
     pub failure_reason: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -57,14 +65,50 @@ async fn read_request(body: Body, limit: usize) -> Result<PaymentRequestBody, Ap
                 message: e.to_string(),
             }])
         } else {
-            ApiError::MalformedJson(e.to_string())
+            ApiError::MalformedJson {
+                position: ParsePosition {
+                    line: e.line(),
+                    column: e.column(),
+                },
+                message: e.to_string(),
+            }
         }
     })
 }
 
-#[tracing::instrument(name = "create_payment", skip_all, fields(idempotency.key, payment.id))]
+/// Accept a payment for asynchronous execution.
+///
+/// The payment, its idempotency record and its outbox event are committed in one Postgres
+/// transaction before the `202`; the event then reaches Kafka through the outbox relay.
+#[utoipa::path(
+    post,
+    path = "/v1/payments",
+    tag = "payments",
+    params(
+        ("Idempotency-Key" = String, Header,
+         description = "Required. 1-255 printable ASCII characters, bare or as a quoted structured-field string. Scoped per client; remembered for the retention period (see the API description)."),
+    ),
+    request_body(content = PaymentRequestBody, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Accepted, status `PENDING` (or replayed: `Idempotent-Replayed: true`)", body = PaymentView,
+         headers(("Location" = String, description = "/v1/payments/{id}"),
+                 ("Idempotent-Replayed" = String, description = "`true` on a replayed response"))),
+        (status = 400, description = "Missing or invalid Idempotency-Key, malformed JSON (with its position)", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid API key (authentication enabled)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A request with this Idempotency-Key is still in flight; nothing was stored, retry later", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body larger than the limit", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields, or Idempotency-Key reused with a different request", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limit exceeded (`Retry-After`)", body = Problem, content_type = "application/problem+json"),
+        (status = 500, description = "Internal error (stored and replayed when it happened while executing)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Timed out or dependencies unavailable; nothing stored, retry with the same key", body = Problem, content_type = "application/problem+json"),
+    ),
+    security((), ("api_key" = []))
+)]
+#[tracing::instrument(name = "create_payment", skip_all, fields(client.id = %client.as_str(), idempotency.key, payment.id))]
 pub async fn create(
     State(state): State<AppState>,
+    Extension(client): Extension<ClientId>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -77,56 +121,84 @@ pub async fn create(
         .map_err(ApiError::Validation)?;
     let fingerprint = request.fingerprint();
 
-    let mut tx = state.pool.begin().await.map_err(internal)?;
-    if let Some(stored) = idempotency::lookup(&mut tx, ANONYMOUS_CLIENT, &key)
-        .await
-        .map_err(internal)?
-    {
+    // Held until commit or rollback: a concurrent request with this key gets 409 meanwhile.
+    let mut tx = state.pool.begin().await?;
+    if !idempotency::try_lock(&mut tx, client.as_str(), &key).await? {
+        crate::metrics::idempotency_in_flight_conflict();
+        return Err(ApiError::IdempotencyKeyInFlight(key));
+    }
+    if let Some(stored) = idempotency::lookup(&mut tx, client.as_str(), &key).await? {
         return stored.replay(&key, &fingerprint);
     }
 
     let payment_id = Uuid::now_v7();
     tracing::Span::current().record("payment.id", tracing::field::display(payment_id));
-    let now = Utc::now();
-    let accepted = serde_json::json!({
-        "id": payment_id,
-        "status": "PENDING",
-        "merchant_id": request.merchant_id,
-        "customer_id": request.customer_id,
-        "amount_minor": request.amount_minor,
-        "currency": request.currency,
-        "payment_method": request.payment_method,
-        "created_at": now,
-    });
-    let stored = StoredResponse {
-        request_fingerprint: fingerprint.clone(),
-        response_status: StatusCode::ACCEPTED.as_u16() as i16,
-        response_body: accepted.clone(),
-        payment_id: Some(payment_id),
+    // The effects run in a savepoint, so a failure that would happen again on every retry can
+    // be rolled back while its error response is still stored under the key (Stripe stores
+    // the result of every request that started executing, errors included).
+    let mut execution = sqlx::Acquire::begin(&mut *tx).await?;
+    let stored = match accept(&state, &mut execution, &client, payment_id, &request).await {
+        Ok(accepted) => {
+            execution.commit().await?;
+            StoredResponse {
+                request_fingerprint: fingerprint,
+                response_status: StatusCode::ACCEPTED.as_u16() as i16,
+                response_body: serde_json::to_value(accepted).map_err(anyhow::Error::from)?,
+                payment_id: Some(payment_id),
+            }
+        }
+        Err(e) if is_deterministic_failure(&e) => {
+            execution.rollback().await?;
+            tracing::error!(error = %format!("{e:#}"), "payment failed while executing; the error is stored under its key");
+            let (status, body) = ApiError::Internal(e).status_and_body();
+            StoredResponse {
+                request_fingerprint: fingerprint,
+                response_status: status.as_u16() as i16,
+                response_body: body,
+                payment_id: None,
+            }
+        }
+        // Transient (or unknown) failures store nothing: a retry with the key may succeed.
+        Err(e) => {
+            return Err(match e.downcast::<sqlx::Error>() {
+                Ok(db) => db.into(),
+                Err(other) => ApiError::Internal(other),
+            })
+        }
     };
-    // The key is claimed first: a concurrent request with the same key blocks here until this
-    // transaction ends, then sees the stored response instead of creating a second payment.
     let retention = state.settings.gateway.idempotency_retention_hours;
-    if !idempotency::claim(&mut tx, ANONYMOUS_CLIENT, &key, &stored, retention)
-        .await
-        .map_err(internal)?
-    {
-        tx.rollback().await.map_err(internal)?;
-        let mut conn = state.pool.acquire().await.map_err(internal)?;
-        let winner = idempotency::lookup(&mut conn, ANONYMOUS_CLIENT, &key)
-            .await
-            .map_err(internal)?
-            .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("idempotency key vanished")))?;
-        return winner.replay(&key, &fingerprint);
+    idempotency::store(&mut tx, client.as_str(), &key, &stored, retention).await?;
+    tx.commit().await?;
+    if stored.payment_id.is_some() {
+        state.outbox_wakeup.notify_one();
+        crate::metrics::payment_accepted();
+        tracing::info!(%payment_id, merchant_id = %request.merchant_id, "payment accepted");
     }
+    stored.render()
+}
 
-    insert_payment(&mut tx, payment_id, &request, now)
-        .await
-        .map_err(internal)?;
+/// A database refusal that the same request would meet again (constraint or data error).
+fn is_deterministic_failure(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<sqlx::Error>()
+        .and_then(|e| e.as_database_error())
+        .and_then(|db| db.code())
+        .is_some_and(|code| code.starts_with("22") || code.starts_with("23"))
+}
+
+/// Writes the payment and its outbox event.
+async fn accept(
+    state: &AppState,
+    conn: &mut sqlx::PgConnection,
+    client: &ClientId,
+    payment_id: Uuid,
+    request: &PaymentRequest,
+) -> anyhow::Result<PaymentView> {
+    let now = Utc::now();
+    insert_payment(conn, client, payment_id, request, now).await?;
     let event = PaymentRequested {
         event_id: events::event_id(payment_id, Step::Requested).to_string(),
         payment_id: payment_id.to_string(),
-        client_id: ANONYMOUS_CLIENT.to_string(),
+        client_id: client.as_str().to_string(),
         merchant_id: request.merchant_id.clone(),
         customer_id: request.customer_id.clone(),
         amount_minor: request.amount_minor,
@@ -140,27 +212,29 @@ pub async fn create(
     record_headers
         .inject_send_context(&state.settings.topics.payments_requested, &event.payment_id);
     outbox::enqueue_payment_requested(
-        &mut tx,
+        conn,
         &state.settings.topics.payments_requested,
         &event,
         &record_headers,
     )
-    .await
-    .map_err(internal)?;
-    tx.commit().await.map_err(internal)?;
-    state.outbox_wakeup.notify_one();
-    tracing::info!(%payment_id, merchant_id = %request.merchant_id, "payment accepted");
-
-    let mut response = (StatusCode::ACCEPTED, axum::Json(accepted)).into_response();
-    response.headers_mut().insert(
-        header::LOCATION,
-        HeaderValue::from_str(&format!("/v1/payments/{payment_id}")).map_err(internal)?,
-    );
-    Ok(response)
+    .await?;
+    Ok(PaymentView {
+        id: payment_id,
+        status: "PENDING".into(),
+        merchant_id: request.merchant_id.clone(),
+        customer_id: request.customer_id.clone(),
+        amount_minor: request.amount_minor,
+        currency: request.currency.clone(),
+        payment_method: request.payment_method.clone(),
+        failure_reason: None,
+        created_at: now,
+        updated_at: now,
+    })
 }
 
 async fn insert_payment(
     conn: &mut sqlx::PgConnection,
+    client: &ClientId,
     id: Uuid,
     request: &PaymentRequest,
     now: DateTime<Utc>,
@@ -171,7 +245,7 @@ async fn insert_payment(
          VALUES ($1, $2, $3, $4, $5, $6, $7, 'PENDING', $8, $8)",
     )
     .bind(id)
-    .bind(ANONYMOUS_CLIENT)
+    .bind(client.as_str())
     .bind(&request.merchant_id)
     .bind(&request.customer_id)
     .bind(request.amount_minor)
@@ -183,27 +257,43 @@ async fn insert_payment(
     .map(|_| ())
 }
 
-#[tracing::instrument(name = "get_payment", skip_all, fields(payment.id = %id))]
+/// The current state of a payment of the requesting client.
+#[utoipa::path(
+    get,
+    path = "/v1/payments/{id}",
+    tag = "payments",
+    params(("id" = Uuid, Path, description = "Payment id from the `202` answer")),
+    responses(
+        (status = 200, description = "The payment", body = PaymentView),
+        (status = 401, description = "Missing or invalid API key (authentication enabled)", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such payment for this client", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limit exceeded (`Retry-After`)", body = Problem, content_type = "application/problem+json"),
+    ),
+    security((), ("api_key" = []))
+)]
+#[tracing::instrument(name = "get_payment", skip_all, fields(payment.id))]
 pub async fn get(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    Extension(client): Extension<ClientId>,
+    // An id that is not even UTF-8 after percent-decoding names no payment either.
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    let payment_id = Uuid::parse_str(&id).map_err(|_| ApiError::PaymentNotFound(id.clone()))?;
+    let id = id.map(|Path(id)| id).unwrap_or_default();
+    tracing::Span::current().record("payment.id", id.as_str());
+    let not_found = || ApiError::PaymentNotFound(id.chars().take(64).collect());
+    let payment_id = Uuid::parse_str(&id).map_err(|_| not_found())?;
+    // Payments of other clients do not exist for this one.
     let payment: Option<PaymentView> = sqlx::query_as(
         "SELECT id, status, merchant_id, customer_id, amount_minor, currency::text AS currency,
                 payment_method, failure_reason, created_at, updated_at
-         FROM payments WHERE id = $1",
+         FROM payments WHERE id = $1 AND client_id = $2",
     )
     .bind(payment_id)
+    .bind(client.as_str())
     .fetch_optional(&state.pool)
-    .await
-    .map_err(internal)?;
+    .await?;
     match payment {
         Some(p) => Ok(axum::Json(p).into_response()),
-        None => Err(ApiError::PaymentNotFound(id)),
+        None => Err(not_found()),
     }
-}
-
-fn internal(e: impl Into<anyhow::Error>) -> ApiError {
-    ApiError::Internal(e.into())
 }

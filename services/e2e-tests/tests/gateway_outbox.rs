@@ -1,0 +1,361 @@
+//! The transactional outbox: no accepted payment is lost while the broker is down, and a row
+//! that can never be published is parked without blocking the rows after it.
+
+use std::collections::{HashMap, HashSet};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use paystream_core::config::KafkaSettings;
+use paystream_core::events::{self, Step};
+use paystream_core::headers::RecordHeaders;
+use paystream_core::kafka::{self, TopicSpec};
+use paystream_core::shutdown::Shutdown;
+use paystream_e2e_tests::{gateway_settings, payment_body, GatewayHandle, TestStack, PARTITIONS};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use uuid::Uuid;
+
+const PAYMENTS: usize = 100;
+
+/// A Nisshi broker of this test's own, killed when dropped (also on panic).
+struct OwnBroker {
+    child: Child,
+}
+
+impl OwnBroker {
+    fn free_addr() -> anyhow::Result<String> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        Ok(listener.local_addr()?.to_string())
+    }
+
+    /// Starts Nisshi on `addr` with the arguments `scripts/stack.sh` uses.
+    async fn start(addr: &str) -> anyhow::Result<Self> {
+        let binary = std::env::var("PAYSTREAM_CACHE_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|_| {
+                std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default())
+                    .join(".cache/paystream")
+            })
+            .join("tools/bin/nisshi");
+        anyhow::ensure!(
+            binary.exists(),
+            "{} missing: run `make up`",
+            binary.display()
+        );
+        let url = format!("tcp://{addr}");
+        let child = Command::new(binary)
+            .args(["broker", "--storage-engine", "memory://nisshi/"])
+            .args(["--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--group-initial-rebalance-delay", "200ms"])
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let broker = Self { child };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(addr).is_err() {
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "own broker did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(broker)
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn kafka_at(addr: &str) -> KafkaSettings {
+    let mut settings = KafkaSettings {
+        bootstrap_servers: addr.to_string(),
+        ..Default::default()
+    };
+    // Reconnect quickly once the broker appears (librdkafka backs off up to 10 s by default).
+    settings
+        .properties
+        .insert("reconnect.backoff.max.ms".into(), "500".into());
+    settings
+}
+
+/// Every record of `topic` on the broker at `kafka` (read_committed, all partitions), read until
+/// `done` holds and then for another second of quiet, or until `timeout`.
+async fn read_all(
+    kafka: &KafkaSettings,
+    topic: &str,
+    timeout: Duration,
+    done: impl Fn(&[(String, RecordHeaders)]) -> bool,
+) -> anyhow::Result<Vec<(String, RecordHeaders)>> {
+    let consumer: StreamConsumer = kafka::client_config(
+        kafka,
+        &[
+            ("group.id", &format!("reader-{}", Uuid::new_v4())),
+            ("enable.auto.commit", "false"),
+            ("isolation.level", "read_committed"),
+        ],
+    )?
+    .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let mut assignment = TopicPartitionList::new();
+    for t in metadata.topics() {
+        for p in t.partitions() {
+            assignment.add_partition_offset(topic, p.id(), Offset::Beginning)?;
+        }
+    }
+    consumer.assign(&assignment)?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut records = Vec::new();
+    loop {
+        let wait = if done(&records) {
+            tokio::time::Instant::now() + Duration::from_secs(1)
+        } else {
+            deadline
+        };
+        match tokio::time::timeout_at(wait.min(deadline), consumer.recv()).await {
+            Ok(message) => {
+                let message = message?;
+                records.push((
+                    String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned(),
+                    RecordHeaders::from_kafka(message.headers()),
+                ));
+            }
+            Err(_) => return Ok(records),
+        }
+    }
+}
+
+async fn unpublished(stack: &TestStack) -> anyhow::Result<i64> {
+    Ok(
+        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+            .fetch_one(&stack.pool)
+            .await?,
+    )
+}
+
+async fn scrape(stack: &TestStack, base: &str) -> anyhow::Result<String> {
+    Ok(stack
+        .http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?)
+}
+
+/// Outcome of this test: the relay is at-least-once (it can publish a row again after a crash
+/// between the broker's acknowledgement and its commit, or after a delivery timeout of a record
+/// the broker did write), so the topic may in principle hold a row twice; effects are
+/// exactly-once because the processor dedupes on the deterministic event id. The test checks
+/// both: every event arrives (raw duplicates are reported), and exactly 100 charges and 100
+/// outcomes result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn payments_accepted_while_the_broker_is_down_all_reach_kafka() -> anyhow::Result<()> {
+    let addr = OwnBroker::free_addr()?;
+    let kafka = kafka_at(&addr);
+    let configure = |s: &mut paystream_gateway::Settings| {
+        s.kafka = kafka.clone();
+        s.gateway.produce_timeout_ms = 3000;
+    };
+    // Two gateway replicas, both relaying the same outbox to a broker that is not there yet.
+    let stack = TestStack::spawn_with(configure).await?;
+    let mut replica_settings = gateway_settings(&stack.database, &stack.topics);
+    configure(&mut replica_settings);
+    let replica = GatewayHandle::spawn(replica_settings).await?;
+
+    let mut ids = HashSet::new();
+    for i in 0..PAYMENTS {
+        let base = if i % 2 == 0 {
+            &stack.gateway_url
+        } else {
+            &replica.url
+        };
+        let response = stack
+            .http
+            .post(format!("{base}/v1/payments"))
+            .header("Idempotency-Key", format!("down-{i}"))
+            .header("content-type", "application/json")
+            .body(payment_body("m_down", &format!("c_{i}"), 100 + i as i64).to_string())
+            .send()
+            .await?;
+        assert_eq!(
+            response.status(),
+            202,
+            "payment {i} accepted while Kafka is down"
+        );
+        let json: serde_json::Value = response.json().await?;
+        ids.insert(json["id"].as_str().unwrap().to_string());
+    }
+    assert_eq!(ids.len(), PAYMENTS);
+    assert_eq!(unpublished(&stack).await?, PAYMENTS as i64);
+    let metrics = scrape(&stack, &replica.url).await?;
+    assert!(
+        metrics.contains(&format!("gateway_outbox_backlog_rows {PAYMENTS}")),
+        "{metrics}"
+    );
+    let age = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("gateway_outbox_oldest_unpublished_age_seconds "))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or_default();
+    assert!(age > 0.0, "oldest unpublished row has an age: {metrics}");
+
+    let broker = OwnBroker::start(&addr).await?;
+    kafka::ensure_topics(
+        &kafka,
+        &[
+            TopicSpec::new(&stack.topics.payments_requested, PARTITIONS),
+            TopicSpec::new(&stack.topics.payments_outcomes, PARTITIONS),
+            TopicSpec::new(format!("{}.dlq", stack.group_id), 1),
+        ],
+    )
+    .await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    while unpublished(&stack).await? > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "outbox not drained after the broker came up"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let records = read_all(
+        &kafka,
+        &stack.topics.payments_requested,
+        Duration::from_secs(60),
+        |r| r.iter().map(|(k, _)| k).collect::<HashSet<_>>().len() >= PAYMENTS,
+    )
+    .await?;
+    let mut per_key: HashMap<&str, usize> = HashMap::new();
+    for (key, headers) in &records {
+        *per_key.entry(key.as_str()).or_default() += 1;
+        let expected = events::event_id(Uuid::parse_str(key)?, Step::Requested).to_string();
+        assert_eq!(headers.get("event_id"), Some(expected.as_str()));
+    }
+    let keys: HashSet<String> = per_key.keys().map(|k| k.to_string()).collect();
+    assert_eq!(keys, ids, "every accepted payment's event arrived");
+    let duplicates = records.len() - per_key.len();
+    eprintln!(
+        "broker-down test: {} records for {} payments ({duplicates} raw duplicates)",
+        records.len(),
+        per_key.len()
+    );
+
+    // Effects: a processor on this broker charges each payment exactly once.
+    let mut processor_settings = stack.processor_settings();
+    processor_settings.kafka = kafka.clone();
+    let processor = paystream_payment_processor::Application::build(processor_settings).await?;
+    let processor_shutdown = Shutdown::new();
+    let processor_task = tokio::spawn(processor.run_until_stopped(processor_shutdown.clone()));
+    let terminal = stack
+        .wait_terminal(PAYMENTS, Duration::from_secs(120))
+        .await?;
+    assert!(terminal.values().all(|s| s == "SUCCEEDED"), "{terminal:?}");
+    let charges = stack.charges().await?;
+    assert_eq!(charges.iter().filter(|c| c.has_charge()).count(), PAYMENTS);
+    assert_eq!(charges.len(), PAYMENTS, "{charges:?}");
+
+    processor_shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(30), processor_task).await;
+    replica.stop(Duration::from_secs(30)).await?;
+    stack.teardown().await;
+    drop(broker);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_that_can_never_be_published_are_parked_and_the_rest_flows() -> anyhow::Result<()> {
+    let stack = TestStack::spawn().await?;
+    let topic = &stack.topics.payments_requested;
+    // Three broken rows ahead of the good ones: an undecodable payload, an unknown event type
+    // and headers that are not a header list.
+    let bad = [
+        (
+            "bad-payload",
+            "io.paystream.payments.v1.PaymentRequested",
+            r#"{"garbage": true}"#,
+            "[]",
+        ),
+        (
+            "bad-type",
+            "io.paystream.payments.v1.NoSuchEvent",
+            "{}",
+            "[]",
+        ),
+        (
+            "bad-headers",
+            "io.paystream.payments.v1.PaymentRequested",
+            "{}",
+            r#""not a list""#,
+        ),
+    ];
+    for (key, event_type, payload, headers) in bad {
+        sqlx::query(
+            "INSERT INTO outbox (event_id, topic, message_key, event_type, payload, headers)
+             VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb)",
+        )
+        .bind(Uuid::new_v4())
+        .bind(topic)
+        .bind(key)
+        .bind(event_type)
+        .bind(payload)
+        .bind(headers)
+        .execute(&stack.pool)
+        .await?;
+    }
+    let mut ids = HashSet::new();
+    for i in 0..3 {
+        ids.insert(
+            stack
+                .accept_payment(&payment_body("m_park", &format!("c_{i}"), 10 + i))
+                .await?
+                .to_string(),
+        );
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while unpublished(&stack).await? > 3
+        || sqlx::query_scalar::<_, i64>("SELECT count(*) FROM outbox WHERE parked_at IS NOT NULL")
+            .fetch_one(&stack.pool)
+            .await?
+            < 3
+    {
+        assert!(tokio::time::Instant::now() < deadline, "relay stuck");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let parked: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT message_key, last_error FROM outbox
+         WHERE parked_at IS NOT NULL AND published_at IS NULL ORDER BY id",
+    )
+    .fetch_all(&stack.pool)
+    .await?;
+    let parked_keys: Vec<&str> = parked.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(parked_keys, ["bad-payload", "bad-type", "bad-headers"]);
+    assert!(parked
+        .iter()
+        .all(|(_, e)| e.as_deref().is_some_and(|e| !e.is_empty())));
+
+    let records = stack
+        .read_topic(topic, Duration::from_secs(30), |r| r.len() >= 3)
+        .await?;
+    let keys: HashSet<String> = records.iter().map(|r| r.key.clone()).collect();
+    assert_eq!(keys, ids, "the good rows were published, the bad ones not");
+
+    let metrics = scrape(&stack, &stack.gateway_url).await?;
+    for line in [
+        "gateway_outbox_parked_total 3",
+        "gateway_outbox_parked_rows 3",
+        "gateway_outbox_backlog_rows 0",
+        "gateway_outbox_published_total 3",
+    ] {
+        assert!(metrics.contains(line), "{line} missing in\n{metrics}");
+    }
+    stack.teardown().await;
+    Ok(())
+}

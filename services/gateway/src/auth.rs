@@ -1,0 +1,200 @@
+//! Optional API-key authentication and the client identity every `/v1` request carries.
+//!
+//! Keys are configured as SHA-256 hashes (hex) per client id, so the configuration holds no
+//! usable secret. A presented key (`Authorization: Bearer <key>`) is hashed and compared with
+//! every configured hash in constant time; the matched entry's client id scopes idempotency
+//! keys, rate limits and payments. With authentication off every request is the anonymous
+//! client.
+
+use std::collections::BTreeMap;
+
+use anyhow::Context;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap};
+use axum::middleware::Next;
+use axum::response::Response;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use subtle::{ConditionallySelectable, ConstantTimeEq};
+
+use crate::idempotency::ANONYMOUS_CLIENT;
+use crate::problem::ApiError;
+use crate::startup::AppState;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct AuthSettings {
+    /// Require an API key on `/v1` routes.
+    pub enabled: bool,
+    /// Client id → SHA-256 (hex) of its API key; several keys (rotation) comma-separated.
+    /// `printf %s "$KEY" | sha256sum` produces a hash.
+    pub api_keys: BTreeMap<String, String>,
+}
+
+/// The authenticated (or anonymous) client of a request, set by [`authenticate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientId(pub String);
+
+impl ClientId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+const MAX_CLIENT_ID_LEN: usize = 64;
+
+/// The configured keys, checked at start-up.
+pub struct ApiKeys {
+    enabled: bool,
+    entries: Vec<([u8; 32], String)>,
+}
+
+impl ApiKeys {
+    pub fn from_settings(settings: &AuthSettings) -> anyhow::Result<Self> {
+        let mut entries = Vec::new();
+        for (client, hashes) in &settings.api_keys {
+            anyhow::ensure!(
+                !client.is_empty()
+                    && client.len() <= MAX_CLIENT_ID_LEN
+                    && client
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.'),
+                "API client id `{client}` must be 1-{MAX_CLIENT_ID_LEN} characters of [A-Za-z0-9_.-]"
+            );
+            anyhow::ensure!(
+                client != ANONYMOUS_CLIENT,
+                "API client id `{ANONYMOUS_CLIENT}` is reserved for unauthenticated requests"
+            );
+            for hash in hashes.split(',').map(str::trim) {
+                let bytes = hex::decode(hash)
+                    .ok()
+                    .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                    .with_context(|| {
+                        format!(
+                            "API key of client `{client}` must be a SHA-256 hash as 64 hex digits"
+                        )
+                    })?;
+                entries.push((bytes, client.clone()));
+            }
+        }
+        anyhow::ensure!(
+            !settings.enabled || !entries.is_empty(),
+            "authentication is enabled but no API key is configured (gateway.auth.api_keys)"
+        );
+        Ok(Self {
+            enabled: settings.enabled,
+            entries,
+        })
+    }
+
+    /// The client a request belongs to, or 401.
+    pub fn client_of(&self, headers: &HeaderMap) -> Result<ClientId, ApiError> {
+        if !self.enabled {
+            return Ok(ClientId(ANONYMOUS_CLIENT.to_string()));
+        }
+        let key = bearer_token(headers).ok_or(ApiError::Unauthorized)?;
+        self.find(key)
+            .map(|client| ClientId(client.to_string()))
+            .ok_or(ApiError::Unauthorized)
+    }
+
+    /// Compares the key's hash with every entry without an early exit, so the time taken does
+    /// not tell which (or whether a) hash matched.
+    fn find(&self, key: &str) -> Option<&str> {
+        let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+        let mut matched = 0u32; // entry index + 1; 0 = none
+        for (i, (hash, _)) in self.entries.iter().enumerate() {
+            let candidate = u32::try_from(i + 1).unwrap_or(u32::MAX);
+            matched.conditional_assign(&candidate, digest.ct_eq(hash));
+        }
+        let index = usize::try_from(matched).ok()?.checked_sub(1)?;
+        self.entries.get(index).map(|(_, client)| client.as_str())
+    }
+}
+
+fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// Middleware on `/v1` routes: attaches the [`ClientId`] or answers 401.
+pub async fn authenticate(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let client = state
+        .api_keys
+        .client_of(request.headers())
+        .inspect_err(|_| {
+            crate::metrics::auth_failure();
+        })?;
+    request.extensions_mut().insert(client);
+    Ok(next.run(request).await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn sha256_hex(key: &str) -> String {
+        hex::encode(Sha256::digest(key.as_bytes()))
+    }
+
+    fn keys(enabled: bool, entries: &[(&str, String)]) -> anyhow::Result<ApiKeys> {
+        ApiKeys::from_settings(&AuthSettings {
+            enabled,
+            api_keys: entries
+                .iter()
+                .map(|(c, h)| (c.to_string(), h.clone()))
+                .collect(),
+        })
+    }
+
+    fn bearer(key: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_str(&format!("Bearer {key}")).unwrap(),
+        );
+        h
+    }
+
+    #[test]
+    fn matches_the_client_of_the_key() {
+        let rotated = format!("{},{}", sha256_hex("old"), sha256_hex("new"));
+        let keys = keys(true, &[("acme", sha256_hex("k1")), ("globex", rotated)]).unwrap();
+        assert_eq!(keys.client_of(&bearer("k1")).unwrap().as_str(), "acme");
+        assert_eq!(keys.client_of(&bearer("old")).unwrap().as_str(), "globex");
+        assert_eq!(keys.client_of(&bearer("new")).unwrap().as_str(), "globex");
+        let mut lower = HeaderMap::new();
+        lower.insert(header::AUTHORIZATION, HeaderValue::from_static("bearer k1"));
+        assert_eq!(keys.client_of(&lower).unwrap().as_str(), "acme");
+        for bad in [bearer("k2"), bearer(""), HeaderMap::new()] {
+            assert!(matches!(keys.client_of(&bad), Err(ApiError::Unauthorized)));
+        }
+        let mut basic = HeaderMap::new();
+        basic.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic k1"));
+        assert!(keys.client_of(&basic).is_err());
+    }
+
+    #[test]
+    fn disabled_means_anonymous() {
+        let keys = keys(false, &[]).unwrap();
+        assert_eq!(
+            keys.client_of(&HeaderMap::new()).unwrap().as_str(),
+            ANONYMOUS_CLIENT
+        );
+    }
+
+    #[test]
+    fn refuses_bad_configuration() {
+        assert!(keys(true, &[]).is_err(), "enabled without keys");
+        assert!(keys(true, &[("acme", "abc".into())]).is_err(), "not a hash");
+        assert!(keys(true, &[("a b", sha256_hex("k"))]).is_err(), "bad id");
+        assert!(keys(true, &[(ANONYMOUS_CLIENT, sha256_hex("k"))]).is_err());
+    }
+}
