@@ -140,7 +140,9 @@ up() {
   wait_for schema-registry 60 http_ok "http://$REGISTRY_ADDR/health/ready"
   "$BIN_DIR/paystream" schemas register >/dev/null
   start_service psp-simulator psp-simulator "$PSP_ADDR"
-  start_service gateway gateway "$GATEWAY_ADDR"
+  # The local stack serves one anonymous client (benchmarks, demos): no rate limit unless asked.
+  PAYSTREAM_GATEWAY__RATE_LIMIT__REQUESTS_PER_SECOND="${PAYSTREAM_GATEWAY__RATE_LIMIT__REQUESTS_PER_SECOND:-0}" \
+    start_service gateway gateway "$GATEWAY_ADDR"
   start_service payment-processor payment-processor "$PROCESSOR_ADDR"
   wait_for psp-simulator 60 http_ok "http://$PSP_ADDR/health/ready"
   wait_for gateway 60 http_ok "http://$GATEWAY_ADDR/health/ready"

@@ -268,6 +268,10 @@ impl TestStack {
                 "PAYSTREAM_GATEWAY__OUTBOX_POLL_INTERVAL_MS".into(),
                 "100".into(),
             ),
+            (
+                "PAYSTREAM_GATEWAY__RATE_LIMIT__REQUESTS_PER_SECOND".into(),
+                "0".into(),
+            ),
         ]
     }
 
@@ -652,6 +656,11 @@ pub fn gateway_settings(
         },
         gateway: paystream_gateway::GatewaySettings {
             outbox_poll_interval_ms: 100,
+            // Tests drive thousands of anonymous requests; the limiter has its own tests.
+            rate_limit: paystream_gateway::RateLimitSettings {
+                requests_per_second: 0.0,
+                ..Default::default()
+            },
             ..Default::default()
         },
         database: database.clone(),

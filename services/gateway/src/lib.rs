@@ -29,4 +29,5 @@ pub mod rate_limit;
 pub mod routes;
 pub mod startup;
 
+pub use rate_limit::RateLimitSettings;
 pub use startup::{Application, GatewaySettings, Settings};
