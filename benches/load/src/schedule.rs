@@ -1,0 +1,194 @@
+//! When requests are sent.
+//!
+//! - **Open model**: request `n` is due at `start + n / rate`, whatever happened to the earlier
+//!   ones. Its latency is measured from that *scheduled* time, so when the server (or this
+//!   generator) falls behind, the waiting shows up in the numbers instead of silently
+//!   lowering the rate — no coordinated omission. In-flight requests are bounded; a request
+//!   waiting for a slot keeps its scheduled time.
+//! - **Closed model**: `concurrency` workers each send their next request as soon as the last
+//!   one is answered: the maximum rate the server sustains at that concurrency.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use paystream_core::shutdown::Shutdown;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+use crate::driver::{Answer, HttpDriver};
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Model {
+    Open { rate: f64, max_in_flight: usize },
+    Closed { concurrency: usize },
+}
+
+/// One finished request.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub seq: u64,
+    /// When it was due (open model) or sent (closed model): latency counts from here.
+    pub intended: Instant,
+    pub finished: Instant,
+    pub answer: Answer,
+}
+
+impl Completion {
+    pub fn latency(&self) -> Duration {
+        self.finished.saturating_duration_since(self.intended)
+    }
+}
+
+/// How well the generator kept its own schedule (open model).
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct ScheduleStats {
+    pub sent: u64,
+    /// Requests that started more than 10 ms after their scheduled time (generator or
+    /// in-flight bound fell behind; their latency includes the wait).
+    pub started_late: u64,
+    pub max_start_lag_ms: f64,
+}
+
+/// Request `seq`'s scheduled time in the open model.
+pub fn due(start: Instant, rate: f64, seq: u64) -> Instant {
+    start + Duration::from_secs_f64(seq as f64 / rate)
+}
+
+/// Runs `model` for `duration` from `start`, handing every completion to `sink`. Returns when
+/// every request sent has been answered. `shutdown` stops sending early.
+pub async fn drive<F>(
+    model: Model,
+    start: Instant,
+    duration: Duration,
+    driver: Arc<HttpDriver>,
+    sink: Arc<F>,
+    shutdown: Shutdown,
+) -> ScheduleStats
+where
+    F: Fn(Completion) + Send + Sync + 'static,
+{
+    match model {
+        Model::Open {
+            rate,
+            max_in_flight,
+        } => open(rate, max_in_flight, start, duration, driver, sink, shutdown).await,
+        Model::Closed { concurrency } => {
+            closed(concurrency, start, duration, driver, sink, shutdown).await
+        }
+    }
+}
+
+async fn open<F>(
+    rate: f64,
+    max_in_flight: usize,
+    start: Instant,
+    duration: Duration,
+    driver: Arc<HttpDriver>,
+    sink: Arc<F>,
+    shutdown: Shutdown,
+) -> ScheduleStats
+where
+    F: Fn(Completion) + Send + Sync + 'static,
+{
+    let max_in_flight = max_in_flight.max(1);
+    let slots = Arc::new(Semaphore::new(max_in_flight));
+    let end = start + duration;
+    let mut stats = ScheduleStats::default();
+    for seq in 0.. {
+        let intended = due(start, rate, seq);
+        if intended >= end {
+            break;
+        }
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep_until(intended) => {}
+        }
+        let permit = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+        };
+        let lag = Instant::now().saturating_duration_since(intended);
+        if lag > Duration::from_millis(10) {
+            stats.started_late += 1;
+        }
+        stats.max_start_lag_ms = stats.max_start_lag_ms.max(lag.as_secs_f64() * 1e3);
+        stats.sent += 1;
+        let (driver, sink) = (driver.clone(), sink.clone());
+        // One task per request, bounded by the permits: at most `max_in_flight` exist.
+        tokio::spawn(async move {
+            let answer = driver.send(seq).await;
+            sink(Completion {
+                seq,
+                intended,
+                finished: Instant::now(),
+                answer,
+            });
+            drop(permit);
+        });
+    }
+    // Every permit back means every request has been answered.
+    let _all = slots
+        .acquire_many(max_in_flight as u32)
+        .await
+        .expect("the semaphore is never closed");
+    stats
+}
+
+async fn closed<F>(
+    concurrency: usize,
+    start: Instant,
+    duration: Duration,
+    driver: Arc<HttpDriver>,
+    sink: Arc<F>,
+    shutdown: Shutdown,
+) -> ScheduleStats
+where
+    F: Fn(Completion) + Send + Sync + 'static,
+{
+    let end = start + duration;
+    let next = Arc::new(AtomicU64::new(0));
+    let workers: Vec<_> = (0..concurrency.max(1))
+        .map(|_| {
+            let (driver, sink, next, shutdown) =
+                (driver.clone(), sink.clone(), next.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                while Instant::now() < end && !shutdown.is_cancelled() {
+                    let seq = next.fetch_add(1, Ordering::Relaxed);
+                    let intended = Instant::now();
+                    let answer = driver.send(seq).await;
+                    sink(Completion {
+                        seq,
+                        intended,
+                        finished: Instant::now(),
+                        answer,
+                    });
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        if let Err(e) = worker.await {
+            tracing::warn!(error = %e, "load worker panicked");
+        }
+    }
+    ScheduleStats {
+        sent: next.load(Ordering::Relaxed),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_model_schedule_is_evenly_spaced_by_the_clock() {
+        let start = Instant::now();
+        assert_eq!(due(start, 1000.0, 0), start);
+        assert_eq!(due(start, 1000.0, 1500), start + Duration::from_millis(1500));
+        assert_eq!(due(start, 4.0, 1), start + Duration::from_millis(250));
+    }
+}
