@@ -83,6 +83,18 @@ pub struct Targets {
         global = true
     )]
     pub outcomes_topic: String,
+    /// The gateway's topic: when its record is readable, the outbox relay has done its part.
+    #[arg(
+        long,
+        env = "PAYSTREAM_TOPICS__PAYMENTS_REQUESTED",
+        default_value = "payments.requested.v1",
+        global = true
+    )]
+    pub requested_topic: String,
+    /// `fetch.wait.max.ms` of the end-to-end consumer: the longest a record can sit on the
+    /// broker unread when the broker answers fetches only at this deadline.
+    #[arg(long, default_value_t = 10, global = true)]
+    pub e2e_fetch_wait_ms: u32,
     /// Further end-to-end stages, `NAME=TOPIC`, whose records are keyed by payment id
     /// (e.g. `notification=notifications.v1` once the notifier runs). Repeatable.
     #[arg(long = "track", value_parser = parse_stage, global = true)]
@@ -90,11 +102,16 @@ pub struct Targets {
 }
 
 impl Targets {
-    /// Every end-to-end stage tracked: the outcome topic first, then the extra ones.
+    /// Every end-to-end stage tracked: the outcome topic first (the target is judged on it),
+    /// the requested topic (outbox relay done), then the extra ones.
     pub fn stages(&self) -> Vec<(String, String)> {
-        std::iter::once(("outcome".to_string(), self.outcomes_topic.clone()))
-            .chain(self.extra_stages.iter().cloned())
-            .collect()
+        [
+            ("outcome".to_string(), self.outcomes_topic.clone()),
+            ("relay".to_string(), self.requested_topic.clone()),
+        ]
+        .into_iter()
+        .chain(self.extra_stages.iter().cloned())
+        .collect()
     }
 }
 

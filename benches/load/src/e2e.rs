@@ -132,6 +132,7 @@ impl E2eTracker {
         bootstrap_servers: &str,
         stages: Vec<Stage>,
         run_id: &str,
+        fetch_wait_ms: u32,
     ) -> anyhow::Result<Self> {
         anyhow::ensure!(
             !stages.is_empty() && stages.len() <= 64,
@@ -144,7 +145,7 @@ impl E2eTracker {
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "false")
             // Small fetch waits: the time a record takes to reach us is part of the measurement.
-            .set("fetch.wait.max.ms", "20")
+            .set("fetch.wait.max.ms", fetch_wait_ms.to_string())
             .create()
             .context("creating the end-to-end consumer")?;
         let consumer = Arc::new(consumer);

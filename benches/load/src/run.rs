@@ -106,7 +106,13 @@ pub async fn execute(
     let tracker = match spec.stages.is_empty() {
         true => None,
         false => Some(Arc::new(
-            E2eTracker::start(&targets.bootstrap_servers, spec.stages.clone(), &run_id).await?,
+            E2eTracker::start(
+                &targets.bootstrap_servers,
+                spec.stages.clone(),
+                &run_id,
+                targets.e2e_fetch_wait_ms,
+            )
+            .await?,
         )),
     };
 

@@ -182,7 +182,69 @@ where
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
     use super::*;
+    use crate::workload::Workload;
+
+    /// A server that takes `delay` per request, and a driver for it.
+    async fn slow_server(delay: Duration) -> Arc<HttpDriver> {
+        use axum::routing::post;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let app = axum::Router::new().route(
+            "/v1/payments",
+            post(move || async move {
+                tokio::time::sleep(delay).await;
+                (
+                    axum::http::StatusCode::ACCEPTED,
+                    axum::Json(serde_json::json!({"id": "p"})),
+                )
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let workload = Workload::new("t", 1, "EUR".parse().unwrap());
+        Arc::new(HttpDriver::new(&url, workload, 8).unwrap())
+    }
+
+    async fn latencies(model: Model, duration: Duration, driver: Arc<HttpDriver>) -> Vec<Duration> {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = {
+            let seen = seen.clone();
+            move |c: Completion| {
+                assert!(matches!(c.answer, Answer::Accepted { .. }), "{:?}", c.answer);
+                seen.lock().unwrap().push(c.latency());
+            }
+        };
+        drive(model, Instant::now(), duration, driver, Arc::new(sink), Shutdown::new()).await;
+        let mut v = seen.lock().unwrap().clone();
+        v.sort();
+        v
+    }
+
+    #[tokio::test]
+    async fn open_model_counts_the_wait_of_a_slow_server() {
+        // The server handles 2 requests per 100 ms (20/s); 50/s are scheduled for one second.
+        let delay = Duration::from_millis(100);
+        let driver = slow_server(delay).await;
+        let open = Model::Open {
+            rate: 50.0,
+            max_in_flight: 2,
+        };
+        let open_latencies = latencies(open, Duration::from_secs(1), driver.clone()).await;
+        assert_eq!(open_latencies.len(), 50, "every scheduled request is sent");
+        // The last request was due at 0.98 s but could only finish at about 2.5 s: that
+        // backlog is part of its latency.
+        assert!(open_latencies[49] >= Duration::from_millis(1200), "{open_latencies:?}");
+
+        // The closed model at the same concurrency sends only what the server lets it, and
+        // every latency is just the service time: the backlog never shows.
+        let closed = Model::Closed { concurrency: 2 };
+        let closed_latencies = latencies(closed, Duration::from_secs(1), driver).await;
+        assert!(closed_latencies.len() < 30, "{}", closed_latencies.len());
+        assert!(closed_latencies.iter().all(|l| *l >= delay));
+        assert!(open_latencies[49] > closed_latencies[closed_latencies.len() - 1]);
+    }
 
     #[test]
     fn open_model_schedule_is_evenly_spaced_by_the_clock() {

@@ -78,10 +78,15 @@ fn draw(
         .map_err(plot_error)?;
     chart
         .configure_mesh()
+        .x_labels(12)
         .x_desc(x_desc)
         .y_desc("latency (ms, log scale)")
         .x_label_formatter(x_label)
-        .y_label_formatter(&|v| format!("{v:.3}"))
+        .y_label_formatter(&|v| match *v {
+            v if v >= 1.0 => format!("{v:.0}"),
+            v if v >= 0.1 => format!("{v:.1}"),
+            v => format!("{v:.2}"),
+        })
         .label_style(("sans-serif", 14))
         .draw()
         .map_err(plot_error)?;
@@ -117,7 +122,7 @@ pub fn latency_over_time(path: &Path, title: &str, lines: &[Line]) -> anyhow::Re
         title,
         "seconds since start (by scheduled send time)",
         0.0..end + 1.0,
-        &|x| format!("{x:.0}"),
+        &|x| integral(*x).map(|s| format!("{s:.0}")).unwrap_or_default(),
         lines,
     )
 }
@@ -128,13 +133,18 @@ pub fn nines(percentile: f64) -> f64 {
     -rest.log10()
 }
 
+/// `x` when it is a whole number: tick labels only there, so none repeats after rounding.
+fn integral(x: f64) -> Option<f64> {
+    ((x - x.round()).abs() < 1e-6).then(|| x.round())
+}
+
+/// "90%", "99%", "99.9%"... at whole nines; nothing between them.
 fn percentile_label(x: f64) -> String {
-    let p = 100.0 * (1.0 - 10f64.powf(-x));
-    match x {
-        x if x < 0.5 => format!("{p:.0}%"),
-        x if x.fract() == 0.0 => format!("{p:.*}%", (x as usize).saturating_sub(2)),
-        _ => format!("{p:.1}%"),
-    }
+    let Some(n) = integral(x) else {
+        return String::new();
+    };
+    let p = 100.0 * (1.0 - 10f64.powf(-n));
+    format!("{p:.*}%", (n as usize).saturating_sub(2))
 }
 
 /// The latency distribution of each named series.
@@ -175,6 +185,8 @@ mod tests {
         assert_eq!(percentile_label(0.0), "0%");
         assert_eq!(percentile_label(2.0), "99%");
         assert_eq!(percentile_label(3.0), "99.9%");
+        assert_eq!(percentile_label(1.0), "90%");
+        assert_eq!(percentile_label(3.5), "");
     }
 
     #[test]
