@@ -210,6 +210,9 @@ pub struct ProcessorArgs {
     /// Records pre-filled per configuration.
     #[arg(long, default_value_t = 10_000)]
     pub records: usize,
+    /// Processor instances in the group to try (the topic has 6 partitions).
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    pub instances: Vec<usize>,
     /// `batch_max_records` values to try.
     #[arg(long, value_delimiter = ',', default_value = "100,500")]
     pub batch_sizes: Vec<usize>,

@@ -1,5 +1,7 @@
 //! What the numbers were measured on. Read from /proc (Linux); unknown fields stay empty.
 
+use std::collections::HashMap;
+
 use serde::Serialize;
 
 #[derive(Debug, Clone, Serialize)]
@@ -51,6 +53,73 @@ pub fn load_average() -> [f64; 3] {
     [(); 3].map(|_| fields.next().unwrap_or(0.0))
 }
 
+/// CPU time used so far by every process on the machine, summed by process name.
+pub struct CpuTimes {
+    at: std::time::Instant,
+    ticks: HashMap<String, u64>,
+}
+
+/// Cores a process name kept busy between two [`CpuTimes`] (1.0 = one core all the time).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ProcessCpu {
+    pub process: String,
+    pub cores: f64,
+}
+
+/// Linux reports process times in USER_HZ ticks, 100 per second on every mainstream build.
+const TICKS_PER_SECOND: f64 = 100.0;
+
+impl CpuTimes {
+    /// Reads `/proc/<pid>/stat` of every process (user + system time, all threads).
+    pub fn now() -> Self {
+        let mut ticks = HashMap::new();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let name = entry.file_name();
+            if !name.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+                continue;
+            }
+            if let Some((comm, t)) = parse_stat(&read(&format!("/proc/{}/stat", name.to_string_lossy()))) {
+                *ticks.entry(comm).or_insert(0) += t;
+            }
+        }
+        Self {
+            at: std::time::Instant::now(),
+            ticks,
+        }
+    }
+
+    /// The busiest process names since `earlier`, most first; names below 0.02 cores dropped.
+    pub fn since(&self, earlier: &CpuTimes) -> Vec<ProcessCpu> {
+        let secs = self.at.duration_since(earlier.at).as_secs_f64().max(1e-3);
+        let mut used: Vec<ProcessCpu> = self
+            .ticks
+            .iter()
+            .map(|(name, t)| ProcessCpu {
+                process: name.clone(),
+                cores: t.saturating_sub(earlier.ticks.get(name).copied().unwrap_or(0)) as f64
+                    / TICKS_PER_SECOND
+                    / secs,
+            })
+            .filter(|p| p.cores >= 0.02)
+            .collect();
+        used.sort_by(|a, b| b.cores.total_cmp(&a.cores));
+        used
+    }
+}
+
+/// `(comm, utime + stime)` from a `/proc/<pid>/stat` line. The name is in parentheses and
+/// may itself contain spaces or parentheses, so fields are counted from the last `)`.
+fn parse_stat(line: &str) -> Option<(String, u64)> {
+    let open = line.find('(')?;
+    let close = line.rfind(')')?;
+    let comm = line.get(open + 1..close)?.to_string();
+    let fields: Vec<&str> = line.get(close + 1..)?.split_whitespace().collect();
+    // After the name: state is field 3 of the line, utime 14 and stime 15.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((comm, utime + stime))
+}
+
 fn read(path: &str) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
@@ -79,6 +148,27 @@ fn git_commit() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_proc_stat_lines_with_awkward_names() {
+        let line = "1234 (tokio (rt) 1) S 1 1234 1234 0 -1 4194560 500 0 0 0 250 75 0 0 20 0 9 0";
+        assert_eq!(parse_stat(line), Some(("tokio (rt) 1".into(), 325)));
+        assert_eq!(parse_stat("garbage"), None);
+    }
+
+    #[test]
+    fn measures_this_process_cpu() {
+        let before = CpuTimes::now();
+        let spin = std::time::Instant::now();
+        let mut x = 0u64;
+        while spin.elapsed() < std::time::Duration::from_millis(300) {
+            x = x.wrapping_add(std::hint::black_box(1));
+        }
+        assert!(x > 0);
+        let used = CpuTimes::now().since(&before);
+        assert!(!used.is_empty(), "a busy loop must show up");
+        assert!(used.iter().all(|p| p.cores > 0.0));
+    }
 
     #[test]
     fn describes_this_machine() {

@@ -9,7 +9,7 @@
 //! record is processed. The rate is taken from the first processed record to the last, so the
 //! group join is reported separately. Everything scratch is deleted afterwards.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,12 +28,14 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::cli::{ProcessorArgs, Targets};
-use crate::machine::load_average;
+use crate::machine::{load_average, CpuTimes, ProcessCpu};
 use crate::probes::delete_topic;
 
 /// What one configuration measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct ProcessorResult {
+    /// Processor instances in the group (each its own loop, transactional id and pool).
+    pub instances: usize,
     pub batch_max_records: usize,
     pub batch_max_wait_ms: u64,
     pub records: usize,
@@ -51,6 +53,8 @@ pub struct ProcessorResult {
     pub dead_lettered: u64,
     pub load_avg_before: [f64; 3],
     pub load_avg_after: [f64; 3],
+    /// Cores each process kept busy while the processors ran.
+    pub cpu: Vec<ProcessCpu>,
 }
 
 /// Every configuration of `args`, one after the other.
@@ -60,15 +64,20 @@ pub async fn run(
     shutdown: &Shutdown,
 ) -> Vec<ProcessorResult> {
     let mut results = Vec::new();
-    for &batch in &args.batch_sizes {
+    let configs = args
+        .instances
+        .iter()
+        .flat_map(|i| args.batch_sizes.iter().map(move |b| (*i, *b)));
+    for (instances, batch) in configs {
         if shutdown.is_cancelled() {
             break;
         }
         eprintln!(
-            "processor stage: {} records, batch_max_records={batch}, batch_max_wait_ms={}",
+            "processor stage: {} records, {instances} instance(s), batch_max_records={batch}, \
+             batch_max_wait_ms={}",
             args.records, args.batch_wait_ms
         );
-        match one(targets, args, batch, shutdown).await {
+        match one(targets, args, instances, batch, shutdown).await {
             Ok(r) => {
                 eprintln!(
                     "  {:.0} records/s ({} committed batches, start-up {:.1} s)",
@@ -76,7 +85,7 @@ pub async fn run(
                 );
                 results.push(r)
             }
-            Err(e) => eprintln!("processor stage (batch {batch}) failed: {e:#}"),
+            Err(e) => eprintln!("processor stage ({instances} × batch {batch}) failed: {e:#}"),
         }
     }
     results
@@ -113,6 +122,7 @@ impl Scratch {
 async fn one(
     targets: &Targets,
     args: &ProcessorArgs,
+    instances: usize,
     batch: usize,
     shutdown: &Shutdown,
 ) -> anyhow::Result<ProcessorResult> {
@@ -133,7 +143,7 @@ async fn one(
         paystream_core::db::migrate(&pool).await?;
         prefill(targets, &kafka_settings, &pool, &scratch, args.records).await?;
         let psp_url = spawn_psp(&stop).await?;
-        measure(targets, args, batch, &scratch, &psp_url, &stop).await
+        measure(targets, args, instances, batch, &scratch, &psp_url, &stop).await
     }
     .await;
     stop.cancel();
@@ -235,38 +245,50 @@ async fn spawn_psp(stop: &Shutdown) -> anyhow::Result<String> {
 async fn measure(
     targets: &Targets,
     args: &ProcessorArgs,
+    instances: usize,
     batch: usize,
     scratch: &Scratch,
     psp_url: &str,
     stop: &Shutdown,
 ) -> anyhow::Result<ProcessorResult> {
-    // Through serde, so fields added to the settings later keep their defaults here.
-    let settings: paystream_payment_processor::Settings = serde_json::from_value(json!({
-        "http": {"host": "127.0.0.1", "port": 0},
-        "consumer": {
-            "group_id": scratch.group,
-            "transactional_id": format!("{}-0", scratch.group),
-            "batch_max_records": batch,
-            "batch_max_wait_ms": args.batch_wait_ms,
-        },
-        "psp": {"url": psp_url},
-        "database": {"url": targets.database_url, "schema": scratch.schema},
-        "kafka": {"bootstrap_servers": targets.bootstrap_servers},
-        "schema_registry": {"url": targets.registry_url},
-        "topics": {"payments_requested": scratch.requested, "payments_outcomes": scratch.outcomes},
-    }))
-    .context("processor settings")?;
-    let app = paystream_payment_processor::Application::build(settings).await?;
-    let stats = app.stats();
+    let mut stats = Vec::new();
+    let mut tasks = Vec::new();
     let load_avg_before = load_average();
+    let cpu_before = CpuTimes::now();
     let start = Instant::now();
-    let task = tokio::spawn(app.run_until_stopped(stop.clone()));
+    for instance in 0..instances.max(1) {
+        // Through serde, so fields added to the settings later keep their defaults here.
+        let settings: paystream_payment_processor::Settings = serde_json::from_value(json!({
+            "http": {"host": "127.0.0.1", "port": 0},
+            "consumer": {
+                "group_id": scratch.group,
+                "transactional_id": format!("{}-{instance}", scratch.group),
+                "batch_max_records": batch,
+                "batch_max_wait_ms": args.batch_wait_ms,
+            },
+            "psp": {"url": psp_url},
+            "database": {"url": targets.database_url, "schema": scratch.schema},
+            "kafka": {"bootstrap_servers": targets.bootstrap_servers},
+            "schema_registry": {"url": targets.registry_url},
+            "topics": {
+                "payments_requested": scratch.requested,
+                "payments_outcomes": scratch.outcomes,
+            },
+        }))
+        .context("processor settings")?;
+        let app = paystream_payment_processor::Application::build(settings).await?;
+        stats.push(app.stats());
+        tasks.push(tokio::spawn(app.run_until_stopped(stop.clone())));
+    }
 
     let target = args.records as u64;
     let deadline = start + args.timeout;
     let mut first: Option<(Instant, u64)> = None;
     let mut last = (start, 0u64);
-    while Instant::now() < deadline && !stop.is_cancelled() && !task.is_finished() {
+    while Instant::now() < deadline
+        && !stop.is_cancelled()
+        && !tasks.iter().any(|t| t.is_finished())
+    {
         let done = processed(&stats);
         let now = Instant::now();
         if done > 0 && first.is_none() {
@@ -281,19 +303,30 @@ async fn measure(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let load_avg_after = load_average();
+    let cpu = CpuTimes::now().since(&cpu_before);
     stop.cancel();
-    match tokio::time::timeout(Duration::from_secs(30), task).await {
-        Ok(Ok(Err(e))) => return Err(e).context("the payment processor stopped with an error"),
-        Ok(Err(e)) => return Err(e).context("the payment processor panicked"),
-        Err(_) => eprintln!("the payment processor did not stop within 30 s"),
-        Ok(Ok(Ok(()))) => {}
+    for task in tasks {
+        match tokio::time::timeout(Duration::from_secs(30), task).await {
+            Ok(Ok(Err(e))) => {
+                return Err(e).context("a payment processor stopped with an error")
+            }
+            Ok(Err(e)) => return Err(e).context("a payment processor panicked"),
+            Err(_) => eprintln!("a payment processor did not stop within 30 s"),
+            Ok(Ok(Ok(()))) => {}
+        }
     }
 
     let (first_at, first_done) = first.context("the processor processed no record")?;
     let processing = last.0.saturating_duration_since(first_at);
-    let snapshot = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-    let committed = snapshot(&stats.batches_committed);
+    let sum = |f: fn(&LoopStats) -> &AtomicU64| {
+        stats
+            .iter()
+            .map(|s| f(s).load(Ordering::Relaxed))
+            .sum::<u64>()
+    };
+    let committed = sum(|s| &s.batches_committed);
     Ok(ProcessorResult {
+        instances: instances.max(1),
         batch_max_records: batch,
         batch_max_wait_ms: args.batch_wait_ms,
         records: args.records,
@@ -302,20 +335,26 @@ async fn measure(
         processing_s: processing.as_secs_f64(),
         completed: last.1 >= target,
         batches_committed: committed,
-        batches_aborted: snapshot(&stats.batches_aborted),
+        batches_aborted: sum(|s| &s.batches_aborted),
         mean_batch: last.1 as f64 / committed.max(1) as f64,
-        applied: snapshot(&stats.records_applied),
-        replayed: snapshot(&stats.records_replayed),
-        dead_lettered: snapshot(&stats.records_dead_lettered),
+        applied: sum(|s| &s.records_applied),
+        replayed: sum(|s| &s.records_replayed),
+        dead_lettered: sum(|s| &s.records_dead_lettered),
         load_avg_before,
         load_avg_after,
+        cpu,
     })
 }
 
-fn processed(stats: &Arc<LoopStats>) -> u64 {
-    stats.records_applied.load(Ordering::Relaxed)
-        + stats.records_replayed.load(Ordering::Relaxed)
-        + stats.records_dead_lettered.load(Ordering::Relaxed)
+fn processed(stats: &[Arc<LoopStats>]) -> u64 {
+    stats
+        .iter()
+        .map(|s| {
+            s.records_applied.load(Ordering::Relaxed)
+                + s.records_replayed.load(Ordering::Relaxed)
+                + s.records_dead_lettered.load(Ordering::Relaxed)
+        })
+        .sum()
 }
 
 async fn cleanup(kafka_settings: &KafkaSettings, database: &DatabaseSettings, scratch: &Scratch) {

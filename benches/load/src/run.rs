@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use crate::cli::{MixArgs, ModelKind, Targets};
 use crate::driver::{Answer, HttpDriver};
 use crate::e2e::{E2eTracker, Stage, StageResult};
-use crate::machine::load_average;
+use crate::machine::{load_average, CpuTimes, ProcessCpu};
 use crate::recorder::{PercentilePoint, Recorder, SecondPoint, Summary};
 use crate::schedule::{self, Model, ScheduleStats};
 use crate::workload::Workload;
@@ -80,6 +80,9 @@ pub struct RunResult {
     pub e2e: Vec<StageResult>,
     pub load_avg_before: [f64; 3],
     pub load_avg_after: [f64; 3],
+    /// Cores each process kept busy during the load (the stack, Postgres, the broker, and this
+    /// generator itself): where the machine's CPU went.
+    pub cpu: Vec<ProcessCpu>,
     pub http_per_second: Vec<SecondPoint>,
     pub http_percentiles: Vec<PercentilePoint>,
     pub accepted_per_second: Vec<u64>,
@@ -117,6 +120,7 @@ pub async fn execute(
     };
 
     let load_avg_before = load_average();
+    let cpu_before = CpuTimes::now();
     let start = Instant::now();
     let recorder = Arc::new(Recorder::new(start));
     let sink = {
@@ -138,6 +142,7 @@ pub async fn execute(
         shutdown.clone(),
     )
     .await;
+    let cpu = CpuTimes::now().since(&cpu_before);
     let elapsed = start.elapsed().min(spec.duration).max(Duration::from_millis(1));
     if let Some(t) = &tracker {
         progress.settling();
@@ -182,6 +187,7 @@ pub async fn execute(
         e2e,
         load_avg_before,
         load_avg_after,
+        cpu,
     })
 }
 

@@ -176,7 +176,8 @@ impl Plan {
             }),
             processor: ProcessorArgs {
                 records: if quick { 2_000 } else { 8_000 },
-                batch_sizes: if quick { vec![100, 500] } else { vec![100, 500, 1000] },
+                instances: if quick { vec![1, 3] } else { vec![1, 3, 6] },
+                batch_sizes: if quick { vec![100] } else { vec![100, 500] },
                 batch_wait_ms: 50,
                 timeout: Duration::from_secs(if quick { 30 } else { 60 }),
             },

@@ -182,8 +182,9 @@ impl Report {
             ),
             measured: best.map_or("not run".into(), |p| {
                 format!(
-                    "{} records/s (batch_max_records {}, batch_max_wait_ms {})",
+                    "{} records/s ({} instance(s), batch_max_records {}, batch_max_wait_ms {})",
                     f0(p.records_per_s),
+                    p.instances,
                     p.batch_max_records,
                     p.batch_max_wait_ms
                 )
@@ -246,7 +247,7 @@ impl Report {
         out.push(("Ceiling probes (same machine, same run)", t));
 
         let mut t = Table::new([
-            "run", "model", "offered/s", "clients", "s", "accepted", "accepted/s", "errors",
+            "run", "model", "offered/s", "concurrency", "s", "accepted", "accepted/s", "errors",
             "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms", "load avg",
         ]);
         for r in &self.runs {
@@ -293,11 +294,12 @@ impl Report {
         out.push(("End to end: scheduled send → record on the topic (read_committed)", t));
 
         let mut t = Table::new([
-            "batch_max_records", "batch_max_wait_ms", "records", "records/s", "start-up s",
+            "instances", "batch_max_records", "batch_max_wait_ms", "records", "records/s", "start-up s",
             "batches", "mean batch", "aborted", "completed", "load avg",
         ]);
         for p in &self.processor {
             t.row([
+                p.instances.to_string(),
                 p.batch_max_records.to_string(),
                 p.batch_max_wait_ms.to_string(),
                 p.records.to_string(),
@@ -311,6 +313,26 @@ impl Report {
             ]);
         }
         out.push(("Payment processor (exactly-once loop, PSP at zero latency)", t));
+
+        let mut t = Table::new(["measured during", "cores used by process (2 cores = 100 %)"]);
+        let cpu = |procs: &[crate::machine::ProcessCpu]| {
+            procs
+                .iter()
+                .take(8)
+                .map(|p| format!("{} {:.2}", p.process, p.cores))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        for r in &self.runs {
+            t.row([r.name.clone(), cpu(&r.cpu)]);
+        }
+        for p in &self.processor {
+            t.row([
+                format!("processor {}×{}", p.instances, p.batch_max_records),
+                cpu(&p.cpu),
+            ]);
+        }
+        out.push(("Where the CPU went (from /proc, per process name)", t));
 
         let mut t = Table::new(["stage", "rate/s", "ceiling", "ceiling/s", "share"]);
         for f in &self.fractions {
