@@ -17,7 +17,12 @@ pub struct Cli {
     #[command(flatten)]
     pub targets: Targets,
     /// Folder the report goes to; each invocation writes a new timestamped sub-folder.
-    #[arg(long, env = "PAYSTREAM_BENCH_OUT", default_value = ".bench", global = true)]
+    #[arg(
+        long,
+        env = "PAYSTREAM_BENCH_OUT",
+        default_value = ".bench",
+        global = true
+    )]
     pub out: PathBuf,
     #[command(subcommand)]
     pub command: Command,

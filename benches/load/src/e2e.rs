@@ -87,8 +87,10 @@ impl State {
             Some(pending) => {
                 pending.seen |= 1 << stage;
                 self.matched[stage] += 1;
-                self.series[stage]
-                    .record(pending.second, at.saturating_duration_since(pending.intended));
+                self.series[stage].record(
+                    pending.second,
+                    at.saturating_duration_since(pending.intended),
+                );
             }
             None if self.parked.len() < MAX_PARKED => {
                 self.parked.entry((stage, payment_id)).or_insert(at);
@@ -183,7 +185,10 @@ impl E2eTracker {
                                 continue;
                             };
                             let id = String::from_utf8_lossy(key).into_owned();
-                            state.lock().expect("tracker lock poisoned").seen(stage, id, at);
+                            state
+                                .lock()
+                                .expect("tracker lock poisoned")
+                                .seen(stage, id, at);
                         }
                         Err(e) => tracing::warn!(error = %e, "end-to-end consumer error"),
                     }
@@ -253,10 +258,7 @@ impl E2eTracker {
 }
 
 /// Every partition of `topics` at its high watermark.
-fn end_offsets(
-    consumer: &StreamConsumer,
-    topics: &[String],
-) -> anyhow::Result<TopicPartitionList> {
+fn end_offsets(consumer: &StreamConsumer, topics: &[String]) -> anyhow::Result<TopicPartitionList> {
     let timeout = Duration::from_secs(10);
     let mut tpl = TopicPartitionList::new();
     for topic in topics {

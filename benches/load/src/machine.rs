@@ -53,10 +53,11 @@ pub fn load_average() -> [f64; 3] {
     [(); 3].map(|_| fields.next().unwrap_or(0.0))
 }
 
-/// CPU time used so far by every process on the machine, summed by process name.
+/// CPU time used so far by every process on the machine.
 pub struct CpuTimes {
     at: std::time::Instant,
-    ticks: HashMap<String, u64>,
+    /// pid → (name, ticks).
+    ticks: HashMap<u32, (String, u64)>,
 }
 
 /// Cores a process name kept busy between two [`CpuTimes`] (1.0 = one core all the time).
@@ -74,12 +75,11 @@ impl CpuTimes {
     pub fn now() -> Self {
         let mut ticks = HashMap::new();
         for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let name = entry.file_name();
-            if !name.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
                 continue;
-            }
-            if let Some((comm, t)) = parse_stat(&read(&format!("/proc/{}/stat", name.to_string_lossy()))) {
-                *ticks.entry(comm).or_insert(0) += t;
+            };
+            if let Some(stat) = parse_stat(&read(&format!("/proc/{pid}/stat"))) {
+                ticks.insert(pid, stat);
             }
         }
         Self {
@@ -89,21 +89,34 @@ impl CpuTimes {
     }
 
     /// The busiest process names since `earlier`, most first; names below 0.02 cores dropped.
+    /// Differences are taken per pid (a kernel worker renames itself with its current job),
+    /// then summed by name; a process started in between counts with all its time.
     pub fn since(&self, earlier: &CpuTimes) -> Vec<ProcessCpu> {
         let secs = self.at.duration_since(earlier.at).as_secs_f64().max(1e-3);
-        let mut used: Vec<ProcessCpu> = self
-            .ticks
-            .iter()
-            .map(|(name, t)| ProcessCpu {
-                process: name.clone(),
-                cores: t.saturating_sub(earlier.ticks.get(name).copied().unwrap_or(0)) as f64
-                    / TICKS_PER_SECOND
-                    / secs,
+        let mut by_name: HashMap<String, u64> = HashMap::new();
+        for (pid, (name, t)) in &self.ticks {
+            let before = earlier.ticks.get(pid).map_or(0, |(_, t)| *t);
+            *by_name.entry(display_name(name)).or_default() += t.saturating_sub(before);
+        }
+        let mut used: Vec<ProcessCpu> = by_name
+            .into_iter()
+            .map(|(process, t)| ProcessCpu {
+                process,
+                cores: t as f64 / TICKS_PER_SECOND / secs,
             })
             .filter(|p| p.cores >= 0.02)
             .collect();
         used.sort_by(|a, b| b.cores.total_cmp(&a.cores));
         used
+    }
+}
+
+/// Kernel workers are named after their current job; they are one "kernel" entry here.
+fn display_name(comm: &str) -> String {
+    if comm.starts_with("kworker") || comm.starts_with("ksoftirqd") {
+        "kernel workers".into()
+    } else {
+        comm.to_string()
     }
 }
 
@@ -136,8 +149,8 @@ fn git_commit() -> String {
     let Some(commit) = run(&["rev-parse", "--short=12", "HEAD"]) else {
         return "unknown".into();
     };
-    let dirty = run(&["status", "--porcelain", "--untracked-files=no"])
-        .is_some_and(|s| !s.is_empty());
+    let dirty =
+        run(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
     if dirty {
         format!("{commit}+dirty")
     } else {

@@ -307,9 +307,7 @@ async fn measure(
     stop.cancel();
     for task in tasks {
         match tokio::time::timeout(Duration::from_secs(30), task).await {
-            Ok(Ok(Err(e))) => {
-                return Err(e).context("a payment processor stopped with an error")
-            }
+            Ok(Ok(Err(e))) => return Err(e).context("a payment processor stopped with an error"),
             Ok(Err(e)) => return Err(e).context("a payment processor panicked"),
             Err(_) => eprintln!("a payment processor did not stop within 30 s"),
             Ok(Ok(Ok(()))) => {}

@@ -191,11 +191,7 @@ impl Recorder {
     /// Accepted payments and p99 of `second`, for the progress bar.
     pub fn live(&self, second: usize) -> (u64, f64) {
         let inner = self.inner.lock().expect("recorder lock poisoned");
-        let accepted = inner
-            .accepted_per_second
-            .get(second)
-            .copied()
-            .unwrap_or(0);
+        let accepted = inner.accepted_per_second.get(second).copied().unwrap_or(0);
         let p99 = inner.latency.second(second).map_or(0.0, |s| s.p99_ms);
         (accepted, p99)
     }
@@ -240,7 +236,9 @@ mod tests {
             s.record(0, Duration::from_micros(us));
         }
         let points = s.percentiles();
-        assert!(points.windows(2).all(|w| w[0].latency_ms <= w[1].latency_ms));
+        assert!(points
+            .windows(2)
+            .all(|w| w[0].latency_ms <= w[1].latency_ms));
         assert!(points.last().unwrap().percentile > 99.99);
     }
 

@@ -128,7 +128,11 @@ pub async fn execute(
         move |c: schedule::Completion| {
             recorder.record(&c);
             if let (Some(t), Answer::Accepted { payment_id }) = (&tracker, &c.answer) {
-                t.accepted(payment_id.clone(), c.intended, recorder.second_of(c.intended));
+                t.accepted(
+                    payment_id.clone(),
+                    c.intended,
+                    recorder.second_of(c.intended),
+                );
             }
         }
     };
@@ -143,7 +147,10 @@ pub async fn execute(
     )
     .await;
     let cpu = CpuTimes::now().since(&cpu_before);
-    let elapsed = start.elapsed().min(spec.duration).max(Duration::from_millis(1));
+    let elapsed = start
+        .elapsed()
+        .min(spec.duration)
+        .max(Duration::from_millis(1));
     if let Some(t) = &tracker {
         progress.settling();
         t.settle(spec.e2e_grace, shutdown).await;

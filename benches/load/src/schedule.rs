@@ -212,11 +212,23 @@ mod tests {
         let sink = {
             let seen = seen.clone();
             move |c: Completion| {
-                assert!(matches!(c.answer, Answer::Accepted { .. }), "{:?}", c.answer);
+                assert!(
+                    matches!(c.answer, Answer::Accepted { .. }),
+                    "{:?}",
+                    c.answer
+                );
                 seen.lock().unwrap().push(c.latency());
             }
         };
-        drive(model, Instant::now(), duration, driver, Arc::new(sink), Shutdown::new()).await;
+        drive(
+            model,
+            Instant::now(),
+            duration,
+            driver,
+            Arc::new(sink),
+            Shutdown::new(),
+        )
+        .await;
         let mut v = seen.lock().unwrap().clone();
         v.sort();
         v
@@ -235,7 +247,10 @@ mod tests {
         assert_eq!(open_latencies.len(), 50, "every scheduled request is sent");
         // The last request was due at 0.98 s but could only finish at about 2.5 s: that
         // backlog is part of its latency.
-        assert!(open_latencies[49] >= Duration::from_millis(1200), "{open_latencies:?}");
+        assert!(
+            open_latencies[49] >= Duration::from_millis(1200),
+            "{open_latencies:?}"
+        );
 
         // The closed model at the same concurrency sends only what the server lets it, and
         // every latency is just the service time: the backlog never shows.
@@ -250,7 +265,10 @@ mod tests {
     fn open_model_schedule_is_evenly_spaced_by_the_clock() {
         let start = Instant::now();
         assert_eq!(due(start, 1000.0, 0), start);
-        assert_eq!(due(start, 1000.0, 1500), start + Duration::from_millis(1500));
+        assert_eq!(
+            due(start, 1000.0, 1500),
+            start + Duration::from_millis(1500)
+        );
         assert_eq!(due(start, 4.0, 1), start + Duration::from_millis(250));
     }
 }

@@ -144,7 +144,9 @@ async fn single_run(
         &args.mix,
         (!args.no_e2e).then_some(args.e2e_grace),
     );
-    report.runs.push(run::execute(targets, &spec, shutdown).await?);
+    report
+        .runs
+        .push(run::execute(targets, &spec, shutdown).await?);
     Ok(())
 }
 
@@ -216,7 +218,9 @@ async fn suite(
             &args.mix,
             Some(plan.grace),
         );
-        report.runs.push(run::execute(targets, &spec, shutdown).await?);
+        report
+            .runs
+            .push(run::execute(targets, &spec, shutdown).await?);
     }
     if !skip("gateway") && !shutdown.is_cancelled() {
         wait_for_drain(targets, plan.drain, shutdown).await;
@@ -249,7 +253,9 @@ async fn suite(
                 &args.mix,
                 None,
             );
-            report.runs.push(run::execute(targets, &spec, shutdown).await?);
+            report
+                .runs
+                .push(run::execute(targets, &spec, shutdown).await?);
         }
     }
     if !skip("processor") && !shutdown.is_cancelled() {

@@ -70,7 +70,9 @@ fn gateway(c: &mut Criterion) {
         .expect("valid JSON")
         .validate(MAX_AMOUNT)
         .expect("a valid request");
-    g.bench_function("fingerprint", |b| b.iter(|| black_box(&request).fingerprint()));
+    g.bench_function("fingerprint", |b| {
+        b.iter(|| black_box(&request).fingerprint())
+    });
     let mut headers = HeaderMap::new();
     headers.insert(
         idempotency::HEADER,

@@ -65,6 +65,8 @@ pub struct Report {
     pub fractions: Vec<Fraction>,
     pub elapsed_s: f64,
     pub plots: Vec<String>,
+    /// For each missed target: where the time or the CPU went, from this run's numbers.
+    pub bottlenecks: Vec<String>,
 }
 
 fn f0(v: f64) -> String {
@@ -82,7 +84,9 @@ fn load(l: [f64; 3]) -> String {
 impl Report {
     pub fn new(machine: Machine, quick: bool) -> Self {
         Self {
-            generated_at: chrono::Utc::now().format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+            generated_at: chrono::Utc::now()
+                .format("%Y-%m-%d %H:%M:%S UTC")
+                .to_string(),
             quick,
             machine,
             psp: None,
@@ -94,6 +98,7 @@ impl Report {
             fractions: Vec::new(),
             elapsed_s: 0.0,
             plots: Vec::new(),
+            bottlenecks: Vec::new(),
         }
     }
 
@@ -121,7 +126,11 @@ impl Report {
                 f0(GATEWAY_TARGET_PER_S)
             ),
             measured: max.map_or("not run".into(), |r| {
-                format!("{} /s (closed model, {} clients)", f0(r.accepted_per_s), r.concurrency)
+                format!(
+                    "{} /s (closed model, {} clients)",
+                    f0(r.accepted_per_s),
+                    r.concurrency
+                )
             }),
             met: max.map(|r| r.accepted_per_s >= GATEWAY_TARGET_PER_S),
         });
@@ -211,11 +220,103 @@ impl Report {
         }
         if let Some(p) = best {
             let stage = "processor records/s".to_string();
-            add(stage.clone(), p.records_per_s, self.probe("Postgres commit"));
+            add(
+                stage.clone(),
+                p.records_per_s,
+                self.probe("Postgres commit"),
+            );
             add(stage, p.records_per_s, self.probe("Kafka produce"));
         }
         self.targets = targets;
         self.fractions = fractions;
+        self.bottlenecks = self.find_bottlenecks();
+    }
+
+    /// Busy share of the machine and the top processes during a measurement.
+    fn cpu_note(&self, cpu: &[crate::machine::ProcessCpu]) -> String {
+        let total: f64 = cpu.iter().map(|p| p.cores).sum();
+        let top: Vec<String> = cpu
+            .iter()
+            .take(4)
+            .map(|p| format!("{} {:.2}", p.process, p.cores))
+            .collect();
+        format!(
+            "{:.1} of {} cores busy ({}{})",
+            total,
+            self.machine.cores,
+            top.join(", "),
+            if total >= 0.85 * self.machine.cores as f64 {
+                "; the machine's CPU is saturated"
+            } else {
+                ""
+            }
+        )
+    }
+
+    fn find_bottlenecks(&self) -> Vec<String> {
+        let mut notes = Vec::new();
+        let missed = |i: usize| self.targets.get(i).and_then(|t| t.met) == Some(false);
+        if let (true, Some(r)) = (missed(0) || missed(1), self.run(crate::suite::GATEWAY_MAX)) {
+            let nearest = self
+                .fractions
+                .iter()
+                .filter(|f| f.stage.starts_with("gateway"))
+                .max_by(|a, b| a.share.total_cmp(&b.share));
+            notes.push(format!(
+                "gateway: {} accepted/s{}; CPU during the run: {}.",
+                f0(r.accepted_per_s),
+                nearest.map_or(String::new(), |f| format!(
+                    ", {:.0}% of the nearest ceiling ({} at {} /s)",
+                    f.share * 100.0,
+                    f.ceiling,
+                    f0(f.ceiling_per_s)
+                )),
+                self.cpu_note(&r.cpu)
+            ));
+        }
+        if let (true, Some(r)) = (missed(2), self.run(crate::suite::E2E)) {
+            let stage = |name: &str| r.e2e.iter().find(|s| s.name == name);
+            if let (Some(outcome), Some(relay)) = (stage("outcome"), stage("relay")) {
+                notes.push(format!(
+                    "end to end: of the median {} ms, {} ms pass until the request event is \
+                     readable (gateway + outbox relay) and {} ms in the payment processor \
+                     (fetch, batch wait, PSP call, Postgres, transaction commit, read_committed \
+                     visibility); p99 {} ms vs relay p99 {} ms. CPU: {}.",
+                    f2(outcome.latency.p50_ms),
+                    f2(relay.latency.p50_ms),
+                    f2(outcome.latency.p50_ms - relay.latency.p50_ms),
+                    f2(outcome.latency.p99_ms),
+                    f2(relay.latency.p99_ms),
+                    self.cpu_note(&r.cpu)
+                ));
+            }
+        }
+        if let (true, Some(best)) = (missed(3), self.best_processor()) {
+            let tried: Vec<String> = self
+                .processor
+                .iter()
+                .map(|p| {
+                    format!(
+                        "{}×batch {}: {}/s",
+                        p.instances,
+                        p.batch_max_records,
+                        f0(p.records_per_s)
+                    )
+                })
+                .collect();
+            notes.push(format!(
+                "processor: best {} records/s with {} instance(s) and batch_max_records {} \
+                 (tried {}). Each record is one Postgres transaction and one PSP call, applied \
+                 one after another within an instance, so an instance is bound by round-trip \
+                 latency; CPU with the best configuration: {}.",
+                f0(best.records_per_s),
+                best.instances,
+                best.batch_max_records,
+                tried.join(", "),
+                self.cpu_note(&best.cpu)
+            ));
+        }
+        notes
     }
 
     fn tables(&self) -> Vec<(&'static str, Table)> {
@@ -232,7 +333,9 @@ impl Report {
         }
         out.push(("Targets", t));
 
-        let mut t = Table::new(["probe", "rate/s", "unit", "p50 ms", "p99 ms", "load avg", "what"]);
+        let mut t = Table::new([
+            "probe", "rate/s", "unit", "p50 ms", "p99 ms", "load avg", "what",
+        ]);
         for p in &self.probes {
             t.row([
                 p.name.clone(),
@@ -241,14 +344,34 @@ impl Report {
                 f2(p.latency.p50_ms),
                 f2(p.latency.p99_ms),
                 load(p.load_avg_after),
-                format!("{}{}", p.what, if p.note.is_empty() { String::new() } else { format!("; {}", p.note) }),
+                format!(
+                    "{}{}",
+                    p.what,
+                    if p.note.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; {}", p.note)
+                    }
+                ),
             ]);
         }
         out.push(("Ceiling probes (same machine, same run)", t));
 
         let mut t = Table::new([
-            "run", "model", "offered/s", "concurrency", "s", "accepted", "accepted/s", "errors",
-            "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms", "load avg",
+            "run",
+            "model",
+            "offered/s",
+            "concurrency",
+            "s",
+            "accepted",
+            "accepted/s",
+            "errors",
+            "p50 ms",
+            "p90 ms",
+            "p99 ms",
+            "p99.9 ms",
+            "max ms",
+            "load avg",
         ]);
         for r in &self.runs {
             t.row([
@@ -291,11 +414,23 @@ impl Report {
                 ]);
             }
         }
-        out.push(("End to end: scheduled send → record on the topic (read_committed)", t));
+        out.push((
+            "End to end: scheduled send → record on the topic (read_committed)",
+            t,
+        ));
 
         let mut t = Table::new([
-            "instances", "batch_max_records", "batch_max_wait_ms", "records", "records/s", "start-up s",
-            "batches", "mean batch", "aborted", "completed", "load avg",
+            "instances",
+            "batch_max_records",
+            "batch_max_wait_ms",
+            "records",
+            "records/s",
+            "start-up s",
+            "batches",
+            "mean batch",
+            "aborted",
+            "completed",
+            "load avg",
         ]);
         for p in &self.processor {
             t.row([
@@ -312,7 +447,10 @@ impl Report {
                 load(p.load_avg_after),
             ]);
         }
-        out.push(("Payment processor (exactly-once loop, PSP at zero latency)", t));
+        out.push((
+            "Payment processor (exactly-once loop, PSP at zero latency)",
+            t,
+        ));
 
         let mut t = Table::new(["measured during", "cores used by process (2 cores = 100 %)"]);
         let cpu = |procs: &[crate::machine::ProcessCpu]| {
@@ -364,10 +502,12 @@ impl Report {
             m.kernel,
             m.commit,
             m.generator_build,
-            self.psp.as_ref().map_or("PSP simulator settings unknown".into(), |p| format!(
-                "PSP simulator: latency {} ms, decline rate {}, transient failure rate {}",
-                p.latency_ms, p.decline_rate, p.transient_failure_rate
-            ))
+            self.psp
+                .as_ref()
+                .map_or("PSP simulator settings unknown".into(), |p| format!(
+                    "PSP simulator: latency {} ms, decline rate {}, transient failure rate {}",
+                    p.latency_ms, p.decline_rate, p.transient_failure_rate
+                ))
         )
     }
 
@@ -381,6 +521,12 @@ impl Report {
         for (title, table) in self.tables() {
             if !table.is_empty() {
                 out.push_str(&format!("\n{title}\n{}\n", table.terminal()));
+            }
+        }
+        if !self.bottlenecks.is_empty() {
+            out.push_str("\nBottlenecks\n");
+            for n in &self.bottlenecks {
+                out.push_str(&format!("- {n}\n"));
             }
         }
         out
@@ -397,6 +543,12 @@ impl Report {
         for (title, table) in self.tables() {
             if !table.is_empty() {
                 out.push_str(&format!("\n## {title}\n\n{}\n", table.markdown()));
+            }
+        }
+        if !self.bottlenecks.is_empty() {
+            out.push_str("\n## Bottlenecks\n\n");
+            for n in &self.bottlenecks {
+                out.push_str(&format!("- {n}\n"));
             }
         }
         if !self.plots.is_empty() {
@@ -430,18 +582,30 @@ impl Report {
             let mut over_time = vec![
                 Line {
                     name: "HTTP p50".into(),
-                    points: r.http_per_second.iter().map(|p| (p.second as f64, p.p50_ms)).collect(),
+                    points: r
+                        .http_per_second
+                        .iter()
+                        .map(|p| (p.second as f64, p.p50_ms))
+                        .collect(),
                 },
                 Line {
                     name: "HTTP p99".into(),
-                    points: r.http_per_second.iter().map(|p| (p.second as f64, p.p99_ms)).collect(),
+                    points: r
+                        .http_per_second
+                        .iter()
+                        .map(|p| (p.second as f64, p.p99_ms))
+                        .collect(),
                 },
             ];
             let mut distribution = vec![("HTTP".to_string(), r.http_percentiles.clone())];
             for s in &r.e2e {
                 over_time.push(Line {
                     name: format!("{} p99 (end to end)", s.name),
-                    points: s.per_second.iter().map(|p| (p.second as f64, p.p99_ms)).collect(),
+                    points: s
+                        .per_second
+                        .iter()
+                        .map(|p| (p.second as f64, p.p99_ms))
+                        .collect(),
                 });
                 distribution.push((format!("{} (end to end)", s.name), s.percentiles.clone()));
             }
@@ -492,7 +656,13 @@ fn duration_ns(ns: f64) -> String {
 
 fn slug(name: &str) -> String {
     name.chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
         .collect::<String>()
         .split('-')
         .filter(|s| !s.is_empty())
@@ -520,7 +690,9 @@ pub fn read_criterion(dir: &Path) -> Vec<MicroResult> {
     let mut found = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for entry in entries.flatten() {
             let path = entry.path();
             if path.is_dir() {
@@ -564,7 +736,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("paystream-crit-{}", std::process::id()));
         let new = dir.join("avro").join("encode").join("new");
         std::fs::create_dir_all(&new).unwrap();
-        std::fs::write(new.join("benchmark.json"), r#"{"full_id":"avro/encode","x":1}"#).unwrap();
+        std::fs::write(
+            new.join("benchmark.json"),
+            r#"{"full_id":"avro/encode","x":1}"#,
+        )
+        .unwrap();
         std::fs::write(
             new.join("estimates.json"),
             r#"{"mean":{"point_estimate":1234.5,"standard_error":1.0}}"#,
