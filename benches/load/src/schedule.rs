@@ -55,6 +55,15 @@ pub fn due(start: Instant, rate: f64, seq: u64) -> Instant {
     start + Duration::from_secs_f64(seq as f64 / rate)
 }
 
+/// What both models share: the window, the driver, and where completions go.
+struct Load<F> {
+    start: Instant,
+    end: Instant,
+    driver: Arc<HttpDriver>,
+    sink: Arc<F>,
+    shutdown: Shutdown,
+}
+
 /// Runs `model` for `duration` from `start`, handing every completion to `sink`. Returns when
 /// every request sent has been answered. `shutdown` stops sending early.
 pub async fn drive<F>(
@@ -68,46 +77,42 @@ pub async fn drive<F>(
 where
     F: Fn(Completion) + Send + Sync + 'static,
 {
+    let load = Load {
+        start,
+        end: start + duration,
+        driver,
+        sink,
+        shutdown,
+    };
     match model {
         Model::Open {
             rate,
             max_in_flight,
-        } => open(rate, max_in_flight, start, duration, driver, sink, shutdown).await,
-        Model::Closed { concurrency } => {
-            closed(concurrency, start, duration, driver, sink, shutdown).await
-        }
+        } => open(rate, max_in_flight, load).await,
+        Model::Closed { concurrency } => closed(concurrency, load).await,
     }
 }
 
-async fn open<F>(
-    rate: f64,
-    max_in_flight: usize,
-    start: Instant,
-    duration: Duration,
-    driver: Arc<HttpDriver>,
-    sink: Arc<F>,
-    shutdown: Shutdown,
-) -> ScheduleStats
+async fn open<F>(rate: f64, max_in_flight: usize, load: Load<F>) -> ScheduleStats
 where
     F: Fn(Completion) + Send + Sync + 'static,
 {
     let max_in_flight = max_in_flight.max(1);
     let slots = Arc::new(Semaphore::new(max_in_flight));
-    let end = start + duration;
     let mut stats = ScheduleStats::default();
     for seq in 0.. {
-        let intended = due(start, rate, seq);
-        if intended >= end {
+        let intended = due(load.start, rate, seq);
+        if intended >= load.end {
             break;
         }
         tokio::select! {
             biased;
-            _ = shutdown.cancelled() => break,
+            _ = load.shutdown.cancelled() => break,
             _ = tokio::time::sleep_until(intended) => {}
         }
         let permit = tokio::select! {
             biased;
-            _ = shutdown.cancelled() => break,
+            _ = load.shutdown.cancelled() => break,
             p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
         };
         let lag = Instant::now().saturating_duration_since(intended);
@@ -116,7 +121,7 @@ where
         }
         stats.max_start_lag_ms = stats.max_start_lag_ms.max(lag.as_secs_f64() * 1e3);
         stats.sent += 1;
-        let (driver, sink) = (driver.clone(), sink.clone());
+        let (driver, sink) = (load.driver.clone(), load.sink.clone());
         // One task per request, bounded by the permits: at most `max_in_flight` exist.
         tokio::spawn(async move {
             let answer = driver.send(seq).await;
@@ -137,23 +142,20 @@ where
     stats
 }
 
-async fn closed<F>(
-    concurrency: usize,
-    start: Instant,
-    duration: Duration,
-    driver: Arc<HttpDriver>,
-    sink: Arc<F>,
-    shutdown: Shutdown,
-) -> ScheduleStats
+async fn closed<F>(concurrency: usize, load: Load<F>) -> ScheduleStats
 where
     F: Fn(Completion) + Send + Sync + 'static,
 {
-    let end = start + duration;
     let next = Arc::new(AtomicU64::new(0));
     let workers: Vec<_> = (0..concurrency.max(1))
         .map(|_| {
-            let (driver, sink, next, shutdown) =
-                (driver.clone(), sink.clone(), next.clone(), shutdown.clone());
+            let (driver, sink, next, shutdown) = (
+                load.driver.clone(),
+                load.sink.clone(),
+                next.clone(),
+                load.shutdown.clone(),
+            );
+            let end = load.end;
             tokio::spawn(async move {
                 while Instant::now() < end && !shutdown.is_cancelled() {
                     let seq = next.fetch_add(1, Ordering::Relaxed);

@@ -204,58 +204,40 @@ async fn suite(
         };
         report.probes = probes::all(targets, &probe_args, &args.mix, shutdown).await;
     }
+    // One gateway run after the previous run's backlog has drained.
+    let gateway_run = |name: &'static str, model: Model, grace: Option<Duration>| {
+        let spec = RunSpec::gateway(name, targets, model, plan.run, &args.mix, grace);
+        async move {
+            wait_for_drain(targets, plan.drain, shutdown).await;
+            eprintln!("== {name}: {model:?}");
+            run::execute(targets, &spec, shutdown).await
+        }
+    };
     if !skip("e2e") && !shutdown.is_cancelled() {
-        wait_for_drain(targets, plan.drain, shutdown).await;
-        eprintln!("== end to end at {}/s", plan.e2e_rate);
-        let spec = RunSpec::gateway(
-            E2E,
-            targets,
-            Model::Open {
-                rate: plan.e2e_rate,
-                max_in_flight: OPEN_MAX_IN_FLIGHT,
-            },
-            plan.run,
-            &args.mix,
-            Some(plan.grace),
-        );
+        let open = Model::Open {
+            rate: plan.e2e_rate,
+            max_in_flight: OPEN_MAX_IN_FLIGHT,
+        };
         report
             .runs
-            .push(run::execute(targets, &spec, shutdown).await?);
+            .push(gateway_run(E2E, open, Some(plan.grace)).await?);
     }
     if !skip("gateway") && !shutdown.is_cancelled() {
-        wait_for_drain(targets, plan.drain, shutdown).await;
-        eprintln!("== gateway at maximum rate ({} clients)", args.concurrency);
-        let spec = RunSpec::gateway(
-            GATEWAY_MAX,
-            targets,
-            Model::Closed {
-                concurrency: args.concurrency,
-            },
-            plan.run,
-            &args.mix,
-            None,
-        );
-        let max = run::execute(targets, &spec, shutdown).await?;
+        let closed = Model::Closed {
+            concurrency: args.concurrency,
+        };
+        let max = gateway_run(GATEWAY_MAX, closed, None).await?;
         // Half the target rate, unless the gateway can't sustain that: then half its maximum.
         let half = (report::GATEWAY_TARGET_PER_S / 2.0).min(max.accepted_per_s / 2.0);
         report.runs.push(max);
         if half >= 1.0 && !shutdown.is_cancelled() {
-            wait_for_drain(targets, plan.drain, shutdown).await;
-            eprintln!("== gateway at {half:.0}/s");
-            let spec = RunSpec::gateway(
-                GATEWAY_HALF,
-                targets,
-                Model::Open {
-                    rate: half.round(),
-                    max_in_flight: OPEN_MAX_IN_FLIGHT,
-                },
-                plan.run,
-                &args.mix,
-                None,
-            );
+            let open = Model::Open {
+                rate: half.round(),
+                max_in_flight: OPEN_MAX_IN_FLIGHT,
+            };
             report
                 .runs
-                .push(run::execute(targets, &spec, shutdown).await?);
+                .push(gateway_run(GATEWAY_HALF, open, None).await?);
         }
     }
     if !skip("processor") && !shutdown.is_cancelled() {

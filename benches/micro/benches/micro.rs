@@ -17,10 +17,9 @@ use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderValue};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use paystream_benches::{payment_outcome, payment_requested, AvroFixture, PAYMENT_BODY};
+use paystream_benches::{payment_outcome, payment_requested, succeeded, AvroFixture, PAYMENT_BODY};
 use paystream_core::events::{
-    self, OutcomeStatus, PaymentOutcome, PaymentRequested, Step, PAYMENT_OUTCOME_SCHEMA,
-    PAYMENT_REQUESTED_SCHEMA,
+    self, PaymentOutcome, PaymentRequested, Step, PAYMENT_OUTCOME_SCHEMA, PAYMENT_REQUESTED_SCHEMA,
 };
 use paystream_core::headers::{self, RecordHeaders};
 use paystream_core::processing::{Output, Record};
@@ -149,25 +148,12 @@ fn processing(c: &mut Criterion) {
             let event: PaymentRequested = requested
                 .decode(record.payload.as_deref().unwrap_or_default())
                 .expect("decodable");
-            let payment_id = Uuid::parse_str(&event.payment_id).expect("a uuid");
-            let outcome_id = events::event_id(payment_id, Step::Outcome);
-            let outcome = PaymentOutcome {
-                event_id: outcome_id.to_string(),
-                payment_id: event.payment_id.clone(),
-                merchant_id: event.merchant_id,
-                customer_id: event.customer_id,
-                amount_minor: event.amount_minor,
-                currency: event.currency,
-                status: OutcomeStatus::Succeeded,
-                failure_reason: None,
-                psp_charge_id: Some("ch_1".into()),
-                requested_at: event.requested_at,
-                decided_at: event.requested_at + 1,
-            };
+            let outcome = succeeded(event);
+            let outcome_id = Uuid::parse_str(&outcome.event_id).expect("a uuid");
             let value = outcome_codec.encode(&outcome);
             let outputs = vec![Output::event(
                 topic,
-                &event.payment_id,
+                &outcome.payment_id,
                 value,
                 outcome_id,
                 PAYMENT_OUTCOME_SCHEMA.full_name,

@@ -82,7 +82,11 @@ pub fn payment_requested() -> PaymentRequested {
 
 /// The `PaymentOutcome` the processor emits for [`payment_requested`].
 pub fn payment_outcome() -> PaymentOutcome {
-    let req = payment_requested();
+    succeeded(payment_requested())
+}
+
+/// The successful outcome of `req`, built as the payment processor's handler builds it.
+pub fn succeeded(req: PaymentRequested) -> PaymentOutcome {
     let payment_id = Uuid::parse_str(&req.payment_id).expect("a valid uuid");
     PaymentOutcome {
         event_id: events::event_id(payment_id, Step::Outcome).to_string(),
