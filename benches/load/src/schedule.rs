@@ -93,6 +93,17 @@ where
     }
 }
 
+/// Sends request `seq` and reports it, its latency counted from `intended`.
+async fn send_one<F: Fn(Completion)>(driver: &HttpDriver, sink: &F, seq: u64, intended: Instant) {
+    let answer = driver.send(seq).await;
+    sink(Completion {
+        seq,
+        intended,
+        finished: Instant::now(),
+        answer,
+    });
+}
+
 async fn open<F>(rate: f64, max_in_flight: usize, load: Load<F>) -> ScheduleStats
 where
     F: Fn(Completion) + Send + Sync + 'static,
@@ -124,13 +135,7 @@ where
         let (driver, sink) = (load.driver.clone(), load.sink.clone());
         // One task per request, bounded by the permits: at most `max_in_flight` exist.
         tokio::spawn(async move {
-            let answer = driver.send(seq).await;
-            sink(Completion {
-                seq,
-                intended,
-                finished: Instant::now(),
-                answer,
-            });
+            send_one(&driver, &*sink, seq, intended).await;
             drop(permit);
         });
     }
@@ -159,14 +164,7 @@ where
             tokio::spawn(async move {
                 while Instant::now() < end && !shutdown.is_cancelled() {
                     let seq = next.fetch_add(1, Ordering::Relaxed);
-                    let intended = Instant::now();
-                    let answer = driver.send(seq).await;
-                    sink(Completion {
-                        seq,
-                        intended,
-                        finished: Instant::now(),
-                        answer,
-                    });
+                    send_one(&driver, &*sink, seq, Instant::now()).await;
                 }
             })
         })
