@@ -227,6 +227,23 @@ pub struct ProcessorArgs {
     /// Give up on a configuration after this long.
     #[arg(long, value_parser = parse_secs, default_value = "120")]
     pub timeout: Duration,
+    /// Latency run: records per second produced to a fresh processor (0: no latency run).
+    #[arg(long, default_value_t = 50.0)]
+    pub latency_rate: f64,
+    /// Latency run: records produced.
+    #[arg(long, default_value_t = 500)]
+    pub latency_records: usize,
+    /// Latency run: configurations to try, `FETCH_WAIT_MS:BATCH_WAIT_MS` — the processor
+    /// consumer's `fetch.wait.max.ms` (librdkafka's default is 500) and `batch_max_wait_ms`.
+    #[arg(long, value_delimiter = ',', value_parser = parse_latency_config,
+          default_value = "500:50,10:50,10:5")]
+    pub latency_configs: Vec<(u32, u64)>,
+}
+
+fn parse_latency_config(s: &str) -> Result<(u32, u64), String> {
+    s.split_once(':')
+        .and_then(|(f, b)| Some((f.parse().ok()?, b.parse().ok()?)))
+        .ok_or_else(|| format!("expected FETCH_WAIT_MS:BATCH_WAIT_MS, e.g. 10:5, got `{s}`"))
 }
 
 #[derive(Debug, Clone, Args)]
@@ -267,6 +284,13 @@ mod tests {
         );
         assert!(parse_stage("=x").is_err());
         assert!(parse_stage("nothing").is_err());
+    }
+
+    #[test]
+    fn latency_configs_parse_as_two_waits() {
+        assert_eq!(parse_latency_config("500:50").unwrap(), (500, 50));
+        assert!(parse_latency_config("500").is_err());
+        assert!(parse_latency_config("a:1").is_err());
     }
 
     #[test]

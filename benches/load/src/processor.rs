@@ -8,6 +8,11 @@
 //! size and batch wait starts on a fresh group, and its counters are sampled until every
 //! record is processed. The rate is taken from the first processed record to the last, so the
 //! group join is reported separately. Everything scratch is deleted afterwards.
+//!
+//! The latency run feeds a fresh processor at a steady rate instead and tracks each record
+//! from its scheduled produce time until its outcome is readable, once per consumer
+//! `fetch.wait.max.ms`: the local broker answers a fetch only when that wait is over, so it
+//! bounds how long a record can sit unread.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -20,16 +25,20 @@ use paystream_core::events::{self, PaymentRequested, Step, PAYMENT_REQUESTED_SCH
 use paystream_core::kafka::{self, TopicSpec};
 use paystream_core::processing::{LoopStats, Output};
 use paystream_core::shutdown::Shutdown;
-use rdkafka::producer::FutureProducer;
+use rdkafka::producer::{DeliveryFuture, FutureProducer};
 use serde::Serialize;
 use serde_json::json;
 use sqlx::PgPool;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::cli::{ProcessorArgs, Targets};
+use crate::e2e::{E2eTracker, Stage};
 use crate::machine::{load_average, CpuTimes, ProcessCpu};
 use crate::probes::delete_topic;
+use crate::recorder::{PercentilePoint, Summary};
+use crate::schedule;
 
 /// What one configuration measured.
 #[derive(Debug, Clone, Serialize)]
@@ -57,7 +66,7 @@ pub struct ProcessorResult {
     pub cpu: Vec<ProcessCpu>,
 }
 
-/// Every configuration of `args`, one after the other.
+/// Every throughput configuration of `args`, one after the other.
 pub async fn run(
     targets: &Targets,
     args: &ProcessorArgs,
@@ -77,7 +86,11 @@ pub async fn run(
              batch_max_wait_ms={}",
             args.records, args.batch_wait_ms
         );
-        match one(targets, args, instances, batch, shutdown).await {
+        let measured = Env::with(targets, shutdown, async |env: &Env| {
+            throughput(env, args, instances, batch).await
+        })
+        .await;
+        match measured {
             Ok(r) => {
                 eprintln!(
                     "  {:.0} records/s ({} committed batches, start-up {:.1} s)",
@@ -91,8 +104,46 @@ pub async fn run(
     results
 }
 
+/// The processor's latency at a steady rate, once per `fetch.wait.max.ms` of `args`.
+pub async fn latency(
+    targets: &Targets,
+    args: &ProcessorArgs,
+    shutdown: &Shutdown,
+) -> Vec<LatencyResult> {
+    let mut results = Vec::new();
+    if args.latency_rate <= 0.0 {
+        return results;
+    }
+    for &(fetch_wait, batch_wait) in &args.latency_configs {
+        if shutdown.is_cancelled() {
+            break;
+        }
+        eprintln!(
+            "processor latency: {} records at {}/s, fetch.wait.max.ms={fetch_wait}, \
+             batch_max_wait_ms={batch_wait}",
+            args.latency_records, args.latency_rate
+        );
+        let measured = Env::with(targets, shutdown, async |env: &Env| {
+            steady(env, args, fetch_wait, batch_wait, shutdown).await
+        })
+        .await;
+        match measured {
+            Ok(r) => {
+                eprintln!(
+                    "  p50 {:.1} ms, p99 {:.1} ms ({} of {} seen)",
+                    r.latency.p50_ms, r.latency.p99_ms, r.matched, r.records
+                );
+                results.push(r)
+            }
+            Err(e) => eprintln!("processor latency ({fetch_wait}:{batch_wait}) failed: {e:#}"),
+        }
+    }
+    results
+}
+
 /// Scratch names of one configuration.
 struct Scratch {
+    id: String,
     requested: String,
     outcomes: String,
     group: String,
@@ -107,6 +158,7 @@ impl Scratch {
             outcomes: format!("paystream-bench-{id}.payments.outcomes.v1"),
             group: format!("paystream-bench-{id}.payment-processor"),
             schema: format!("paystream_bench_{id}"),
+            id,
         }
     }
 
@@ -119,48 +171,176 @@ impl Scratch {
     }
 }
 
-async fn one(
-    targets: &Targets,
-    args: &ProcessorArgs,
-    instances: usize,
-    batch: usize,
-    shutdown: &Shutdown,
-) -> anyhow::Result<ProcessorResult> {
-    let scratch = Scratch::new();
-    let kafka_settings = KafkaSettings {
-        bootstrap_servers: targets.bootstrap_servers.clone(),
-        ..Default::default()
-    };
-    let database = DatabaseSettings {
-        url: targets.database_url.clone().into(),
-        max_connections: 10,
-        schema: Some(scratch.schema.clone()),
-    };
-    let stop = shutdown.child_token();
-    let result = async {
-        kafka::ensure_topics(&kafka_settings, &scratch.topics()).await?;
-        let pool = paystream_core::db::connect(&database).await?;
-        paystream_core::db::migrate(&pool).await?;
-        prefill(targets, &kafka_settings, &pool, &scratch, args.records).await?;
-        let psp_url = spawn_psp(&stop).await?;
-        measure(targets, args, instances, batch, &scratch, &psp_url, &stop).await
-    }
-    .await;
-    stop.cancel();
-    cleanup(&kafka_settings, &database, &scratch).await;
-    result
+/// One configuration's scratch world: topics, a migrated schema, a PSP simulator, and the
+/// means to fill the topic the way the gateway's relay does.
+struct Env<'a> {
+    targets: &'a Targets,
+    scratch: Scratch,
+    pool: PgPool,
+    psp_url: String,
+    codec: AvroCodec,
+    producer: FutureProducer,
+    stop: Shutdown,
 }
 
-/// Payments as the gateway leaves them: `PENDING` rows, and their events on the topic.
-async fn prefill(
-    targets: &Targets,
-    kafka_settings: &KafkaSettings,
-    pool: &PgPool,
-    scratch: &Scratch,
-    records: usize,
-) -> anyhow::Result<()> {
+impl Env<'_> {
+    /// Sets the scratch world up, runs `f` in it, and removes it again whatever `f` returned.
+    async fn with<T>(
+        targets: &Targets,
+        shutdown: &Shutdown,
+        f: impl AsyncFnOnce(&Env) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        let scratch = Scratch::new();
+        let kafka_settings = kafka_settings(targets);
+        let database = DatabaseSettings {
+            url: targets.database_url.clone().into(),
+            max_connections: 10,
+            schema: Some(scratch.schema.clone()),
+        };
+        let stop = shutdown.child_token();
+        let setup = async {
+            kafka::ensure_topics(&kafka_settings, &scratch.topics()).await?;
+            let pool = paystream_core::db::connect(&database).await?;
+            paystream_core::db::migrate(&pool).await?;
+            let psp_url = spawn_psp(&stop).await?;
+            let producer: FutureProducer =
+                kafka::client_config(&kafka_settings, kafka::IDEMPOTENT_PRODUCER)?.create()?;
+            anyhow::Ok((pool, psp_url, producer))
+        }
+        .await;
+        let result = match setup {
+            Ok((pool, psp_url, producer)) => {
+                let env = Env {
+                    targets,
+                    scratch,
+                    pool,
+                    psp_url,
+                    codec: AvroCodec::new(&targets.registry_url),
+                    producer,
+                    stop: stop.clone(),
+                };
+                let result = f(&env).await;
+                env.pool.close().await;
+                (result, env.scratch)
+            }
+            Err(e) => (Err(e), scratch),
+        };
+        stop.cancel();
+        cleanup(&kafka_settings, &database, &result.1).await;
+        result.0
+    }
+
+    /// Payments as the gateway leaves them in Postgres: `PENDING` rows.
+    async fn insert_payments(&self, events: &[PaymentRequested]) -> anyhow::Result<()> {
+        for chunk in events.chunks(2_000) {
+            let column =
+                |f: fn(&PaymentRequested) -> String| chunk.iter().map(f).collect::<Vec<_>>();
+            let ids: Vec<Uuid> = chunk
+                .iter()
+                .map(|e| Uuid::parse_str(&e.payment_id))
+                .collect::<Result<_, _>>()?;
+            sqlx::query(
+                "INSERT INTO payments (id, client_id, merchant_id, customer_id, amount_minor,
+                                       currency, payment_method, status)
+                 SELECT id, 'anonymous', m, c, a, cur, 'card', 'PENDING'
+                 FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::text[])
+                      AS t(id, m, c, a, cur)",
+            )
+            .bind(ids)
+            .bind(column(|e| e.merchant_id.clone()))
+            .bind(column(|e| e.customer_id.clone()))
+            .bind(chunk.iter().map(|e| e.amount_minor).collect::<Vec<_>>())
+            .bind(column(|e| e.currency.clone()))
+            .execute(&self.pool)
+            .await
+            .context("inserting the payments")?;
+        }
+        Ok(())
+    }
+
+    /// Queues `event` on the requested topic as the relay would (Avro, event id headers).
+    async fn produce(&self, event: &PaymentRequested) -> anyhow::Result<DeliveryFuture> {
+        let topic = &self.scratch.requested;
+        let value = self
+            .codec
+            .encode(topic, &PAYMENT_REQUESTED_SCHEMA, event)
+            .await?;
+        let event_id = Uuid::parse_str(&event.event_id)?;
+        let out = Output::event(
+            topic,
+            &event.payment_id,
+            value,
+            event_id,
+            PAYMENT_REQUESTED_SCHEMA.full_name,
+        );
+        Ok(kafka::enqueue(
+            &self.producer,
+            &out.topic,
+            out.key.as_deref(),
+            out.value.as_deref(),
+            out.headers.to_kafka(),
+        )
+        .await?)
+    }
+
+    /// `instances` payment processors in one group on the scratch topics.
+    async fn start_processors(
+        &self,
+        instances: usize,
+        batch: usize,
+        batch_wait_ms: u64,
+        fetch_wait_ms: Option<u32>,
+    ) -> anyhow::Result<Processors> {
+        let scratch = &self.scratch;
+        let properties = match fetch_wait_ms {
+            Some(ms) => json!({"fetch.wait.max.ms": ms.to_string()}),
+            None => json!({}),
+        };
+        let mut processors = Processors::default();
+        for instance in 0..instances.max(1) {
+            // Through serde, so fields added to the settings later keep their defaults here.
+            let settings: paystream_payment_processor::Settings = serde_json::from_value(json!({
+                "http": {"host": "127.0.0.1", "port": 0},
+                "consumer": {
+                    "group_id": scratch.group,
+                    "transactional_id": format!("{}-{instance}", scratch.group),
+                    "batch_max_records": batch,
+                    "batch_max_wait_ms": batch_wait_ms,
+                },
+                "psp": {"url": self.psp_url},
+                "database": {"url": self.targets.database_url, "schema": scratch.schema},
+                "kafka": {
+                    "bootstrap_servers": self.targets.bootstrap_servers,
+                    "properties": properties,
+                },
+                "schema_registry": {"url": self.targets.registry_url},
+                "topics": {
+                    "payments_requested": scratch.requested,
+                    "payments_outcomes": scratch.outcomes,
+                },
+            }))
+            .context("processor settings")?;
+            let app = paystream_payment_processor::Application::build(settings).await?;
+            processors.stats.push(app.stats());
+            processors
+                .tasks
+                .push(tokio::spawn(app.run_until_stopped(self.stop.clone())));
+        }
+        Ok(processors)
+    }
+}
+
+fn kafka_settings(targets: &Targets) -> KafkaSettings {
+    KafkaSettings {
+        bootstrap_servers: targets.bootstrap_servers.clone(),
+        ..Default::default()
+    }
+}
+
+/// `n` payment requests, as the gateway would have accepted them.
+fn payment_requests(n: usize) -> Vec<PaymentRequested> {
     let now = chrono::Utc::now().timestamp_millis();
-    let events: Vec<PaymentRequested> = (0..records)
+    (0..n)
         .map(|i| {
             let id = Uuid::now_v7();
             PaymentRequested {
@@ -175,121 +355,92 @@ async fn prefill(
                 requested_at: now,
             }
         })
-        .collect();
-    for chunk in events.chunks(2_000) {
-        let column = |f: fn(&PaymentRequested) -> String| chunk.iter().map(f).collect::<Vec<_>>();
-        let ids: Vec<Uuid> = chunk
+        .collect()
+}
+
+/// Running processors and their counters.
+#[derive(Default)]
+struct Processors {
+    stats: Vec<Arc<LoopStats>>,
+    tasks: Vec<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Processors {
+    fn sum(&self, counter: fn(&LoopStats) -> &AtomicU64) -> u64 {
+        self.stats
             .iter()
-            .map(|e| Uuid::parse_str(&e.payment_id))
-            .collect::<Result<_, _>>()?;
-        sqlx::query(
-            "INSERT INTO payments (id, client_id, merchant_id, customer_id, amount_minor, currency,
-                                   payment_method, status)
-             SELECT id, 'anonymous', m, c, a, cur, 'card', 'PENDING'
-             FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::text[])
-                  AS t(id, m, c, a, cur)",
-        )
-        .bind(ids)
-        .bind(column(|e| e.merchant_id.clone()))
-        .bind(column(|e| e.customer_id.clone()))
-        .bind(chunk.iter().map(|e| e.amount_minor).collect::<Vec<_>>())
-        .bind(column(|e| e.currency.clone()))
-        .execute(pool)
-        .await
-        .context("inserting the pre-filled payments")?;
+            .map(|s| counter(s).load(Ordering::Relaxed))
+            .sum()
     }
 
-    let codec = AvroCodec::new(&targets.registry_url);
-    let producer: FutureProducer =
-        kafka::client_config(kafka_settings, kafka::IDEMPOTENT_PRODUCER)?.create()?;
-    let mut deliveries = Vec::with_capacity(records);
-    for event in &events {
-        let value = codec
-            .encode(&scratch.requested, &PAYMENT_REQUESTED_SCHEMA, event)
-            .await?;
-        let event_id = Uuid::parse_str(&event.event_id)?;
-        let out = Output::event(
-            &scratch.requested,
-            &event.payment_id,
-            value,
-            event_id,
-            PAYMENT_REQUESTED_SCHEMA.full_name,
-        );
-        deliveries.push(
-            kafka::enqueue(
-                &producer,
-                &out.topic,
-                out.key.as_deref(),
-                out.value.as_deref(),
-                out.headers.to_kafka(),
-            )
-            .await?,
-        );
+    /// Records applied, replayed or dead-lettered so far.
+    fn processed(&self) -> u64 {
+        self.sum(|s| &s.records_applied)
+            + self.sum(|s| &s.records_replayed)
+            + self.sum(|s| &s.records_dead_lettered)
+    }
+
+    fn any_stopped(&self) -> bool {
+        self.tasks.iter().any(|t| t.is_finished())
+    }
+
+    /// Waits (bounded) until `n` records are processed; false on time-out or a stopped loop.
+    async fn wait_for(&self, n: u64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while self.processed() < n {
+            if Instant::now() >= deadline || self.any_stopped() {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        true
+    }
+
+    /// Stops every instance (after `stop` was cancelled) and surfaces the first failure.
+    async fn join(&mut self) -> anyhow::Result<()> {
+        for task in self.tasks.drain(..) {
+            match tokio::time::timeout(Duration::from_secs(30), task).await {
+                Ok(Ok(Err(e))) => {
+                    return Err(e).context("a payment processor stopped with an error")
+                }
+                Ok(Err(e)) => return Err(e).context("a payment processor panicked"),
+                Err(_) => eprintln!("a payment processor did not stop within 30 s"),
+                Ok(Ok(Ok(()))) => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Pre-fills `args.records` payments, then processes them and samples the counters.
+async fn throughput(
+    env: &Env<'_>,
+    args: &ProcessorArgs,
+    instances: usize,
+    batch: usize,
+) -> anyhow::Result<ProcessorResult> {
+    let requests = payment_requests(args.records);
+    env.insert_payments(&requests).await?;
+    let mut deliveries = Vec::with_capacity(requests.len());
+    for r in &requests {
+        deliveries.push(env.produce(r).await?);
     }
     for d in deliveries {
         kafka::delivered(d).await.context("pre-filling the topic")?;
     }
-    Ok(())
-}
 
-/// A PSP simulator in this process, at zero latency and no faults; returns its URL.
-async fn spawn_psp(stop: &Shutdown) -> anyhow::Result<String> {
-    let settings: paystream_psp_simulator::Settings =
-        serde_json::from_value(json!({"http": {"host": "127.0.0.1", "port": 0}}))?;
-    let app = paystream_psp_simulator::Application::build(settings).await?;
-    let url = format!("http://127.0.0.1:{}", app.port());
-    tokio::spawn(app.run_until_stopped(stop.clone()));
-    Ok(url)
-}
-
-async fn measure(
-    targets: &Targets,
-    args: &ProcessorArgs,
-    instances: usize,
-    batch: usize,
-    scratch: &Scratch,
-    psp_url: &str,
-    stop: &Shutdown,
-) -> anyhow::Result<ProcessorResult> {
-    let mut stats = Vec::new();
-    let mut tasks = Vec::new();
     let load_avg_before = load_average();
     let cpu_before = CpuTimes::now();
     let start = Instant::now();
-    for instance in 0..instances.max(1) {
-        // Through serde, so fields added to the settings later keep their defaults here.
-        let settings: paystream_payment_processor::Settings = serde_json::from_value(json!({
-            "http": {"host": "127.0.0.1", "port": 0},
-            "consumer": {
-                "group_id": scratch.group,
-                "transactional_id": format!("{}-{instance}", scratch.group),
-                "batch_max_records": batch,
-                "batch_max_wait_ms": args.batch_wait_ms,
-            },
-            "psp": {"url": psp_url},
-            "database": {"url": targets.database_url, "schema": scratch.schema},
-            "kafka": {"bootstrap_servers": targets.bootstrap_servers},
-            "schema_registry": {"url": targets.registry_url},
-            "topics": {
-                "payments_requested": scratch.requested,
-                "payments_outcomes": scratch.outcomes,
-            },
-        }))
-        .context("processor settings")?;
-        let app = paystream_payment_processor::Application::build(settings).await?;
-        stats.push(app.stats());
-        tasks.push(tokio::spawn(app.run_until_stopped(stop.clone())));
-    }
-
+    let mut processors = env
+        .start_processors(instances, batch, args.batch_wait_ms, None)
+        .await?;
     let target = args.records as u64;
     let deadline = start + args.timeout;
     let mut first: Option<(Instant, u64)> = None;
     let mut last = (start, 0u64);
-    while Instant::now() < deadline
-        && !stop.is_cancelled()
-        && !tasks.iter().any(|t| t.is_finished())
-    {
-        let done = processed(&stats);
+    while Instant::now() < deadline && !env.stop.is_cancelled() && !processors.any_stopped() {
+        let done = processors.processed();
         let now = Instant::now();
         if done > 0 && first.is_none() {
             first = Some((now, done));
@@ -304,25 +455,12 @@ async fn measure(
     }
     let load_avg_after = load_average();
     let cpu = CpuTimes::now().since(&cpu_before);
-    stop.cancel();
-    for task in tasks {
-        match tokio::time::timeout(Duration::from_secs(30), task).await {
-            Ok(Ok(Err(e))) => return Err(e).context("a payment processor stopped with an error"),
-            Ok(Err(e)) => return Err(e).context("a payment processor panicked"),
-            Err(_) => eprintln!("a payment processor did not stop within 30 s"),
-            Ok(Ok(Ok(()))) => {}
-        }
-    }
+    env.stop.cancel();
+    processors.join().await?;
 
     let (first_at, first_done) = first.context("the processor processed no record")?;
     let processing = last.0.saturating_duration_since(first_at);
-    let sum = |f: fn(&LoopStats) -> &AtomicU64| {
-        stats
-            .iter()
-            .map(|s| f(s).load(Ordering::Relaxed))
-            .sum::<u64>()
-    };
-    let committed = sum(|s| &s.batches_committed);
+    let committed = processors.sum(|s| &s.batches_committed);
     Ok(ProcessorResult {
         instances: instances.max(1),
         batch_max_records: batch,
@@ -333,26 +471,113 @@ async fn measure(
         processing_s: processing.as_secs_f64(),
         completed: last.1 >= target,
         batches_committed: committed,
-        batches_aborted: sum(|s| &s.batches_aborted),
+        batches_aborted: processors.sum(|s| &s.batches_aborted),
         mean_batch: last.1 as f64 / committed.max(1) as f64,
-        applied: sum(|s| &s.records_applied),
-        replayed: sum(|s| &s.records_replayed),
-        dead_lettered: sum(|s| &s.records_dead_lettered),
+        applied: processors.sum(|s| &s.records_applied),
+        replayed: processors.sum(|s| &s.records_replayed),
+        dead_lettered: processors.sum(|s| &s.records_dead_lettered),
         load_avg_before,
         load_avg_after,
         cpu,
     })
 }
 
-fn processed(stats: &[Arc<LoopStats>]) -> u64 {
-    stats
-        .iter()
-        .map(|s| {
-            s.records_applied.load(Ordering::Relaxed)
-                + s.records_replayed.load(Ordering::Relaxed)
-                + s.records_dead_lettered.load(Ordering::Relaxed)
-        })
-        .sum()
+/// What the processor's latency run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct LatencyResult {
+    /// The processor consumer's `fetch.wait.max.ms` (librdkafka's default is 500).
+    pub fetch_wait_ms: u32,
+    pub batch_max_records: usize,
+    pub batch_max_wait_ms: u64,
+    pub rate: f64,
+    pub records: usize,
+    /// Produced to the requested topic → outcome readable (read_committed).
+    pub latency: Summary,
+    pub matched: u64,
+    pub missing: u64,
+    pub percentiles: Vec<PercentilePoint>,
+    pub load_avg_after: [f64; 3],
+}
+
+/// One warm-up record (so the group has joined), then `args.latency_records` records produced
+/// at `args.latency_rate`, each tracked from its scheduled produce time to its outcome.
+async fn steady(
+    env: &Env<'_>,
+    args: &ProcessorArgs,
+    fetch_wait_ms: u32,
+    batch_wait_ms: u64,
+    shutdown: &Shutdown,
+) -> anyhow::Result<LatencyResult> {
+    let batch = args.batch_sizes.first().copied().unwrap_or(100);
+    let requests = payment_requests(args.latency_records + 1);
+    env.insert_payments(&requests).await?;
+    let mut processors = env
+        .start_processors(1, batch, batch_wait_ms, Some(fetch_wait_ms))
+        .await?;
+    kafka::delivered(env.produce(&requests[0]).await?).await?;
+    anyhow::ensure!(
+        processors.wait_for(1, Duration::from_secs(30)).await,
+        "the warm-up record was not processed"
+    );
+
+    let stage = Stage {
+        name: "processor".into(),
+        topic: env.scratch.outcomes.clone(),
+    };
+    let tracker = E2eTracker::start(
+        &env.targets.bootstrap_servers,
+        vec![stage],
+        &env.scratch.id,
+        env.targets.e2e_fetch_wait_ms,
+    )
+    .await?;
+    let start = Instant::now();
+    let mut deliveries = Vec::with_capacity(args.latency_records);
+    for (seq, r) in requests[1..].iter().enumerate() {
+        let intended = schedule::due(start, args.latency_rate, seq as u64);
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep_until(intended) => {}
+        }
+        deliveries.push(env.produce(r).await?);
+        let second = intended.saturating_duration_since(start).as_secs() as usize;
+        tracker.accepted(r.payment_id.clone(), intended, second);
+    }
+    for d in deliveries {
+        kafka::delivered(d).await?;
+    }
+    tracker.settle(Duration::from_secs(15), shutdown).await;
+    let load_avg_after = load_average();
+    let stage = tracker
+        .finish()
+        .await
+        .pop()
+        .context("the tracker has one stage")?;
+    env.stop.cancel();
+    processors.join().await?;
+    Ok(LatencyResult {
+        fetch_wait_ms,
+        batch_max_records: batch,
+        batch_max_wait_ms: batch_wait_ms,
+        rate: args.latency_rate,
+        records: args.latency_records,
+        latency: stage.latency,
+        matched: stage.matched,
+        missing: stage.missing,
+        percentiles: stage.percentiles,
+        load_avg_after,
+    })
+}
+
+/// A PSP simulator in this process, at zero latency and no faults; returns its URL.
+async fn spawn_psp(stop: &Shutdown) -> anyhow::Result<String> {
+    let settings: paystream_psp_simulator::Settings =
+        serde_json::from_value(json!({"http": {"host": "127.0.0.1", "port": 0}}))?;
+    let app = paystream_psp_simulator::Application::build(settings).await?;
+    let url = format!("http://127.0.0.1:{}", app.port());
+    tokio::spawn(app.run_until_stopped(stop.clone()));
+    Ok(url)
 }
 
 async fn cleanup(kafka_settings: &KafkaSettings, database: &DatabaseSettings, scratch: &Scratch) {

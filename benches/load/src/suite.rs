@@ -1,10 +1,12 @@
 //! The commands, and the whole suite `make bench` runs.
 //!
-//! Suite order, chosen so one stage's backlog does not leak into the next one's numbers:
-//! ceiling probes → end-to-end run at 1,000/s (tracked to the outcome topic) → maximum rate
-//! (closed model) → half of that rate (open model, HTTP p99) → processor stage. Before each
-//! gateway run the suite waits (bounded) until the stack has drained the previous run's
-//! payments: outbox rows unpublished and payments still `PENDING`.
+//! Suite order, chosen so one stage's backlog leaks as little as possible into the next one's
+//! numbers: ceiling probes → processor stage (in-process, isolated, on a quiet stack) →
+//! end-to-end run at 1,000/s (tracked to the outcome topic) → maximum rate (closed model) →
+//! half of that rate (open model, HTTP p99). Before each gateway run the suite waits (bounded)
+//! until the stack has drained the previous run's payments: outbox rows unpublished and
+//! payments still `PENDING`. What is left after that wait is printed, and competes with the
+//! next run for the machine.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -74,6 +76,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Processor(args) => {
             report.processor = processor::run(&cli.targets, args, &shutdown).await;
+            report.processor_latency = processor::latency(&cli.targets, args, &shutdown).await;
             Ok(())
         }
     };
@@ -182,6 +185,9 @@ impl Plan {
                 batch_sizes: if quick { vec![100] } else { vec![100, 500] },
                 batch_wait_ms: 50,
                 timeout: Duration::from_secs(if quick { 30 } else { 60 }),
+                latency_rate: 50.0,
+                latency_records: if quick { 100 } else { 500 },
+                latency_configs: vec![(500, 50), (10, 50), (10, 5)],
             },
         }
     }
@@ -203,6 +209,12 @@ async fn suite(
             pool_size: 10,
         };
         report.probes = probes::all(targets, &probe_args, &args.mix, shutdown).await;
+    }
+    if !skip("processor") && !shutdown.is_cancelled() {
+        wait_for_drain(targets, plan.drain, shutdown).await;
+        eprintln!("== payment processor");
+        report.processor = processor::run(targets, &plan.processor, shutdown).await;
+        report.processor_latency = processor::latency(targets, &plan.processor, shutdown).await;
     }
     // One gateway run after the previous run's backlog has drained.
     let gateway_run = |name: &'static str, model: Model, grace: Option<Duration>| {
@@ -239,11 +251,6 @@ async fn suite(
                 .runs
                 .push(gateway_run(GATEWAY_HALF, open, None).await?);
         }
-    }
-    if !skip("processor") && !shutdown.is_cancelled() {
-        wait_for_drain(targets, plan.drain, shutdown).await;
-        eprintln!("== payment processor");
-        report.processor = processor::run(targets, &plan.processor, shutdown).await;
     }
     if let Some(dir) = &args.criterion_dir {
         report.micro = report::read_criterion(dir);

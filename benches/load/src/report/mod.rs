@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::machine::Machine;
 use crate::probes::ProbeResult;
-use crate::processor::ProcessorResult;
+use crate::processor::{LatencyResult, ProcessorResult};
 use crate::run::RunResult;
 use plots::Line;
 use table::Table;
@@ -60,6 +60,7 @@ pub struct Report {
     pub probes: Vec<ProbeResult>,
     pub runs: Vec<RunResult>,
     pub processor: Vec<ProcessorResult>,
+    pub processor_latency: Vec<LatencyResult>,
     pub micro: Vec<MicroResult>,
     pub targets: Vec<TargetCheck>,
     pub fractions: Vec<Fraction>,
@@ -93,6 +94,7 @@ impl Report {
             probes: Vec::new(),
             runs: Vec::new(),
             processor: Vec::new(),
+            processor_latency: Vec::new(),
             micro: Vec::new(),
             targets: Vec::new(),
             fractions: Vec::new(),
@@ -290,6 +292,26 @@ impl Report {
                     self.cpu_note(&r.cpu)
                 ));
             }
+            let latencies: Vec<String> = self
+                .processor_latency
+                .iter()
+                .map(|l| {
+                    format!(
+                        "fetch.wait.max.ms={} and batch_max_wait_ms={}: p50 {} / p99 {} ms",
+                        l.fetch_wait_ms,
+                        l.batch_max_wait_ms,
+                        f2(l.latency.p50_ms),
+                        f2(l.latency.p99_ms)
+                    )
+                })
+                .collect();
+            if !latencies.is_empty() {
+                notes.push(format!(
+                    "processor latency alone at {} /s (record produced → outcome readable): {}.",
+                    f0(self.processor_latency[0].rate),
+                    latencies.join("; ")
+                ));
+            }
         }
         if let (true, Some(best)) = (missed(3), self.best_processor()) {
             let tried: Vec<String> = self
@@ -452,6 +474,39 @@ impl Report {
             t,
         ));
 
+        let mut t = Table::new([
+            "fetch.wait.max.ms",
+            "batch_max_records",
+            "batch_max_wait_ms",
+            "rate/s",
+            "seen",
+            "missing",
+            "p50 ms",
+            "p90 ms",
+            "p99 ms",
+            "max ms",
+            "load avg",
+        ]);
+        for l in &self.processor_latency {
+            t.row([
+                l.fetch_wait_ms.to_string(),
+                l.batch_max_records.to_string(),
+                l.batch_max_wait_ms.to_string(),
+                f0(l.rate),
+                l.matched.to_string(),
+                l.missing.to_string(),
+                f2(l.latency.p50_ms),
+                f2(l.latency.p90_ms),
+                f2(l.latency.p99_ms),
+                f2(l.latency.max_ms),
+                load(l.load_avg_after),
+            ]);
+        }
+        out.push((
+            "Payment processor latency at a steady rate (record produced → outcome readable)",
+            t,
+        ));
+
         let mut t = Table::new(["measured during", "cores used by process (2 cores = 100 %)"]);
         let cpu = |procs: &[crate::machine::ProcessCpu]| {
             procs
@@ -574,9 +629,31 @@ impl Report {
             .collect())
     }
 
-    /// Two plots per load run; a plot that fails is reported and left out.
+    /// Two plots per load run, one for the processor latency runs; a plot that fails is
+    /// reported and left out.
     fn draw_plots(&self, dir: &Path) -> Vec<String> {
         let mut written = Vec::new();
+        if !self.processor_latency.is_empty() {
+            let series: Vec<(String, _)> = self
+                .processor_latency
+                .iter()
+                .map(|l| {
+                    (
+                        format!("fetch.wait.max.ms={}", l.fetch_wait_ms),
+                        l.percentiles.clone(),
+                    )
+                })
+                .collect();
+            let file = "processor-latency-percentiles.png".to_string();
+            let title = format!(
+                "payment processor: record produced → outcome readable, {} /s",
+                f0(self.processor_latency[0].rate)
+            );
+            match plots::percentile_distribution(&dir.join(&file), &title, &series) {
+                Ok(()) => written.push(file),
+                Err(e) => eprintln!("{file}: {e:#}"),
+            }
+        }
         for r in &self.runs {
             let slug = slug(&r.name);
             let mut over_time = vec![
