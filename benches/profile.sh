@@ -23,6 +23,10 @@ if ! command -v perf >/dev/null; then
 fi
 PID="$(pgrep -x "$PROCESS" | head -1 || true)"
 [[ -n "$PID" ]] || { echo "no running process named $PROCESS (make up?)" >&2; exit 1; }
+if [[ "$(readlink "/proc/$PID/exe")" == *"(deleted)" ]]; then
+  echo "warning: $PROCESS's binary was rebuilt since it started; its own symbols will be missing" \
+       "(restart it with make up for a readable profile)" >&2
+fi
 
 cargo build -p paystream-load --bins --quiet
 mkdir -p "$OUT"

@@ -278,7 +278,12 @@ impl Report {
         }
         if let (true, Some(r)) = (missed(2), self.run(crate::suite::E2E)) {
             let stage = |name: &str| r.e2e.iter().find(|s| s.name == name);
-            if let (Some(outcome), Some(relay)) = (stage("outcome"), stage("relay")) {
+            if stage("outcome").is_some_and(|o| o.matched == 0) {
+                notes.push(
+                    "end to end: no outcome appeared at all — is the payment processor running?"
+                        .into(),
+                );
+            } else if let (Some(outcome), Some(relay)) = (stage("outcome"), stage("relay")) {
                 notes.push(format!(
                     "end to end: of the median {} ms, {} ms pass until the request event is \
                      readable (gateway + outbox relay) and {} ms in the payment processor \
@@ -638,10 +643,11 @@ impl Report {
                 .processor_latency
                 .iter()
                 .map(|l| {
-                    (
-                        format!("fetch.wait.max.ms={}", l.fetch_wait_ms),
-                        l.percentiles.clone(),
-                    )
+                    let name = format!(
+                        "fetch.wait.max.ms={} batch_max_wait_ms={}",
+                        l.fetch_wait_ms, l.batch_max_wait_ms
+                    );
+                    (name, l.percentiles.clone())
                 })
                 .collect();
             let file = "processor-latency-percentiles.png".to_string();
