@@ -173,18 +173,19 @@ impl Plan {
             probe: Duration::from_secs(if quick { 3 } else { 10 }),
             run,
             grace: Duration::from_secs(if quick { 10 } else { 20 }),
-            drain: Duration::from_secs(if quick { 15 } else { 45 }),
+            drain: Duration::from_secs(if quick { 15 } else { 30 }),
             e2e_rate: args.e2e_rate.unwrap_or(if quick {
                 200.0
             } else {
                 report::E2E_TARGET_RATE
             }),
             processor: ProcessorArgs {
-                records: if quick { 2_000 } else { 8_000 },
-                instances: if quick { vec![1, 3] } else { vec![1, 3, 6] },
+                // Bounded so the whole suite stays under ten minutes on a busy machine.
+                records: if quick { 2_000 } else { 4_000 },
+                instances: vec![1, 3],
                 batch_sizes: if quick { vec![100] } else { vec![100, 500] },
                 batch_wait_ms: 50,
-                timeout: Duration::from_secs(if quick { 30 } else { 60 }),
+                timeout: Duration::from_secs(if quick { 30 } else { 45 }),
                 latency_rate: 50.0,
                 latency_records: if quick { 100 } else { 500 },
                 latency_configs: vec![(500, 50), (10, 50), (10, 5)],
