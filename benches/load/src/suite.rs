@@ -262,6 +262,9 @@ async fn suite(
     Ok(())
 }
 
+/// A backlog that has not shrunk for this long is not being worked on: stop waiting for it.
+const STALLED: Duration = Duration::from_secs(5);
+
 /// Waits until the stack has no recent unpublished outbox rows and no recent `PENDING`
 /// payments (the previous run's backlog), at most `max_wait`. Read-only queries against the
 /// gateway's database; when it can't be read the suite goes on without waiting.
@@ -274,9 +277,18 @@ async fn wait_for_drain(targets: &Targets, max_wait: Duration, shutdown: &Shutdo
             .context("connecting to Postgres")?;
         let deadline = Instant::now() + max_wait;
         let mut left = backlog(&pool).await?;
+        let mut last_progress = Instant::now();
         while left > 0 && Instant::now() < deadline && !shutdown.is_cancelled() {
             tokio::time::sleep(Duration::from_secs(1)).await;
-            left = backlog(&pool).await?;
+            let now = backlog(&pool).await?;
+            if now < left {
+                last_progress = Instant::now();
+            } else if last_progress.elapsed() >= STALLED {
+                eprintln!("   the backlog is not shrinking: is the payment processor running?");
+                left = now;
+                break;
+            }
+            left = now;
         }
         pool.close().await;
         anyhow::Ok(left)
