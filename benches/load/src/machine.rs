@@ -179,8 +179,10 @@ mod tests {
         }
         assert!(x > 0);
         let used = CpuTimes::now().since(&before);
-        assert!(!used.is_empty(), "a busy loop must show up");
-        assert!(used.iter().all(|p| p.cores > 0.0));
+        let (me, _) = parse_stat(&read("/proc/self/stat")).expect("our own stat line");
+        let mine = used.iter().find(|p| p.process == me);
+        // 300 ms of spinning in 300 ms: far more than the 0.02-core floor even on a busy box.
+        assert!(mine.is_some_and(|p| p.cores > 0.1), "{me}: {used:?}");
     }
 
     #[test]
