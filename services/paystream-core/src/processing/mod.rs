@@ -73,6 +73,10 @@ pub struct LoopSettings {
     pub transactional_id: String,
     pub batch_max_records: usize,
     pub batch_max_wait_ms: u64,
+    /// librdkafka's `fetch.wait.max.ms`: how long the broker may hold a fetch that has no new
+    /// data. Apache Kafka answers as soon as data arrives; the local broker waits the whole
+    /// time, so this bounds end-to-end latency there (librdkafka's default is 500 ms).
+    pub fetch_wait_max_ms: u64,
     pub transaction_timeout_ms: u64,
     pub session_timeout_ms: u64,
     /// First back-off after an aborted batch; doubles up to `abort_backoff_max_ms`.
@@ -99,6 +103,7 @@ impl Default for LoopSettings {
             transactional_id: String::new(),
             batch_max_records: 100,
             batch_max_wait_ms: 50,
+            fetch_wait_max_ms: 100,
             transaction_timeout_ms: 60_000,
             session_timeout_ms: 10_000,
             abort_backoff_ms: 200,
@@ -476,9 +481,11 @@ impl<H: Handler> ProcessingLoop<H> {
             "processing loop needs a transactional id"
         );
         let session_timeout = settings.session_timeout_ms.to_string();
+        let fetch_wait = settings.fetch_wait_max_ms.to_string();
         let mut consumer_props = kafka::TRANSACTIONAL_CONSUMER.to_vec();
         consumer_props.push(("group.id", &settings.group_id));
         consumer_props.push(("session.timeout.ms", &session_timeout));
+        consumer_props.push(("fetch.wait.max.ms", &fetch_wait));
         // Per-partition consumer lag for the metrics, from librdkafka's own bookkeeping.
         consumer_props.push(("statistics.interval.ms", "5000"));
         let consumer: StreamConsumer<LoopContext> =
