@@ -292,10 +292,6 @@ impl Env<'_> {
         fetch_wait_ms: Option<u32>,
     ) -> anyhow::Result<Processors> {
         let scratch = &self.scratch;
-        let properties = match fetch_wait_ms {
-            Some(ms) => json!({"fetch.wait.max.ms": ms.to_string()}),
-            None => json!({}),
-        };
         let mut processors = Processors::default();
         for instance in 0..instances.max(1) {
             // Through serde, so fields added to the settings later keep their defaults here.
@@ -306,13 +302,11 @@ impl Env<'_> {
                     "transactional_id": format!("{}-{instance}", scratch.group),
                     "batch_max_records": batch,
                     "batch_max_wait_ms": batch_wait_ms,
+                    "fetch_wait_max_ms": fetch_wait_ms.map_or(500, u64::from),
                 },
                 "psp": {"url": self.psp_url},
                 "database": {"url": self.targets.database_url, "schema": scratch.schema},
-                "kafka": {
-                    "bootstrap_servers": self.targets.bootstrap_servers,
-                    "properties": properties,
-                },
+                "kafka": {"bootstrap_servers": self.targets.bootstrap_servers},
                 "schema_registry": {"url": self.targets.registry_url},
                 "topics": {
                     "payments_requested": scratch.requested,
