@@ -101,6 +101,8 @@ impl TestStack {
         let topics = TopicSettings {
             payments_requested: format!("test-{id}.payments.requested.v1"),
             payments_outcomes: format!("test-{id}.payments.outcomes.v1"),
+            analytics_payment_stats: format!("test-{id}.analytics.payment-stats.v1"),
+            notifications_sent: format!("test-{id}.notifications.sent.v1"),
         };
         let group_id = format!("test-{id}.payment-processor");
         kafka::ensure_topics(
@@ -568,5 +570,183 @@ impl ProcessorProcess {
             self.transactional_id,
             last + 1
         )))
+    }
+}
+
+/// Loop settings of a consumer group of this stack: short retry delays, one instance.
+fn test_loop_settings(group_id: String) -> LoopSettings {
+    LoopSettings {
+        transactional_id: format!("{group_id}-0"),
+        group_id,
+        retry_delays_ms: TEST_RETRY_DELAYS_MS.to_vec(),
+        ..Default::default()
+    }
+}
+
+fn ephemeral_http() -> HttpSettings {
+    HttpSettings {
+        host: "127.0.0.1".into(),
+        port: 0,
+    }
+}
+
+/// Totals of one merchant × currency summed over windows of one granularity.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WindowTotals {
+    pub requested_count: i64,
+    pub requested_amount_minor: i64,
+    pub succeeded_count: i64,
+    pub succeeded_amount_minor: i64,
+    pub failed_count: i64,
+    pub failed_by_reason: std::collections::BTreeMap<String, i64>,
+}
+
+impl TestStack {
+    /// The analytics consumer group of this stack.
+    pub fn analytics_group(&self) -> String {
+        format!("test-{}.analytics", self.id)
+    }
+
+    /// Settings for an analytics instance wired to this stack.
+    pub fn analytics_settings(&self) -> paystream_analytics::Settings {
+        paystream_analytics::Settings {
+            http: ephemeral_http(),
+            consumer: test_loop_settings(self.analytics_group()),
+            analytics: Default::default(),
+            database: self.database.clone(),
+            kafka: kafka_settings(),
+            schema_registry: SchemaRegistrySettings {
+                url: registry_url(),
+            },
+            topics: self.topics.clone(),
+        }
+    }
+
+    /// Runs an analytics instance in this process until teardown; returns its loop counters
+    /// and chaos hooks.
+    pub async fn spawn_analytics(
+        &self,
+    ) -> anyhow::Result<(Arc<LoopStats>, Arc<paystream_core::processing::Faults>)> {
+        let app = paystream_analytics::Application::build(self.analytics_settings()).await?;
+        let (stats, faults) = (app.stats(), app.faults());
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            if let Err(e) = app.run_until_stopped(shutdown).await {
+                eprintln!("analytics stopped with an error: {e:#}");
+            }
+        });
+        Ok((stats, faults))
+    }
+
+    /// Analytics windows of `granularity` summed per (merchant, currency).
+    pub async fn analytics_totals(
+        &self,
+        granularity: &str,
+    ) -> anyhow::Result<HashMap<(String, String), WindowTotals>> {
+        #[derive(sqlx::FromRow)]
+        struct Row {
+            merchant_id: String,
+            currency: String,
+            requested_count: i64,
+            requested_amount_minor: i64,
+            succeeded_count: i64,
+            succeeded_amount_minor: i64,
+            failed_count: i64,
+            failed_by_reason: sqlx::types::Json<HashMap<String, i64>>,
+        }
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT merchant_id, currency, requested_count, requested_amount_minor,
+                    succeeded_count, succeeded_amount_minor, failed_count, failed_by_reason
+             FROM analytics_windows WHERE granularity = $1",
+        )
+        .bind(granularity)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut totals: HashMap<(String, String), WindowTotals> = HashMap::new();
+        for row in rows {
+            let t = totals.entry((row.merchant_id, row.currency)).or_default();
+            t.requested_count += row.requested_count;
+            t.requested_amount_minor += row.requested_amount_minor;
+            t.succeeded_count += row.succeeded_count;
+            t.succeeded_amount_minor += row.succeeded_amount_minor;
+            t.failed_count += row.failed_count;
+            for (reason, n) in row.failed_by_reason.0 {
+                *t.failed_by_reason.entry(reason).or_default() += n;
+            }
+        }
+        Ok(totals)
+    }
+
+    /// The same totals as the PSP simulator's ledger sees them (its own count of charges).
+    pub async fn psp_totals(&self) -> anyhow::Result<HashMap<(String, String), WindowTotals>> {
+        let mut totals: HashMap<(String, String), WindowTotals> = HashMap::new();
+        for charge in self.charges().await?.into_iter().filter(|c| c.has_charge()) {
+            let t = totals
+                .entry((charge.merchant_id.clone(), charge.currency.clone()))
+                .or_default();
+            t.requested_count += 1;
+            t.requested_amount_minor += charge.amount_minor;
+            match charge.decline_code {
+                None => {
+                    t.succeeded_count += 1;
+                    t.succeeded_amount_minor += charge.amount_minor;
+                }
+                Some(code) => {
+                    t.failed_count += 1;
+                    *t.failed_by_reason.entry(code).or_default() += 1;
+                }
+            }
+        }
+        Ok(totals)
+    }
+}
+
+impl TestStack {
+    /// Produces an already encoded event with its `event_id` header, as a service would.
+    pub async fn produce_event(
+        &self,
+        topic: &str,
+        key: &str,
+        value: &[u8],
+        event_id: Uuid,
+    ) -> anyhow::Result<()> {
+        let producer: FutureProducer =
+            kafka::client_config(&kafka_settings(), kafka::IDEMPOTENT_PRODUCER)?.create()?;
+        let mut headers = RecordHeaders::default();
+        headers.set(paystream_core::headers::EVENT_ID, event_id.to_string());
+        let delivery = kafka::enqueue(
+            &producer,
+            topic,
+            Some(key.as_bytes()),
+            Some(value),
+            headers.to_kafka(),
+        )
+        .await?;
+        kafka::delivered(delivery).await?;
+        Ok(())
+    }
+
+    /// Polls `probe` every 200 ms until it returns `Some`; fails after `timeout`.
+    pub async fn eventually<T, F, Fut>(
+        &self,
+        timeout: Duration,
+        what: &str,
+        probe: F,
+    ) -> anyhow::Result<T>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+    {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(v) = probe().await? {
+                return Ok(v);
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "{what}: not reached after {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 }
