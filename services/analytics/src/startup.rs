@@ -70,14 +70,6 @@ impl Settings {
     }
 }
 
-/// The compacted stats topic: the latest record of a window key is its current state.
-pub fn stats_topic_spec(name: &str, partitions: i32) -> TopicSpec {
-    let mut spec = TopicSpec::new(name, partitions);
-    spec.config
-        .push(("cleanup.policy".to_string(), "compact".to_string()));
-    spec
-}
-
 pub struct Application {
     service: ConsumerService<AnalyticsHandler>,
 }
@@ -87,10 +79,12 @@ impl Application {
         let pool = paystream_core::db::connect(&settings.database).await?;
         kafka::ensure_topics(
             &settings.kafka,
-            &[stats_topic_spec(
+            // Compacted: the latest record of a window key is the window's current state.
+            &[TopicSpec::new(
                 &settings.topics.analytics_payment_stats,
                 settings.analytics.stats_topic_partitions,
-            )],
+            )
+            .compacted()],
         )
         .await
         .context("creating the payment-stats topic")?;

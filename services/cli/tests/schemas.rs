@@ -226,6 +226,7 @@ async fn the_shipped_contracts_register_and_check_clean() {
         subjects,
         json!([
             "analytics.payment-stats.v1-value",
+            "notifications.sent.v1-value",
             "payments.outcomes.v1-value",
             "payments.requested.v1-value"
         ])

@@ -30,6 +30,9 @@ use uuid::Uuid;
 
 pub const PARTITIONS: i32 = 3;
 
+/// The gateway's admin bearer token in tests.
+pub const TEST_ADMIN_TOKEN: &str = "test-admin-token";
+
 /// Short retry delays, so tests see the whole chain in about a second.
 pub const TEST_RETRY_DELAYS_MS: [u64; 3] = [200, 400, 800];
 
@@ -152,6 +155,7 @@ impl TestStack {
                 url: registry_url(),
             },
             topics: topics.clone(),
+            admin_token: Some(TEST_ADMIN_TOKEN.to_string().into()),
         };
         let gateway = paystream_gateway::Application::build(gateway_settings).await?;
         let gateway_url = format!("http://127.0.0.1:{}", gateway.port());
@@ -748,5 +752,344 @@ impl TestStack {
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+}
+
+/// One request the [`WebhookReceiver`] accepted.
+#[derive(Debug, Clone)]
+pub struct WebhookDelivery {
+    pub event_id: String,
+    pub body: Value,
+}
+
+#[derive(Default)]
+struct ReceiverState {
+    /// Signing secret per merchant id (the body's `data.merchant_id`).
+    secrets: std::sync::Mutex<HashMap<String, String>>,
+    answer: std::sync::atomic::AtomicU16,
+    accepted: std::sync::Mutex<Vec<WebhookDelivery>>,
+    refused: std::sync::atomic::AtomicU64,
+    bad_signatures: std::sync::atomic::AtomicU64,
+}
+
+/// A real HTTP webhook receiver: verifies every signature (as documented in the README) and
+/// answers with a configurable status; counts what it accepted.
+#[derive(Clone)]
+pub struct WebhookReceiver {
+    state: Arc<ReceiverState>,
+    pub url: String,
+}
+
+impl WebhookReceiver {
+    pub async fn start(shutdown: Shutdown) -> anyhow::Result<Self> {
+        use axum::body::Bytes;
+        use axum::extract::State;
+        use axum::http::{HeaderMap, StatusCode};
+        use std::sync::atomic::Ordering::SeqCst;
+
+        async fn receive(
+            State(state): State<Arc<ReceiverState>>,
+            headers: HeaderMap,
+            body: Bytes,
+        ) -> StatusCode {
+            let header = |name: &str| {
+                headers
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            let merchant = serde_json::from_slice::<Value>(&body)
+                .ok()
+                .and_then(|b| b["data"]["merchant_id"].as_str().map(str::to_string))
+                .unwrap_or_default();
+            let secret = state
+                .secrets
+                .lock()
+                .unwrap()
+                .get(&merchant)
+                .cloned()
+                .unwrap_or_default();
+            let verified = paystream_notifier::signature::verify(
+                &secret,
+                &header(paystream_notifier::signature::SIGNATURE_HEADER),
+                &body,
+                chrono::Utc::now().timestamp(),
+                paystream_notifier::signature::DEFAULT_TOLERANCE_SECS,
+            );
+            if verified.is_err() || header("content-type") != "application/json" {
+                state.bad_signatures.fetch_add(1, SeqCst);
+                return StatusCode::UNAUTHORIZED;
+            }
+            let answer = StatusCode::from_u16(state.answer.load(SeqCst)).unwrap_or(StatusCode::OK);
+            if !answer.is_success() {
+                state.refused.fetch_add(1, SeqCst);
+                return answer;
+            }
+            let Ok(body) = serde_json::from_slice::<Value>(&body) else {
+                return StatusCode::BAD_REQUEST;
+            };
+            state.accepted.lock().unwrap().push(WebhookDelivery {
+                event_id: header(paystream_notifier::signature::EVENT_ID_HEADER),
+                body,
+            });
+            StatusCode::OK
+        }
+
+        let state = Arc::new(ReceiverState::default());
+        state.answer.store(200, SeqCst);
+        let router = axum::Router::new()
+            .route("/hooks", axum::routing::post(receive))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://127.0.0.1:{}/hooks", listener.local_addr()?.port());
+        tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await
+        });
+        Ok(Self { state, url })
+    }
+
+    /// The signing secret the receiver verifies `merchant_id`'s webhooks against.
+    pub fn set_secret(&self, merchant_id: &str, secret: &str) {
+        self.state
+            .secrets
+            .lock()
+            .unwrap()
+            .insert(merchant_id.to_string(), secret.to_string());
+    }
+
+    /// The status answered to correctly signed requests from now on.
+    pub fn answer(&self, status: u16) {
+        self.state
+            .answer
+            .store(status, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn accepted(&self) -> Vec<WebhookDelivery> {
+        self.state.accepted.lock().unwrap().clone()
+    }
+
+    /// Correctly signed requests answered with a non-2xx status.
+    pub fn refused(&self) -> u64 {
+        self.state.refused.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn bad_signatures(&self) -> u64 {
+        self.state
+            .bad_signatures
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// One message the [`SmtpSink`] received.
+#[derive(Debug, Clone)]
+pub struct SmtpMessage {
+    pub recipients: Vec<String>,
+    pub message_id: String,
+    pub subject: String,
+    pub data: String,
+}
+
+/// A real SMTP server (RFC 5321 subset: EHLO/HELO, MAIL, RCPT, DATA, RSET, NOOP, QUIT) that
+/// keeps every message it accepted.
+#[derive(Clone)]
+pub struct SmtpSink {
+    messages: Arc<std::sync::Mutex<Vec<SmtpMessage>>>,
+    pub port: u16,
+}
+
+impl SmtpSink {
+    pub async fn start(shutdown: Shutdown) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let messages: Arc<std::sync::Mutex<Vec<SmtpMessage>>> = Arc::default();
+        let store = messages.clone();
+        tokio::spawn(async move {
+            loop {
+                let socket = tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok((socket, _)) => socket,
+                        Err(_) => continue,
+                    },
+                    _ = shutdown.cancelled() => return,
+                };
+                let store = store.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = Self::session(socket, store).await {
+                        eprintln!("smtp sink session failed: {e:#}");
+                    }
+                });
+            }
+        });
+        Ok(Self { messages, port })
+    }
+
+    async fn session(
+        socket: tokio::net::TcpStream,
+        store: Arc<std::sync::Mutex<Vec<SmtpMessage>>>,
+    ) -> anyhow::Result<()> {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let (read, mut write) = socket.into_split();
+        let mut lines = BufReader::new(read).lines();
+        write.write_all(b"220 sink ESMTP ready\r\n").await?;
+        let mut recipients = Vec::new();
+        while let Some(line) = lines.next_line().await? {
+            let verb = line.get(..4).unwrap_or(&line).to_ascii_uppercase();
+            let reply: &[u8] = match verb.as_str() {
+                "EHLO" | "HELO" => b"250 sink\r\n",
+                "MAIL" => {
+                    recipients.clear();
+                    b"250 OK\r\n"
+                }
+                "RCPT" => {
+                    let to = line
+                        .split_once(':')
+                        .map(|(_, a)| a.trim().trim_matches(['<', '>']).to_string())
+                        .unwrap_or_default();
+                    recipients.push(to);
+                    b"250 OK\r\n"
+                }
+                "DATA" => {
+                    write.write_all(b"354 end with <CRLF>.<CRLF>\r\n").await?;
+                    let mut data = String::new();
+                    while let Some(l) = lines.next_line().await? {
+                        if l == "." {
+                            break;
+                        }
+                        data.push_str(l.strip_prefix('.').unwrap_or(&l));
+                        data.push('\n');
+                    }
+                    let header = |name: &str| {
+                        data.lines()
+                            .take_while(|l| !l.is_empty())
+                            .find_map(|l| {
+                                let (k, v) = l.split_once(':')?;
+                                k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+                            })
+                            .unwrap_or_default()
+                    };
+                    let message = SmtpMessage {
+                        recipients: std::mem::take(&mut recipients),
+                        message_id: header("Message-ID"),
+                        subject: header("Subject"),
+                        data: data.clone(),
+                    };
+                    store.lock().unwrap().push(message);
+                    b"250 OK queued\r\n"
+                }
+                "RSET" => {
+                    recipients.clear();
+                    b"250 OK\r\n"
+                }
+                "NOOP" => b"250 OK\r\n",
+                "QUIT" => {
+                    write.write_all(b"221 bye\r\n").await?;
+                    return Ok(());
+                }
+                _ => b"502 command not implemented\r\n",
+            };
+            write.write_all(reply).await?;
+        }
+        Ok(())
+    }
+
+    pub fn messages(&self) -> Vec<SmtpMessage> {
+        self.messages.lock().unwrap().clone()
+    }
+}
+
+impl TestStack {
+    /// The notifier consumer group of this stack.
+    pub fn notifier_group(&self) -> String {
+        format!("test-{}.notifier", self.id)
+    }
+
+    /// Settings for a notifier wired to this stack, mailing through `smtp_port`; loopback
+    /// webhook targets are allowed (the receivers run on 127.0.0.1).
+    pub fn notifier_settings(&self, smtp_port: u16) -> paystream_notifier::Settings {
+        paystream_notifier::Settings {
+            http: ephemeral_http(),
+            consumer: test_loop_settings(self.notifier_group()),
+            notifier: paystream_notifier::NotifierSettings {
+                allow_loopback_targets: true,
+                smtp_port,
+                webhook_timeout_ms: 2_000,
+                smtp_timeout_ms: 5_000,
+                ..Default::default()
+            },
+            database: self.database.clone(),
+            kafka: kafka_settings(),
+            schema_registry: SchemaRegistrySettings {
+                url: registry_url(),
+            },
+            topics: self.topics.clone(),
+        }
+    }
+
+    /// Runs a notifier in this process until teardown; returns its loop counters.
+    pub async fn spawn_notifier(
+        &self,
+        settings: paystream_notifier::Settings,
+    ) -> anyhow::Result<Arc<LoopStats>> {
+        let app = paystream_notifier::Application::build(settings).await?;
+        let stats = app.stats();
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            if let Err(e) = app.run_until_stopped(shutdown).await {
+                eprintln!("notifier stopped with an error: {e:#}");
+            }
+        });
+        Ok(stats)
+    }
+
+    /// A webhook receiver and an SMTP sink living until teardown.
+    pub async fn receivers(&self) -> anyhow::Result<(WebhookReceiver, SmtpSink)> {
+        Ok((
+            WebhookReceiver::start(self.shutdown.clone()).await?,
+            SmtpSink::start(self.shutdown.clone()).await?,
+        ))
+    }
+}
+
+impl TestStack {
+    /// `PUT /v1/merchants/{id}` with the admin token; returns status and JSON body.
+    pub async fn put_merchant(
+        &self,
+        merchant_id: &str,
+        body: &Value,
+    ) -> anyhow::Result<(u16, Value)> {
+        let response = self
+            .http
+            .put(format!("{}/v1/merchants/{merchant_id}", self.gateway_url))
+            .bearer_auth(TEST_ADMIN_TOKEN)
+            .json(body)
+            .send()
+            .await?;
+        Ok((response.status().as_u16(), response.json().await?))
+    }
+
+    /// Creates (or updates) a merchant notifying `webhook_url`; returns its signing secret
+    /// when the call created it.
+    pub async fn merchant_with_webhook(
+        &self,
+        merchant_id: &str,
+        webhook_url: &str,
+    ) -> anyhow::Result<Option<String>> {
+        let (status, body) = self
+            .put_merchant(
+                merchant_id,
+                &serde_json::json!({
+                    "webhook_url": webhook_url,
+                    "notification_email": format!("ops@{merchant_id}.example"),
+                }),
+            )
+            .await?;
+        anyhow::ensure!(
+            status == 200 || status == 201,
+            "PUT merchant: {status} {body}"
+        );
+        Ok(body["webhook_secret"].as_str().map(str::to_string))
     }
 }

@@ -182,6 +182,7 @@ async fn late_and_repeated_events_update_their_window_once() -> anyhow::Result<(
         currency: "EUR".into(),
         payment_method: "card".into(),
         requested_at,
+        customer_email: None,
     };
     let outcome = PaymentOutcome {
         event_id: events::event_id(payment_id, Step::Outcome).to_string(),

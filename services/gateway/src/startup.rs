@@ -44,6 +44,9 @@ pub struct Settings {
     pub schema_registry: SchemaRegistrySettings,
     #[serde(default)]
     pub topics: TopicSettings,
+    /// Bearer token of the admin endpoints (`PAYSTREAM_ADMIN_TOKEN`); unset: they refuse all.
+    #[serde(default)]
+    pub admin_token: Option<secrecy::SecretString>,
 }
 
 impl Settings {
@@ -151,6 +154,18 @@ impl Application {
         let router = Router::new()
             .route("/v1/payments", post(routes::payments::create))
             .route("/v1/payments/{id}", get(routes::payments::get))
+            .route(
+                "/v1/merchants/{id}",
+                get(routes::merchants::get).put(routes::merchants::put),
+            )
+            .route(
+                "/v1/merchants/{id}/rotate-secret",
+                post(routes::merchants::rotate_secret),
+            )
+            .route(
+                "/v1/analytics/merchants/{id}/stats",
+                get(routes::analytics::merchant_stats),
+            )
             .route("/health/live", get(routes::health::live))
             .route("/health/ready", get(routes::health::ready))
             .fallback(routes::not_found)

@@ -59,6 +59,12 @@ pub const PAYMENT_STATS_SCHEMA: SchemaFile = SchemaFile {
     avsc: include_str!("../../../schemas/analytics.payment-stats.v1.avsc"),
 };
 
+pub const NOTIFICATION_SENT_SCHEMA: SchemaFile = SchemaFile {
+    name: "notifications.sent.v1",
+    full_name: "io.paystream.notifications.v1.NotificationSent",
+    avsc: include_str!("../../../schemas/notifications.sent.v1.avsc"),
+};
+
 /// Value of `payments.requested.v1`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PaymentRequested {
@@ -72,6 +78,9 @@ pub struct PaymentRequested {
     pub payment_method: String,
     /// Epoch milliseconds (Avro `timestamp-millis`).
     pub requested_at: i64,
+    /// Where the outcome e-mail goes; absent in records written before the field existed.
+    #[serde(default)]
+    pub customer_email: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,6 +137,21 @@ pub struct PaymentStats {
     pub latency_p99_ms: Option<i64>,
 }
 
+/// Value of `notifications.sent.v1`: one delivered notification.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NotificationSent {
+    pub event_id: String,
+    pub source_event_id: String,
+    pub payment_id: String,
+    pub merchant_id: String,
+    /// `webhook` or `email`.
+    pub channel: String,
+    pub target: String,
+    pub attempts: i32,
+    pub in_doubt_resends: i32,
+    pub delivered_at: i64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,6 +170,7 @@ mod tests {
             PAYMENT_REQUESTED_SCHEMA,
             PAYMENT_OUTCOME_SCHEMA,
             PAYMENT_STATS_SCHEMA,
+            NOTIFICATION_SENT_SCHEMA,
         ] {
             let parsed = apache_avro::Schema::parse_str(s.avsc)
                 .unwrap_or_else(|e| panic!("{}: {e}", s.name));

@@ -1,6 +1,8 @@
 //! HTTP handlers, grouped by resource.
 
+pub mod analytics;
 pub mod health;
+pub mod merchants;
 pub mod payments;
 
 use crate::problem::ApiError;

@@ -133,6 +133,7 @@ pub async fn create(
         currency: request.currency.clone(),
         payment_method: request.payment_method.clone(),
         requested_at: now.timestamp_millis(),
+        customer_email: request.customer_email.clone(),
     };
     let mut record_headers = RecordHeaders::default();
     record_headers.inject_current_context();
@@ -164,8 +165,8 @@ async fn insert_payment(
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO payments (id, client_id, merchant_id, customer_id, amount_minor, currency,
-                               payment_method, status, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, 'PENDING', $8, $8)",
+                               payment_method, status, created_at, updated_at, customer_email)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 'PENDING', $8, $8, $9)",
     )
     .bind(id)
     .bind(ANONYMOUS_CLIENT)
@@ -175,6 +176,7 @@ async fn insert_payment(
     .bind(&request.currency)
     .bind(&request.payment_method)
     .bind(now)
+    .bind(&request.customer_email)
     .execute(conn)
     .await
     .map(|_| ())
