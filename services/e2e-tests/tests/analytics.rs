@@ -154,6 +154,67 @@ async fn every_event_is_counted_once_and_totals_match_the_psp() -> anyhow::Resul
             .sum();
         assert_eq!(on_topic, totals.requested_count, "{merchant} {currency}");
     }
+    // The gateway's view: the day buckets of each merchant add up to the same totals, and
+    // the minute buckets of the last 24 h (the default range) too.
+    for merchant in MERCHANTS {
+        let month_ago = (chrono::Utc::now() - chrono::Duration::days(30))
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        for (granularity, query) in [
+            ("day", format!("?granularity=day&from={month_ago}")),
+            ("minute", String::new()),
+        ] {
+            let view: serde_json::Value = stack
+                .http
+                .get(format!(
+                    "{}/v1/analytics/merchants/{merchant}/stats{query}",
+                    stack.gateway_url
+                ))
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            assert_eq!(view["merchant_id"], merchant);
+            assert_eq!(view["granularity"], granularity);
+            for currency in CURRENCIES {
+                let buckets: Vec<&serde_json::Value> = view["buckets"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|b| b["currency"] == currency)
+                    .collect();
+                let sum = |field: &str| -> i64 {
+                    buckets.iter().map(|b| b[field].as_i64().unwrap()).sum()
+                };
+                let expected = &expected[&(merchant.to_string(), currency.to_string())];
+                assert_eq!(sum("requested_count"), expected.requested_count);
+                assert_eq!(
+                    sum("succeeded_amount_minor"),
+                    expected.succeeded_amount_minor
+                );
+                assert_eq!(sum("failed_count"), expected.failed_count);
+                assert!(buckets.iter().all(|b| b["latency_ms"]["p99"].is_i64()
+                    && b["window_start"].as_str().unwrap().ends_with('Z')));
+            }
+        }
+    }
+    for bad in [
+        "?granularity=hour",
+        "?from=yesterday",
+        "?from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z",
+        "?granularity=day&from=2000-01-01T00:00:00Z",
+    ] {
+        let response = stack
+            .http
+            .get(format!(
+                "{}/v1/analytics/merchants/m_an_1/stats{bad}",
+                stack.gateway_url
+            ))
+            .send()
+            .await?;
+        assert_eq!(response.status(), 400, "{bad}");
+    }
+
     println!(
         "analytics: {PAYMENTS} payments, PSP ledger {expected:?}; {} stats records on the topic, {day_keys} day keys; loop {snapshot:?}",
         records.len()
