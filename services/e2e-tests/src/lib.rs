@@ -217,40 +217,9 @@ impl TestStack {
     /// The environment that points the `payment-processor` binary at this stack.
     pub fn processor_env(&self) -> Vec<(String, String)> {
         let s = self.processor_settings();
-        vec![
-            ("PAYSTREAM_HTTP__PORT".into(), "0".into()),
-            ("PAYSTREAM_CONSUMER__GROUP_ID".into(), s.consumer.group_id),
-            (
-                "PAYSTREAM_CONSUMER__TRANSACTIONAL_ID".into(),
-                s.consumer.transactional_id,
-            ),
-            ("PAYSTREAM_PSP__URL".into(), s.psp.url),
-            (
-                "PAYSTREAM_CONSUMER__RETRY_DELAYS_MS".into(),
-                TEST_RETRY_DELAYS_MS.map(|d| d.to_string()).join(","),
-            ),
-            ("PAYSTREAM_DATABASE__URL".into(), database_url()),
-            (
-                "PAYSTREAM_DATABASE__SCHEMA".into(),
-                s.database.schema.unwrap_or_default(),
-            ),
-            (
-                "PAYSTREAM_KAFKA__BOOTSTRAP_SERVERS".into(),
-                s.kafka.bootstrap_servers,
-            ),
-            (
-                "PAYSTREAM_SCHEMA_REGISTRY__URL".into(),
-                s.schema_registry.url,
-            ),
-            (
-                "PAYSTREAM_TOPICS__PAYMENTS_REQUESTED".into(),
-                s.topics.payments_requested,
-            ),
-            (
-                "PAYSTREAM_TOPICS__PAYMENTS_OUTCOMES".into(),
-                s.topics.payments_outcomes,
-            ),
-        ]
+        let mut env = self.consumer_env(&s.consumer.group_id, &s.consumer.transactional_id);
+        env.push(("PAYSTREAM_PSP__URL".into(), s.psp.url));
+        env
     }
 
     /// `POST /v1/payments` with a JSON body.
@@ -485,10 +454,27 @@ pub struct ProcessorProcess {
 impl ProcessorProcess {
     /// Starts an instance with `transactional_id`; `run` names its log file.
     pub fn spawn(stack: &TestStack, transactional_id: &str, run: &str) -> anyhow::Result<Self> {
-        let log_path = std::env::temp_dir().join(format!("{}-{run}.log", stack.group_id));
+        Self::spawn_binary(
+            "payment-processor",
+            stack.processor_env(),
+            &stack.group_id,
+            transactional_id,
+            run,
+        )
+    }
+
+    /// Starts the workspace binary `binary` with `env`; `group` and `run` name its log file.
+    pub fn spawn_binary(
+        binary: &str,
+        env: Vec<(String, String)>,
+        group: &str,
+        transactional_id: &str,
+        run: &str,
+    ) -> anyhow::Result<Self> {
+        let log_path = std::env::temp_dir().join(format!("{group}-{run}.log"));
         let log = std::fs::File::create(&log_path)?;
-        let child = tokio::process::Command::new(workspace_binary("payment-processor")?)
-            .envs(stack.processor_env())
+        let child = tokio::process::Command::new(workspace_binary(binary)?)
+            .envs(env)
             .env("PAYSTREAM_CONSUMER__TRANSACTIONAL_ID", transactional_id)
             .env("RUST_LOG", "info")
             .stdout(std::process::Stdio::from(log.try_clone()?))
@@ -1091,5 +1077,70 @@ impl TestStack {
             "PUT merchant: {status} {body}"
         );
         Ok(body["webhook_secret"].as_str().map(str::to_string))
+    }
+}
+
+impl TestStack {
+    /// The environment every consumer-group binary needs to run against this stack.
+    pub fn consumer_env(&self, group_id: &str, transactional_id: &str) -> Vec<(String, String)> {
+        let t = &self.topics;
+        vec![
+            ("PAYSTREAM_HTTP__PORT".into(), "0".into()),
+            ("PAYSTREAM_CONSUMER__GROUP_ID".into(), group_id.into()),
+            (
+                "PAYSTREAM_CONSUMER__TRANSACTIONAL_ID".into(),
+                transactional_id.into(),
+            ),
+            (
+                "PAYSTREAM_CONSUMER__RETRY_DELAYS_MS".into(),
+                TEST_RETRY_DELAYS_MS.map(|d| d.to_string()).join(","),
+            ),
+            ("PAYSTREAM_DATABASE__URL".into(), database_url()),
+            (
+                "PAYSTREAM_DATABASE__SCHEMA".into(),
+                self.database.schema.clone().unwrap_or_default(),
+            ),
+            (
+                "PAYSTREAM_KAFKA__BOOTSTRAP_SERVERS".into(),
+                kafka_settings().bootstrap_servers,
+            ),
+            ("PAYSTREAM_SCHEMA_REGISTRY__URL".into(), registry_url()),
+            (
+                "PAYSTREAM_TOPICS__PAYMENTS_REQUESTED".into(),
+                t.payments_requested.clone(),
+            ),
+            (
+                "PAYSTREAM_TOPICS__PAYMENTS_OUTCOMES".into(),
+                t.payments_outcomes.clone(),
+            ),
+            (
+                "PAYSTREAM_TOPICS__ANALYTICS_PAYMENT_STATS".into(),
+                t.analytics_payment_stats.clone(),
+            ),
+            (
+                "PAYSTREAM_TOPICS__NOTIFICATIONS_SENT".into(),
+                t.notifications_sent.clone(),
+            ),
+        ]
+    }
+
+    /// The environment of a `notifier` binary mailing through `smtp_port`.
+    pub fn notifier_env(&self, smtp_port: u16, transactional_id: &str) -> Vec<(String, String)> {
+        let mut env = self.consumer_env(&self.notifier_group(), transactional_id);
+        env.extend([
+            (
+                "PAYSTREAM_NOTIFIER__SMTP_PORT".into(),
+                smtp_port.to_string(),
+            ),
+            (
+                "PAYSTREAM_NOTIFIER__ALLOW_LOOPBACK_TARGETS".into(),
+                "true".into(),
+            ),
+            (
+                "PAYSTREAM_NOTIFIER__WEBHOOK_TIMEOUT_MS".into(),
+                "2000".into(),
+            ),
+        ]);
+        env
     }
 }
