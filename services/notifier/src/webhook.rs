@@ -115,6 +115,13 @@ impl WebhookClient {
         self.policy
             .check_url(&url)
             .map_err(|e| SendError::Permanent(e.to_string()))?;
+        // The workspace builds reqwest without a TLS backend (see the README): say so instead
+        // of retrying a request that cannot be made.
+        if url.scheme() == "https" {
+            return Err(SendError::Permanent(
+                "https webhook targets need a TLS-enabled build of the notifier".into(),
+            ));
+        }
         let signature = signature::sign(secret, Utc::now().timestamp(), &body);
         let response = self
             .http
