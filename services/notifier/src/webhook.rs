@@ -161,6 +161,86 @@ fn classify_request_error(e: reqwest::Error) -> SendError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A one-shot HTTP server on 127.0.0.1 answering `status`; returns its port.
+    async fn answer_once(status: u16) -> u16 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 16 * 1024];
+            let _ = socket.read(&mut buf).await;
+            let response = format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\n\r\n");
+            socket.write_all(response.as_bytes()).await.unwrap();
+        });
+        port
+    }
+
+    fn client(allow_loopback: bool) -> WebhookClient {
+        let policy = TargetPolicy {
+            allow_loopback,
+            allow_private: false,
+        };
+        WebhookClient::new(policy, Duration::from_secs(5)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn names_are_checked_where_they_resolve() {
+        // `localhost` resolves to loopback: refused by a strict guard, before any connection.
+        let port = answer_once(200).await;
+        let refused = client(false)
+            .send(
+                &format!("http://localhost:{port}/h"),
+                "whsec_x",
+                "e1",
+                b"{}".to_vec(),
+            )
+            .await;
+        match refused {
+            Err(SendError::Permanent(m)) => assert!(m.contains("not allowed"), "{m}"),
+            other => panic!("expected a permanent refusal, got {other:?}"),
+        }
+        // Allowed when loopback targets are: the same name now reaches the server.
+        let ok = client(true)
+            .send(
+                &format!("http://localhost:{port}/h"),
+                "whsec_x",
+                "e1",
+                b"{}".to_vec(),
+            )
+            .await;
+        assert!(ok.is_ok(), "{ok:?}");
+    }
+
+    #[tokio::test]
+    async fn answers_are_classified() {
+        for (status, transient) in [
+            (503, true),
+            (429, true),
+            (408, true),
+            (400, false),
+            (301, false),
+        ] {
+            let port = answer_once(status).await;
+            let result = client(true)
+                .send(
+                    &format!("http://127.0.0.1:{port}/h"),
+                    "whsec_x",
+                    "e1",
+                    b"{}".to_vec(),
+                )
+                .await;
+            match (result, transient) {
+                (Err(SendError::Transient(_)), true) | (Err(SendError::Permanent(_)), false) => {}
+                (other, _) => panic!("{status}: {other:?}"),
+            }
+        }
+        let https = client(true)
+            .send("https://127.0.0.1:1/h", "whsec_x", "e1", b"{}".to_vec())
+            .await;
+        assert!(matches!(https, Err(SendError::Permanent(_))));
+    }
 
     #[test]
     fn the_body_is_stable_and_shaped_for_receivers() {
