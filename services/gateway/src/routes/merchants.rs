@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 
 use crate::domain::{check_id, is_plain_email};
 use crate::problem::{problem_response, ApiError, FieldError, PROBLEM_TYPE_BASE};
+use crate::routes::payments::read_request;
 use crate::startup::AppState;
 
 const MAX_URL_LEN: usize = 2048;
@@ -162,19 +163,7 @@ pub async fn put(
     body: Body,
 ) -> Result<Response, ResourceError> {
     authorize(&state, &headers)?;
-    let bytes = axum::body::to_bytes(body, state.settings.gateway.max_body_bytes)
-        .await
-        .map_err(|_| ApiError::PayloadTooLarge(state.settings.gateway.max_body_bytes))?;
-    let body: MerchantBody = serde_json::from_slice(&bytes).map_err(|e| {
-        if e.is_data() {
-            ApiError::Validation(vec![FieldError {
-                field: "body".into(),
-                message: e.to_string(),
-            }])
-        } else {
-            ApiError::MalformedJson(e.to_string())
-        }
-    })?;
+    let body: MerchantBody = read_request(body, state.settings.gateway.max_body_bytes).await?;
     validate(&id, &body)?;
     #[derive(sqlx::FromRow)]
     struct Saved {

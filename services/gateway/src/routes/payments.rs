@@ -44,8 +44,11 @@ fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
     is_json.then_some(()).ok_or(ApiError::UnsupportedMediaType)
 }
 
-/// Reads and parses the body within the configured size limit.
-async fn read_request(body: Body, limit: usize) -> Result<PaymentRequestBody, ApiError> {
+/// Reads and parses a JSON body within the configured size limit.
+pub(crate) async fn read_request<T: serde::de::DeserializeOwned>(
+    body: Body,
+    limit: usize,
+) -> Result<T, ApiError> {
     let bytes = axum::body::to_bytes(body, limit)
         .await
         .map_err(|_| ApiError::PayloadTooLarge(limit))?;
@@ -71,7 +74,7 @@ pub async fn create(
     let key = idempotency::parse_key(&headers)?;
     tracing::Span::current().record("idempotency.key", key.as_str());
     require_json(&headers)?;
-    let request = read_request(body, state.settings.gateway.max_body_bytes)
+    let request = read_request::<PaymentRequestBody>(body, state.settings.gateway.max_body_bytes)
         .await?
         .validate(state.settings.gateway.max_amount_minor)
         .map_err(ApiError::Validation)?;
