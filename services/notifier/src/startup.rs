@@ -27,6 +27,10 @@ port = 8084
 
 [consumer]
 group_id = "notifier"
+# A record may wait up to webhook_timeout_ms + smtp_timeout_ms (15 s) on slow receivers; ten
+# of them fit well inside the transaction timeout, so a batch is never timed out by the broker.
+batch_max_records = 10
+transaction_timeout_ms = 180000
 "#;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -157,5 +161,23 @@ impl Application {
     /// Processes until `shutdown` or a fatal error (returned: the process exits non-zero).
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
         self.service.run_until_stopped(shutdown).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_bound_a_slow_batch_by_the_transaction_timeout() {
+        let s: Settings = paystream_core::config::load(DEFAULTS).unwrap();
+        assert_eq!(s.consumer.group_id, "notifier");
+        assert_eq!(s.http.port, 8084);
+        let worst_record_ms = s.notifier.webhook_timeout_ms + s.notifier.smtp_timeout_ms;
+        assert!(
+            s.consumer.batch_max_records as u64 * worst_record_ms
+                < s.consumer.transaction_timeout_ms
+        );
+        assert!(!s.notifier.allow_loopback_targets && !s.notifier.allow_private_targets);
     }
 }
