@@ -147,7 +147,7 @@ start_smtp_sink() {
     return 0
   fi
   local python; python=$("$ROOT/scripts/python-env.sh")
-  start smtp-sink "$python" -m aiosmtpd -n -c aiosmtpd.handlers.Debugging -l "$SMTP_ADDR"
+  start smtp-sink "$python" -u -m aiosmtpd -n -c aiosmtpd.handlers.Debugging -l "$SMTP_ADDR"
   wait_for smtp-sink 30 tcp_open "$SMTP_ADDR"
 }
 
