@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The local paystream stack, without Docker: Nisshi (Kafka-API broker, in-memory), the Postgres
-# already running on the machine, the schema registry, the PSP simulator, the gateway and the
-# payment processor. Idempotent: `up` installs and starts only what is missing.
+# already running on the machine, the schema registry, the PSP simulator, the gateway, the
+# payment processor, analytics and the notifier (with an SMTP sink, Python aiosmtpd, printing
+# every e-mail to .stack/smtp-sink.log). Idempotent: `up` installs and starts only what is
+# missing.
 #
 #   scripts/stack.sh up       install what is missing, build, start, wait until healthy
 #   scripts/stack.sh down     stop everything `up` started
@@ -26,6 +28,9 @@ REGISTRY_ADDR="${PAYSTREAM_SCHEMA_REGISTRY_ADDR:-127.0.0.1:8081}"
 GATEWAY_ADDR="${PAYSTREAM_GATEWAY_ADDR:-127.0.0.1:8080}"
 PROCESSOR_ADDR="${PAYSTREAM_PROCESSOR_ADDR:-127.0.0.1:8082}"
 PSP_ADDR="${PAYSTREAM_PSP_ADDR:-127.0.0.1:8090}"
+ANALYTICS_ADDR="${PAYSTREAM_ANALYTICS_ADDR:-127.0.0.1:8083}"
+NOTIFIER_ADDR="${PAYSTREAM_NOTIFIER_ADDR:-127.0.0.1:8084}"
+SMTP_ADDR="${PAYSTREAM_SMTP_ADDR:-127.0.0.1:2525}"
 DATABASE_URL="${PAYSTREAM_DATABASE__URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 PARTITIONS="${PAYSTREAM_PARTITIONS:-6}"
 
@@ -34,6 +39,15 @@ export PAYSTREAM_DATABASE__URL="$DATABASE_URL"
 export PAYSTREAM_KAFKA__BOOTSTRAP_SERVERS="$BROKER_ADDR"
 export PAYSTREAM_SCHEMA_REGISTRY__URL="http://$REGISTRY_ADDR"
 export PAYSTREAM_PSP__URL="http://$PSP_ADDR"
+# The notifier mails through the local sink and may call webhook receivers on this machine.
+export PAYSTREAM_NOTIFIER__SMTP_HOST="${SMTP_ADDR%:*}"
+export PAYSTREAM_NOTIFIER__SMTP_PORT="${SMTP_ADDR##*:}"
+export PAYSTREAM_NOTIFIER__ALLOW_LOOPBACK_TARGETS="${PAYSTREAM_NOTIFIER__ALLOW_LOOPBACK_TARGETS:-true}"
+# The gateway's admin API token (merchants). A fixed, well-known value for the dev stack only.
+if [[ -z ${PAYSTREAM_ADMIN_TOKEN:-} ]]; then
+  DEV_ADMIN_TOKEN_DEFAULTED=1
+  export PAYSTREAM_ADMIN_TOKEN=dev-admin-token
+fi
 
 log() { printf '[stack] %s\n' "$*" >&2; }
 
@@ -127,6 +141,16 @@ start_service() { # start_service NAME BINARY ADDR
     start "$name" "$BIN_DIR/$binary"
 }
 
+start_smtp_sink() {
+  if ! running smtp-sink && tcp_open "$SMTP_ADDR"; then
+    log "smtp-sink: something already listens on $SMTP_ADDR; using it"
+    return 0
+  fi
+  local python; python=$("$ROOT/scripts/python-env.sh")
+  start smtp-sink "$python" -u -m aiosmtpd -n -c aiosmtpd.handlers.Debugging -l "$SMTP_ADDR"
+  wait_for smtp-sink 30 tcp_open "$SMTP_ADDR"
+}
+
 up() {
   mkdir -p "$STATE_DIR"
   local started=$SECONDS
@@ -144,9 +168,17 @@ up() {
   PAYSTREAM_GATEWAY__RATE_LIMIT__REQUESTS_PER_SECOND="${PAYSTREAM_GATEWAY__RATE_LIMIT__REQUESTS_PER_SECOND:-0}" \
     start_service gateway gateway "$GATEWAY_ADDR"
   start_service payment-processor payment-processor "$PROCESSOR_ADDR"
+  start_smtp_sink
+  start_service analytics analytics "$ANALYTICS_ADDR"
+  start_service notifier notifier "$NOTIFIER_ADDR"
   wait_for psp-simulator 60 http_ok "http://$PSP_ADDR/health/ready"
   wait_for gateway 60 http_ok "http://$GATEWAY_ADDR/health/ready"
   wait_for payment-processor 60 http_ok "http://$PROCESSOR_ADDR/health/ready"
+  wait_for analytics 60 http_ok "http://$ANALYTICS_ADDR/health/ready"
+  wait_for notifier 60 http_ok "http://$NOTIFIER_ADDR/health/ready"
+  if [[ -n ${DEV_ADMIN_TOKEN_DEFAULTED:-} ]]; then
+    log "PAYSTREAM_ADMIN_TOKEN was unset: the gateway's admin API uses the dev token 'dev-admin-token'"
+  fi
   log "stack is up in $((SECONDS - started))s: gateway http://$GATEWAY_ADDR, registry http://$REGISTRY_ADDR, broker $BROKER_ADDR, PSP http://$PSP_ADDR"
 }
 
@@ -169,13 +201,13 @@ stop() { # stop NAME: SIGTERM, then SIGKILL after 15 s
 
 down() {
   # Consumers first so they commit and leave their groups while the broker is still there.
-  for name in payment-processor gateway psp-simulator schema-registry broker; do
+  for name in notifier analytics payment-processor gateway smtp-sink psp-simulator schema-registry broker; do
     stop "$name"
   done
 }
 
 status() {
-  for name in broker schema-registry psp-simulator gateway payment-processor; do
+  for name in broker schema-registry psp-simulator gateway payment-processor analytics notifier smtp-sink; do
     if running "$name"; then echo "$name: running (pid $(cat "$STATE_DIR/$name.pid"))"; else echo "$name: stopped"; fi
   done
 }

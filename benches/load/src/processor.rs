@@ -346,6 +346,7 @@ fn payment_requests(n: usize) -> Vec<PaymentRequested> {
                 amount_minor: 100 + (i as i64 % 100_000),
                 currency: "EUR".into(),
                 payment_method: "card".into(),
+                customer_email: None,
                 requested_at: now,
             }
         })

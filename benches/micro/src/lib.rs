@@ -76,6 +76,7 @@ pub fn payment_requested() -> PaymentRequested {
         amount_minor: 1999,
         currency: "EUR".into(),
         payment_method: "card".into(),
+        customer_email: None,
         requested_at: 1_795_000_000_000,
     }
 }

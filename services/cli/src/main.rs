@@ -115,6 +115,19 @@ struct TopicNames {
         default_value = "payments.outcomes.v1"
     )]
     outcomes_topic: String,
+    /// Compacted analytics window state.
+    #[arg(
+        long,
+        env = "PAYSTREAM_TOPICS__ANALYTICS_PAYMENT_STATS",
+        default_value = "analytics.payment-stats.v1"
+    )]
+    stats_topic: String,
+    #[arg(
+        long,
+        env = "PAYSTREAM_TOPICS__NOTIFICATIONS_SENT",
+        default_value = "notifications.sent.v1"
+    )]
+    notifications_topic: String,
 }
 
 #[derive(Subcommand)]
@@ -148,6 +161,9 @@ enum TopicsCommand {
         /// Partitions of each retry topic.
         #[arg(long, default_value_t = 3)]
         retry_partitions: i32,
+        /// The other consumer groups: their retry and dead-letter topics too.
+        #[arg(long, value_delimiter = ',', default_value = "analytics,notifier")]
+        other_groups: Vec<String>,
     },
 }
 
@@ -221,17 +237,27 @@ async fn main() -> ExitCode {
                     group,
                     retry_stages,
                     retry_partitions,
+                    other_groups,
                 },
         } => {
             let mut specs = vec![
                 TopicSpec::new(topics.requested_topic, partitions),
                 TopicSpec::new(topics.outcomes_topic, partitions),
+                TopicSpec::new(topics.stats_topic, partitions).compacted(),
+                TopicSpec::new(topics.notifications_topic, partitions),
                 TopicSpec::new(dlq_topic, 1),
             ];
             specs.extend(
                 (1..=retry_stages)
                     .map(|s| TopicSpec::new(format!("{group}.retry.{s}"), retry_partitions)),
             );
+            for other in other_groups {
+                specs.push(TopicSpec::new(format!("{other}.dlq"), 1));
+                specs.extend(
+                    (1..=retry_stages)
+                        .map(|s| TopicSpec::new(format!("{other}.retry.{s}"), retry_partitions)),
+                );
+            }
             create_topics(&kafka_settings, specs, replication_factor).await
         }
         Command::Schemas { command } => {
@@ -247,6 +273,14 @@ async fn main() -> ExitCode {
                 (
                     "payments.outcomes.v1",
                     contracts.topics.outcomes_topic.as_str(),
+                ),
+                (
+                    "analytics.payment-stats.v1",
+                    contracts.topics.stats_topic.as_str(),
+                ),
+                (
+                    "notifications.sent.v1",
+                    contracts.topics.notifications_topic.as_str(),
                 ),
             ];
             let level = contracts.compatibility.to_uppercase();

@@ -224,7 +224,12 @@ async fn the_shipped_contracts_register_and_check_clean() {
     let subjects = registry.get("/subjects").await;
     assert_eq!(
         subjects,
-        json!(["payments.outcomes.v1-value", "payments.requested.v1-value"])
+        json!([
+            "analytics.payment-stats.v1-value",
+            "notifications.sent.v1-value",
+            "payments.outcomes.v1-value",
+            "payments.requested.v1-value"
+        ])
     );
     registry.cleanup().await;
 }

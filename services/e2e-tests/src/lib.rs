@@ -32,6 +32,9 @@ use uuid::Uuid;
 
 pub const PARTITIONS: i32 = 3;
 
+/// The gateway's admin bearer token in tests.
+pub const TEST_ADMIN_TOKEN: &str = "test-admin-token";
+
 /// Short retry delays, so tests see the whole chain in about a second.
 pub const TEST_RETRY_DELAYS_MS: [u64; 3] = [200, 400, 800];
 
@@ -110,6 +113,8 @@ impl TestStack {
         let topics = TopicSettings {
             payments_requested: format!("test-{id}.payments.requested.v1"),
             payments_outcomes: format!("test-{id}.payments.outcomes.v1"),
+            analytics_payment_stats: format!("test-{id}.analytics.payment-stats.v1"),
+            notifications_sent: format!("test-{id}.notifications.sent.v1"),
         };
         let group_id = format!("test-{id}.payment-processor");
         kafka::ensure_topics(
@@ -206,40 +211,9 @@ impl TestStack {
     /// The environment that points the `payment-processor` binary at this stack.
     pub fn processor_env(&self) -> Vec<(String, String)> {
         let s = self.processor_settings();
-        vec![
-            ("PAYSTREAM_HTTP__PORT".into(), "0".into()),
-            ("PAYSTREAM_CONSUMER__GROUP_ID".into(), s.consumer.group_id),
-            (
-                "PAYSTREAM_CONSUMER__TRANSACTIONAL_ID".into(),
-                s.consumer.transactional_id,
-            ),
-            ("PAYSTREAM_PSP__URL".into(), s.psp.url),
-            (
-                "PAYSTREAM_CONSUMER__RETRY_DELAYS_MS".into(),
-                TEST_RETRY_DELAYS_MS.map(|d| d.to_string()).join(","),
-            ),
-            ("PAYSTREAM_DATABASE__URL".into(), database_url()),
-            (
-                "PAYSTREAM_DATABASE__SCHEMA".into(),
-                s.database.schema.unwrap_or_default(),
-            ),
-            (
-                "PAYSTREAM_KAFKA__BOOTSTRAP_SERVERS".into(),
-                s.kafka.bootstrap_servers,
-            ),
-            (
-                "PAYSTREAM_SCHEMA_REGISTRY__URL".into(),
-                s.schema_registry.url,
-            ),
-            (
-                "PAYSTREAM_TOPICS__PAYMENTS_REQUESTED".into(),
-                s.topics.payments_requested,
-            ),
-            (
-                "PAYSTREAM_TOPICS__PAYMENTS_OUTCOMES".into(),
-                s.topics.payments_outcomes,
-            ),
-        ]
+        let mut env = self.consumer_env(&s.consumer.group_id, &s.consumer.transactional_id);
+        env.push(("PAYSTREAM_PSP__URL".into(), s.psp.url));
+        env
     }
 
     /// The environment that points the `gateway` binary at this stack, listening on `port`.
@@ -554,16 +528,30 @@ impl ServiceProcess {
         extra: Vec<(String, String)>,
     ) -> anyhow::Result<Self> {
         let mut envs = stack.processor_env();
-        envs.push((
+        envs.extend(extra);
+        Self::spawn_binary(
+            "payment-processor",
+            envs,
+            &stack.group_id,
+            transactional_id,
+            run,
+        )
+    }
+
+    /// Starts the consumer-group binary `binary` with `env` and `transactional_id`; `group` and
+    /// `run` name its log file.
+    pub fn spawn_binary(
+        binary: &str,
+        mut env: Vec<(String, String)>,
+        group: &str,
+        transactional_id: &str,
+        run: &str,
+    ) -> anyhow::Result<Self> {
+        env.push((
             "PAYSTREAM_CONSUMER__TRANSACTIONAL_ID".into(),
             transactional_id.into(),
         ));
-        envs.extend(extra);
-        let mut process = Self::start(
-            "payment-processor",
-            envs,
-            &format!("{}-{run}", stack.group_id),
-        )?;
+        let mut process = Self::start(binary, env, &format!("{group}-{run}"))?;
         process.transactional_id = transactional_id.to_string();
         Ok(process)
     }
@@ -669,6 +657,7 @@ pub fn gateway_settings(
             url: registry_url(),
         },
         topics: topics.clone(),
+        admin_token: Some(TEST_ADMIN_TOKEN.to_string().into()),
     }
 }
 
@@ -824,5 +813,587 @@ pub fn require_api_keys(settings: &mut paystream_gateway::Settings, keys: &[(&st
             .entry(client.to_string())
             .and_modify(|hashes| *hashes = format!("{hashes},{hash}"))
             .or_insert(hash);
+    }
+}
+
+/// Loop settings of a consumer group of this stack: short retry delays, one instance.
+fn test_loop_settings(group_id: String) -> LoopSettings {
+    LoopSettings {
+        transactional_id: format!("{group_id}-0"),
+        group_id,
+        retry_delays_ms: TEST_RETRY_DELAYS_MS.to_vec(),
+        ..Default::default()
+    }
+}
+
+fn ephemeral_http() -> HttpSettings {
+    HttpSettings {
+        host: "127.0.0.1".into(),
+        port: 0,
+    }
+}
+
+/// Totals of one merchant × currency summed over windows of one granularity.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WindowTotals {
+    pub requested_count: i64,
+    pub requested_amount_minor: i64,
+    pub succeeded_count: i64,
+    pub succeeded_amount_minor: i64,
+    pub failed_count: i64,
+    pub failed_by_reason: std::collections::BTreeMap<String, i64>,
+}
+
+impl TestStack {
+    /// The analytics consumer group of this stack.
+    pub fn analytics_group(&self) -> String {
+        format!("test-{}.analytics", self.id)
+    }
+
+    /// Settings for an analytics instance wired to this stack.
+    pub fn analytics_settings(&self) -> paystream_analytics::Settings {
+        paystream_analytics::Settings {
+            http: ephemeral_http(),
+            consumer: test_loop_settings(self.analytics_group()),
+            analytics: Default::default(),
+            database: self.database.clone(),
+            kafka: kafka_settings(),
+            schema_registry: SchemaRegistrySettings {
+                url: registry_url(),
+            },
+            topics: self.topics.clone(),
+        }
+    }
+
+    /// Runs an analytics instance in this process until teardown; returns its loop counters
+    /// and chaos hooks.
+    pub async fn spawn_analytics(
+        &self,
+    ) -> anyhow::Result<(Arc<LoopStats>, Arc<paystream_core::processing::Faults>)> {
+        let app = paystream_analytics::Application::build(self.analytics_settings()).await?;
+        let (stats, faults) = (app.stats(), app.faults());
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            if let Err(e) = app.run_until_stopped(shutdown).await {
+                eprintln!("analytics stopped with an error: {e:#}");
+            }
+        });
+        Ok((stats, faults))
+    }
+
+    /// Analytics windows of `granularity` summed per (merchant, currency).
+    pub async fn analytics_totals(
+        &self,
+        granularity: &str,
+    ) -> anyhow::Result<HashMap<(String, String), WindowTotals>> {
+        #[derive(sqlx::FromRow)]
+        struct Row {
+            merchant_id: String,
+            currency: String,
+            requested_count: i64,
+            requested_amount_minor: i64,
+            succeeded_count: i64,
+            succeeded_amount_minor: i64,
+            failed_count: i64,
+            failed_by_reason: sqlx::types::Json<HashMap<String, i64>>,
+        }
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT merchant_id, currency, requested_count, requested_amount_minor,
+                    succeeded_count, succeeded_amount_minor, failed_count, failed_by_reason
+             FROM analytics_windows WHERE granularity = $1",
+        )
+        .bind(granularity)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut totals: HashMap<(String, String), WindowTotals> = HashMap::new();
+        for row in rows {
+            let t = totals.entry((row.merchant_id, row.currency)).or_default();
+            t.requested_count += row.requested_count;
+            t.requested_amount_minor += row.requested_amount_minor;
+            t.succeeded_count += row.succeeded_count;
+            t.succeeded_amount_minor += row.succeeded_amount_minor;
+            t.failed_count += row.failed_count;
+            for (reason, n) in row.failed_by_reason.0 {
+                *t.failed_by_reason.entry(reason).or_default() += n;
+            }
+        }
+        Ok(totals)
+    }
+
+    /// The same totals as the PSP simulator's ledger sees them (its own count of charges).
+    pub async fn psp_totals(&self) -> anyhow::Result<HashMap<(String, String), WindowTotals>> {
+        let mut totals: HashMap<(String, String), WindowTotals> = HashMap::new();
+        for charge in self.charges().await?.into_iter().filter(|c| c.has_charge()) {
+            let t = totals
+                .entry((charge.merchant_id.clone(), charge.currency.clone()))
+                .or_default();
+            t.requested_count += 1;
+            t.requested_amount_minor += charge.amount_minor;
+            match charge.decline_code {
+                None => {
+                    t.succeeded_count += 1;
+                    t.succeeded_amount_minor += charge.amount_minor;
+                }
+                Some(code) => {
+                    t.failed_count += 1;
+                    *t.failed_by_reason.entry(code).or_default() += 1;
+                }
+            }
+        }
+        Ok(totals)
+    }
+}
+
+impl TestStack {
+    /// Produces an already encoded event with its `event_id` header, as a service would.
+    pub async fn produce_event(
+        &self,
+        topic: &str,
+        key: &str,
+        value: &[u8],
+        event_id: Uuid,
+    ) -> anyhow::Result<()> {
+        let producer: FutureProducer =
+            kafka::client_config(&kafka_settings(), kafka::IDEMPOTENT_PRODUCER)?.create()?;
+        let mut headers = RecordHeaders::default();
+        headers.set(paystream_core::headers::EVENT_ID, event_id.to_string());
+        let delivery = kafka::enqueue(
+            &producer,
+            topic,
+            Some(key.as_bytes()),
+            Some(value),
+            headers.to_kafka(),
+        )
+        .await?;
+        kafka::delivered(delivery).await?;
+        Ok(())
+    }
+
+    /// Polls `probe` every 200 ms until it returns `Some`; fails after `timeout`.
+    pub async fn eventually<T, F, Fut>(
+        &self,
+        timeout: Duration,
+        what: &str,
+        probe: F,
+    ) -> anyhow::Result<T>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+    {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(v) = probe().await? {
+                return Ok(v);
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "{what}: not reached after {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// One request the [`WebhookReceiver`] accepted.
+#[derive(Debug, Clone)]
+pub struct WebhookDelivery {
+    pub event_id: String,
+    pub body: Value,
+}
+
+#[derive(Default)]
+struct ReceiverState {
+    /// Signing secret per merchant id (the body's `data.merchant_id`).
+    secrets: std::sync::Mutex<HashMap<String, String>>,
+    answer: std::sync::atomic::AtomicU16,
+    accepted: std::sync::Mutex<Vec<WebhookDelivery>>,
+    refused: std::sync::atomic::AtomicU64,
+    bad_signatures: std::sync::atomic::AtomicU64,
+}
+
+/// A real HTTP webhook receiver: verifies every signature (as documented in the README) and
+/// answers with a configurable status; counts what it accepted.
+#[derive(Clone)]
+pub struct WebhookReceiver {
+    state: Arc<ReceiverState>,
+    pub url: String,
+}
+
+impl WebhookReceiver {
+    pub async fn start(shutdown: Shutdown) -> anyhow::Result<Self> {
+        use axum::body::Bytes;
+        use axum::extract::State;
+        use axum::http::{HeaderMap, StatusCode};
+        use std::sync::atomic::Ordering::SeqCst;
+
+        async fn receive(
+            State(state): State<Arc<ReceiverState>>,
+            headers: HeaderMap,
+            body: Bytes,
+        ) -> StatusCode {
+            let header = |name: &str| {
+                headers
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            let merchant = serde_json::from_slice::<Value>(&body)
+                .ok()
+                .and_then(|b| b["data"]["merchant_id"].as_str().map(str::to_string))
+                .unwrap_or_default();
+            let secret = state
+                .secrets
+                .lock()
+                .unwrap()
+                .get(&merchant)
+                .cloned()
+                .unwrap_or_default();
+            let verified = paystream_notifier::signature::verify(
+                &secret,
+                &header(paystream_notifier::signature::SIGNATURE_HEADER),
+                &body,
+                chrono::Utc::now().timestamp(),
+                paystream_notifier::signature::DEFAULT_TOLERANCE_SECS,
+            );
+            if verified.is_err() || header("content-type") != "application/json" {
+                state.bad_signatures.fetch_add(1, SeqCst);
+                return StatusCode::UNAUTHORIZED;
+            }
+            let answer = StatusCode::from_u16(state.answer.load(SeqCst)).unwrap_or(StatusCode::OK);
+            if !answer.is_success() {
+                state.refused.fetch_add(1, SeqCst);
+                return answer;
+            }
+            let Ok(body) = serde_json::from_slice::<Value>(&body) else {
+                return StatusCode::BAD_REQUEST;
+            };
+            state.accepted.lock().unwrap().push(WebhookDelivery {
+                event_id: header(paystream_notifier::signature::EVENT_ID_HEADER),
+                body,
+            });
+            StatusCode::OK
+        }
+
+        let state = Arc::new(ReceiverState::default());
+        state.answer.store(200, SeqCst);
+        let router = axum::Router::new()
+            .route("/hooks", axum::routing::post(receive))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://127.0.0.1:{}/hooks", listener.local_addr()?.port());
+        tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await
+        });
+        Ok(Self { state, url })
+    }
+
+    /// The signing secret the receiver verifies `merchant_id`'s webhooks against.
+    pub fn set_secret(&self, merchant_id: &str, secret: &str) {
+        self.state
+            .secrets
+            .lock()
+            .unwrap()
+            .insert(merchant_id.to_string(), secret.to_string());
+    }
+
+    /// The status answered to correctly signed requests from now on.
+    pub fn answer(&self, status: u16) {
+        self.state
+            .answer
+            .store(status, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn accepted(&self) -> Vec<WebhookDelivery> {
+        self.state.accepted.lock().unwrap().clone()
+    }
+
+    /// Correctly signed requests answered with a non-2xx status.
+    pub fn refused(&self) -> u64 {
+        self.state.refused.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn bad_signatures(&self) -> u64 {
+        self.state
+            .bad_signatures
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// One message the [`SmtpSink`] received.
+#[derive(Debug, Clone)]
+pub struct SmtpMessage {
+    pub recipients: Vec<String>,
+    pub message_id: String,
+    pub subject: String,
+    pub data: String,
+}
+
+/// A real SMTP server (RFC 5321 subset: EHLO/HELO, MAIL, RCPT, DATA, RSET, NOOP, QUIT) that
+/// keeps every message it accepted.
+#[derive(Clone)]
+pub struct SmtpSink {
+    messages: Arc<std::sync::Mutex<Vec<SmtpMessage>>>,
+    pub port: u16,
+}
+
+impl SmtpSink {
+    pub async fn start(shutdown: Shutdown) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let messages: Arc<std::sync::Mutex<Vec<SmtpMessage>>> = Arc::default();
+        let store = messages.clone();
+        tokio::spawn(async move {
+            loop {
+                let socket = tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok((socket, _)) => socket,
+                        Err(_) => continue,
+                    },
+                    _ = shutdown.cancelled() => return,
+                };
+                let store = store.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = Self::session(socket, store).await {
+                        eprintln!("smtp sink session failed: {e:#}");
+                    }
+                });
+            }
+        });
+        Ok(Self { messages, port })
+    }
+
+    async fn session(
+        socket: tokio::net::TcpStream,
+        store: Arc<std::sync::Mutex<Vec<SmtpMessage>>>,
+    ) -> anyhow::Result<()> {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let (read, mut write) = socket.into_split();
+        let mut lines = BufReader::new(read).lines();
+        write.write_all(b"220 sink ESMTP ready\r\n").await?;
+        let mut recipients = Vec::new();
+        while let Some(line) = lines.next_line().await? {
+            let verb = line.get(..4).unwrap_or(&line).to_ascii_uppercase();
+            let reply: &[u8] = match verb.as_str() {
+                "EHLO" | "HELO" => b"250 sink\r\n",
+                "MAIL" => {
+                    recipients.clear();
+                    b"250 OK\r\n"
+                }
+                "RCPT" => {
+                    let to = line
+                        .split_once(':')
+                        .map(|(_, a)| a.trim().trim_matches(['<', '>']).to_string())
+                        .unwrap_or_default();
+                    recipients.push(to);
+                    b"250 OK\r\n"
+                }
+                "DATA" => {
+                    write.write_all(b"354 end with <CRLF>.<CRLF>\r\n").await?;
+                    let mut data = String::new();
+                    while let Some(l) = lines.next_line().await? {
+                        if l == "." {
+                            break;
+                        }
+                        data.push_str(l.strip_prefix('.').unwrap_or(&l));
+                        data.push('\n');
+                    }
+                    let header = |name: &str| {
+                        data.lines()
+                            .take_while(|l| !l.is_empty())
+                            .find_map(|l| {
+                                let (k, v) = l.split_once(':')?;
+                                k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+                            })
+                            .unwrap_or_default()
+                    };
+                    let message = SmtpMessage {
+                        recipients: std::mem::take(&mut recipients),
+                        message_id: header("Message-ID"),
+                        subject: header("Subject"),
+                        data: data.clone(),
+                    };
+                    store.lock().unwrap().push(message);
+                    b"250 OK queued\r\n"
+                }
+                "RSET" => {
+                    recipients.clear();
+                    b"250 OK\r\n"
+                }
+                "NOOP" => b"250 OK\r\n",
+                "QUIT" => {
+                    write.write_all(b"221 bye\r\n").await?;
+                    return Ok(());
+                }
+                _ => b"502 command not implemented\r\n",
+            };
+            write.write_all(reply).await?;
+        }
+        Ok(())
+    }
+
+    pub fn messages(&self) -> Vec<SmtpMessage> {
+        self.messages.lock().unwrap().clone()
+    }
+}
+
+impl TestStack {
+    /// The notifier consumer group of this stack.
+    pub fn notifier_group(&self) -> String {
+        format!("test-{}.notifier", self.id)
+    }
+
+    /// Settings for a notifier wired to this stack, mailing through `smtp_port`; loopback
+    /// webhook targets are allowed (the receivers run on 127.0.0.1).
+    pub fn notifier_settings(&self, smtp_port: u16) -> paystream_notifier::Settings {
+        paystream_notifier::Settings {
+            http: ephemeral_http(),
+            consumer: test_loop_settings(self.notifier_group()),
+            notifier: paystream_notifier::NotifierSettings {
+                allow_loopback_targets: true,
+                smtp_port,
+                webhook_timeout_ms: 2_000,
+                smtp_timeout_ms: 5_000,
+                ..Default::default()
+            },
+            database: self.database.clone(),
+            kafka: kafka_settings(),
+            schema_registry: SchemaRegistrySettings {
+                url: registry_url(),
+            },
+            topics: self.topics.clone(),
+        }
+    }
+
+    /// Runs a notifier in this process until teardown; returns its loop counters.
+    pub async fn spawn_notifier(
+        &self,
+        settings: paystream_notifier::Settings,
+    ) -> anyhow::Result<Arc<LoopStats>> {
+        let app = paystream_notifier::Application::build(settings).await?;
+        let stats = app.stats();
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            if let Err(e) = app.run_until_stopped(shutdown).await {
+                eprintln!("notifier stopped with an error: {e:#}");
+            }
+        });
+        Ok(stats)
+    }
+
+    /// A webhook receiver and an SMTP sink living until teardown.
+    pub async fn receivers(&self) -> anyhow::Result<(WebhookReceiver, SmtpSink)> {
+        Ok((
+            WebhookReceiver::start(self.shutdown.clone()).await?,
+            SmtpSink::start(self.shutdown.clone()).await?,
+        ))
+    }
+}
+
+impl TestStack {
+    /// `PUT /v1/merchants/{id}` with the admin token; returns status and JSON body.
+    pub async fn put_merchant(
+        &self,
+        merchant_id: &str,
+        body: &Value,
+    ) -> anyhow::Result<(u16, Value)> {
+        let response = self
+            .http
+            .put(format!("{}/v1/merchants/{merchant_id}", self.gateway_url))
+            .bearer_auth(TEST_ADMIN_TOKEN)
+            .json(body)
+            .send()
+            .await?;
+        Ok((response.status().as_u16(), response.json().await?))
+    }
+
+    /// Creates (or updates) a merchant notifying `webhook_url`; returns its signing secret
+    /// when the call created it.
+    pub async fn merchant_with_webhook(
+        &self,
+        merchant_id: &str,
+        webhook_url: &str,
+    ) -> anyhow::Result<Option<String>> {
+        let (status, body) = self
+            .put_merchant(
+                merchant_id,
+                &serde_json::json!({
+                    "webhook_url": webhook_url,
+                    "notification_email": format!("ops@{merchant_id}.example"),
+                }),
+            )
+            .await?;
+        anyhow::ensure!(
+            status == 200 || status == 201,
+            "PUT merchant: {status} {body}"
+        );
+        Ok(body["webhook_secret"].as_str().map(str::to_string))
+    }
+}
+
+impl TestStack {
+    /// The environment every consumer-group binary needs to run against this stack.
+    pub fn consumer_env(&self, group_id: &str, transactional_id: &str) -> Vec<(String, String)> {
+        let t = &self.topics;
+        vec![
+            ("PAYSTREAM_HTTP__PORT".into(), "0".into()),
+            ("PAYSTREAM_CONSUMER__GROUP_ID".into(), group_id.into()),
+            (
+                "PAYSTREAM_CONSUMER__TRANSACTIONAL_ID".into(),
+                transactional_id.into(),
+            ),
+            (
+                "PAYSTREAM_CONSUMER__RETRY_DELAYS_MS".into(),
+                TEST_RETRY_DELAYS_MS.map(|d| d.to_string()).join(","),
+            ),
+            ("PAYSTREAM_DATABASE__URL".into(), database_url()),
+            (
+                "PAYSTREAM_DATABASE__SCHEMA".into(),
+                self.database.schema.clone().unwrap_or_default(),
+            ),
+            (
+                "PAYSTREAM_KAFKA__BOOTSTRAP_SERVERS".into(),
+                kafka_settings().bootstrap_servers,
+            ),
+            ("PAYSTREAM_SCHEMA_REGISTRY__URL".into(), registry_url()),
+            (
+                "PAYSTREAM_TOPICS__PAYMENTS_REQUESTED".into(),
+                t.payments_requested.clone(),
+            ),
+            (
+                "PAYSTREAM_TOPICS__PAYMENTS_OUTCOMES".into(),
+                t.payments_outcomes.clone(),
+            ),
+            (
+                "PAYSTREAM_TOPICS__ANALYTICS_PAYMENT_STATS".into(),
+                t.analytics_payment_stats.clone(),
+            ),
+            (
+                "PAYSTREAM_TOPICS__NOTIFICATIONS_SENT".into(),
+                t.notifications_sent.clone(),
+            ),
+        ]
+    }
+
+    /// The environment of a `notifier` binary mailing through `smtp_port`.
+    pub fn notifier_env(&self, smtp_port: u16, transactional_id: &str) -> Vec<(String, String)> {
+        let mut env = self.consumer_env(&self.notifier_group(), transactional_id);
+        env.extend([
+            (
+                "PAYSTREAM_NOTIFIER__SMTP_PORT".into(),
+                smtp_port.to_string(),
+            ),
+            (
+                "PAYSTREAM_NOTIFIER__ALLOW_LOOPBACK_TARGETS".into(),
+                "true".into(),
+            ),
+            (
+                "PAYSTREAM_NOTIFIER__WEBHOOK_TIMEOUT_MS".into(),
+                "2000".into(),
+            ),
+        ]);
+        env
     }
 }

@@ -200,6 +200,7 @@ impl Harness {
             currency: "EUR".into(),
             payment_method: "card".into(),
             requested_at: chrono::Utc::now().timestamp_millis(),
+            customer_email: None,
         };
         let bytes = self
             .codec

@@ -27,6 +27,9 @@ pub struct PaymentRequestBody {
     /// One of `card`, `sepa_debit`, `ach_debit`, `bank_transfer`, `wallet`.
     #[schema(example = "card")]
     pub payment_method: String,
+    /// Where the outcome e-mail goes; none is sent without it.
+    #[serde(default)]
+    pub customer_email: Option<String>,
 }
 
 /// A validated payment request. Field order here is the canonical order for fingerprints.
@@ -37,12 +40,16 @@ pub struct PaymentRequest {
     pub amount_minor: i64,
     pub currency: String,
     pub payment_method: String,
+    /// Absent from the fingerprint when not given, so fingerprints of requests without it
+    /// stay what they were before the field existed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub customer_email: Option<String>,
 }
 
 const MAX_ID_LEN: usize = 64;
 const PAYMENT_METHODS: &[&str] = &["card", "sepa_debit", "ach_debit", "bank_transfer", "wallet"];
 
-fn check_id(field: &str, value: &str, errors: &mut Vec<FieldError>) {
+pub fn check_id(field: &str, value: &str, errors: &mut Vec<FieldError>) {
     let ok = !value.is_empty()
         && value.len() <= MAX_ID_LEN
         && value
@@ -54,6 +61,23 @@ fn check_id(field: &str, value: &str, errors: &mut Vec<FieldError>) {
             message: format!("must be 1-{MAX_ID_LEN} characters of [A-Za-z0-9_-]"),
         });
     }
+}
+
+/// A plain `local@domain` address: no display name, comments, spaces or quoting.
+pub fn is_plain_email(value: &str) -> bool {
+    let Some((local, domain)) = value.split_once('@') else {
+        return false;
+    };
+    value.len() <= 254
+        && !local.is_empty()
+        && local.len() <= 64
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && value
+            .chars()
+            .all(|c| c.is_ascii_graphic() && !"<>()[],;:\\\"".contains(c))
+        && !domain.contains('@')
 }
 
 impl PaymentRequestBody {
@@ -82,6 +106,14 @@ impl PaymentRequestBody {
                 message: format!("must be one of {}", PAYMENT_METHODS.join(", ")),
             });
         }
+        if let Some(email) = &self.customer_email {
+            if !is_plain_email(email) {
+                errors.push(FieldError {
+                    field: "customer_email".into(),
+                    message: "must be a plain e-mail address such as jane@example.com".into(),
+                });
+            }
+        }
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -91,6 +123,7 @@ impl PaymentRequestBody {
             amount_minor: self.amount_minor,
             currency: self.currency,
             payment_method: self.payment_method,
+            customer_email: self.customer_email,
         })
     }
 }

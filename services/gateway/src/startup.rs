@@ -53,6 +53,9 @@ pub struct Settings {
     pub schema_registry: SchemaRegistrySettings,
     #[serde(default)]
     pub topics: TopicSettings,
+    /// Bearer token of the admin endpoints (`PAYSTREAM_ADMIN_TOKEN`); unset: they refuse all.
+    #[serde(default)]
+    pub admin_token: Option<secrecy::SecretString>,
 }
 
 impl Settings {
@@ -202,7 +205,7 @@ impl Application {
             pool: pool.clone(),
             interval: Duration::from_secs(settings.gateway.idempotency_purge_interval_secs),
         };
-        let (api, openapi) = api_router(&settings);
+        let (api, admin, openapi) = api_router(&settings);
         let state = AppState {
             pool,
             settings: settings.clone(),
@@ -233,6 +236,8 @@ impl Application {
                 state.clone(),
                 auth::authenticate,
             ))
+            // Merged after the client layers: the admin API authenticates with its own token.
+            .merge(admin)
             .layer(middleware::from_fn_with_state(request_timeout, time_limit))
             // The handler reads the body itself and enforces the limit with a problem answer.
             .layer(DefaultBodyLimit::disable())
@@ -297,11 +302,21 @@ impl Application {
 
 /// The documented API: every route registers its OpenAPI path as it is added, so the
 /// document cannot miss a route.
-fn api_router(settings: &Settings) -> (Router<AppState>, utoipa::openapi::OpenApi) {
+/// Returns the client API (authenticated and rate-limited by the caller's layers), the admin
+/// API (its own bearer token, checked by each handler) and the document of both.
+fn api_router(
+    settings: &Settings,
+) -> (Router<AppState>, Router<AppState>, utoipa::openapi::OpenApi) {
     let (router, mut openapi) = OpenApiRouter::with_openapi(routes::ApiDoc::openapi())
         .routes(routes!(routes::payments::create))
         .routes(routes!(routes::payments::get))
+        .routes(routes!(routes::analytics::merchant_stats))
         .split_for_parts();
+    let (admin, admin_doc) = OpenApiRouter::new()
+        .routes(routes!(routes::merchants::get, routes::merchants::put))
+        .routes(routes!(routes::merchants::rotate_secret))
+        .split_for_parts();
+    openapi.merge(admin_doc);
     let (_, operations) = operations_api().split_for_parts();
     openapi.merge(operations);
     if let Some(description) = openapi.info.description.as_mut() {
@@ -313,7 +328,7 @@ fn api_router(settings: &Settings) -> (Router<AppState>, utoipa::openapi::OpenAp
             settings.gateway.idempotency_purge_interval_secs
         ));
     }
-    (router, openapi)
+    (router, admin, openapi)
 }
 
 /// Health, metrics and the document itself: no authentication, rate limit or timeout.

@@ -102,6 +102,9 @@ impl Default for SchemaRegistrySettings {
 pub struct TopicSettings {
     pub payments_requested: String,
     pub payments_outcomes: String,
+    /// Compacted; window state keyed by merchant|currency|window.
+    pub analytics_payment_stats: String,
+    pub notifications_sent: String,
 }
 
 impl Default for TopicSettings {
@@ -109,6 +112,8 @@ impl Default for TopicSettings {
         Self {
             payments_requested: "payments.requested.v1".into(),
             payments_outcomes: "payments.outcomes.v1".into(),
+            analytics_payment_stats: "analytics.payment-stats.v1".into(),
+            notifications_sent: "notifications.sent.v1".into(),
         }
     }
 }

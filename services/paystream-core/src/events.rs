@@ -53,6 +53,18 @@ pub const PAYMENT_OUTCOME_SCHEMA: SchemaFile = SchemaFile {
     avsc: include_str!("../../../schemas/payments.outcomes.v1.avsc"),
 };
 
+pub const PAYMENT_STATS_SCHEMA: SchemaFile = SchemaFile {
+    name: "analytics.payment-stats.v1",
+    full_name: "io.paystream.analytics.v1.PaymentStats",
+    avsc: include_str!("../../../schemas/analytics.payment-stats.v1.avsc"),
+};
+
+pub const NOTIFICATION_SENT_SCHEMA: SchemaFile = SchemaFile {
+    name: "notifications.sent.v1",
+    full_name: "io.paystream.notifications.v1.NotificationSent",
+    avsc: include_str!("../../../schemas/notifications.sent.v1.avsc"),
+};
+
 /// Value of `payments.requested.v1`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PaymentRequested {
@@ -66,6 +78,9 @@ pub struct PaymentRequested {
     pub payment_method: String,
     /// Epoch milliseconds (Avro `timestamp-millis`).
     pub requested_at: i64,
+    /// Where the outcome e-mail goes; absent in records written before the field existed.
+    #[serde(default)]
+    pub customer_email: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,6 +115,43 @@ pub struct PaymentOutcome {
     pub decided_at: i64,
 }
 
+/// Value of `analytics.payment-stats.v1`: the full state of one window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PaymentStats {
+    pub event_id: String,
+    pub merchant_id: String,
+    pub currency: String,
+    /// `minute` or `day`.
+    pub granularity: String,
+    pub window_start: i64,
+    pub window_end: i64,
+    pub requested_count: i64,
+    pub requested_amount_minor: i64,
+    pub succeeded_count: i64,
+    pub succeeded_amount_minor: i64,
+    pub failed_count: i64,
+    pub failed_by_reason: std::collections::HashMap<String, i64>,
+    pub success_rate: Option<f64>,
+    pub latency_p50_ms: Option<i64>,
+    pub latency_p95_ms: Option<i64>,
+    pub latency_p99_ms: Option<i64>,
+}
+
+/// Value of `notifications.sent.v1`: one delivered notification.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NotificationSent {
+    pub event_id: String,
+    pub source_event_id: String,
+    pub payment_id: String,
+    pub merchant_id: String,
+    /// `webhook` or `email`.
+    pub channel: String,
+    pub target: String,
+    pub attempts: i32,
+    pub in_doubt_resends: i32,
+    pub delivered_at: i64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,7 +166,12 @@ mod tests {
 
     #[test]
     fn shipped_schemas_parse() {
-        for s in [PAYMENT_REQUESTED_SCHEMA, PAYMENT_OUTCOME_SCHEMA] {
+        for s in [
+            PAYMENT_REQUESTED_SCHEMA,
+            PAYMENT_OUTCOME_SCHEMA,
+            PAYMENT_STATS_SCHEMA,
+            NOTIFICATION_SENT_SCHEMA,
+        ] {
             let parsed = apache_avro::Schema::parse_str(s.avsc)
                 .unwrap_or_else(|e| panic!("{}: {e}", s.name));
             let apache_avro::Schema::Record(record) = parsed else {

@@ -76,6 +76,13 @@ impl TopicSpec {
             config: Vec::new(),
         }
     }
+
+    /// A log-compacted topic: the latest record of each key is kept.
+    pub fn compacted(mut self) -> Self {
+        self.config
+            .push(("cleanup.policy".to_string(), "compact".to_string()));
+        self
+    }
 }
 
 /// Creates the topics that do not exist yet; existing topics are left alone.

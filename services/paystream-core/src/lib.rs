@@ -16,6 +16,7 @@
 //!   consumer (applied event ids recorded in Postgres alongside the effects).
 //! - [`retry`]: the retry-topic chain and dead-letter routing, with their headers.
 //! - [`dlq`]: reading and replaying dead letters (the operator tool's library).
+//! - [`service`]: a consumer group's loop next to its health endpoints; instance naming.
 
 pub mod avro;
 pub mod config;
@@ -27,5 +28,6 @@ pub mod kafka;
 pub mod metrics;
 pub mod processing;
 pub mod retry;
+pub mod service;
 pub mod shutdown;
 pub mod telemetry;

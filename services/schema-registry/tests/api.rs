@@ -1389,6 +1389,7 @@ mod converter {
             currency: "EUR".into(),
             payment_method: "card".into(),
             requested_at: 1_700_000_000_000,
+            customer_email: None,
         };
         let encoder = AvroEncoder::new(SrSettings::new(app.address.clone()));
         let bytes = encoder
@@ -1408,6 +1409,10 @@ mod converter {
                     (
                         "requested_at",
                         AvroValue::TimestampMillis(event.requested_at),
+                    ),
+                    (
+                        "customer_email",
+                        AvroValue::Union(0, Box::new(AvroValue::Null)),
                     ),
                     (
                         "risk_score",

@@ -1,6 +1,8 @@
 //! HTTP handlers, grouped by resource, and the OpenAPI document generated from them.
 
+pub mod analytics;
 pub mod health;
+pub mod merchants;
 pub mod payments;
 
 use axum::extract::State;
@@ -38,6 +40,8 @@ pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri
     ),
     tags(
         (name = "payments", description = "Accept payments and read their state"),
+        (name = "merchants", description = "Merchant settings: webhook URL, notification e-mail, signing secret (admin token)"),
+        (name = "analytics", description = "Per-merchant payment statistics by minute or day"),
         (name = "operations", description = "Health, metrics and this document"),
     ),
     modifiers(&ApiKeyScheme)
@@ -57,6 +61,18 @@ impl Modify for ApiKeyScheme {
                     .description(Some(
                         "`Authorization: Bearer <API key>` on `/v1` routes when the gateway \
                          runs with authentication enabled; optional otherwise.",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "admin_token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "`Authorization: Bearer <admin token>` (`PAYSTREAM_ADMIN_TOKEN`) on the \
+                         merchant administration routes.",
                     ))
                     .build(),
             ),

@@ -52,8 +52,11 @@ fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
     is_json.then_some(()).ok_or(ApiError::UnsupportedMediaType)
 }
 
-/// Reads and parses the body within the configured size limit.
-async fn read_request(body: Body, limit: usize) -> Result<PaymentRequestBody, ApiError> {
+/// Reads and parses a JSON body within the configured size limit.
+pub(crate) async fn read_request<T: serde::de::DeserializeOwned>(
+    body: Body,
+    limit: usize,
+) -> Result<T, ApiError> {
     let bytes = axum::body::to_bytes(body, limit)
         .await
         .map_err(|_| ApiError::PayloadTooLarge(limit))?;
@@ -115,7 +118,7 @@ pub async fn create(
     let key = idempotency::parse_key(&headers)?;
     tracing::Span::current().record("idempotency.key", key.as_str());
     require_json(&headers)?;
-    let request = read_request(body, state.settings.gateway.max_body_bytes)
+    let request = read_request::<PaymentRequestBody>(body, state.settings.gateway.max_body_bytes)
         .await?
         .validate(state.settings.gateway.max_amount_minor)
         .map_err(ApiError::Validation)?;
@@ -205,6 +208,7 @@ async fn accept(
         currency: request.currency.clone(),
         payment_method: request.payment_method.clone(),
         requested_at: now.timestamp_millis(),
+        customer_email: request.customer_email.clone(),
     };
     // The record is produced later by the outbox relay, but the send belongs to this request's
     // trace: its PRODUCER span is opened here and travels in the outbox row's headers.
@@ -241,8 +245,8 @@ async fn insert_payment(
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO payments (id, client_id, merchant_id, customer_id, amount_minor, currency,
-                               payment_method, status, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, 'PENDING', $8, $8)",
+                               payment_method, status, created_at, updated_at, customer_email)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 'PENDING', $8, $8, $9)",
     )
     .bind(id)
     .bind(client.as_str())
@@ -252,6 +256,7 @@ async fn insert_payment(
     .bind(&request.currency)
     .bind(&request.payment_method)
     .bind(now)
+    .bind(&request.customer_email)
     .execute(conn)
     .await
     .map(|_| ())

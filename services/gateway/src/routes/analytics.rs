@@ -1,0 +1,161 @@
+//! `GET /v1/analytics/merchants/{merchant_id}/stats?from=&to=&granularity=minute|day`: the
+//! analytics group's windows (`analytics_windows`) of one merchant, per currency.
+//! Defaults: the last 24 hours, minute granularity. Windows are selected by their start.
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::problem::Problem;
+use crate::routes::merchants::{internal, ResourceError};
+use crate::startup::AppState;
+
+/// Longest range one query may span, per granularity (bounds the answer's size).
+fn max_range(granularity: &str) -> Duration {
+    match granularity {
+        "minute" => Duration::days(7),
+        _ => Duration::days(366),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatsQuery {
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub granularity: Option<String>,
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct Bucket {
+    window_start: DateTime<Utc>,
+    currency: String,
+    requested_count: i64,
+    requested_amount_minor: i64,
+    succeeded_count: i64,
+    succeeded_amount_minor: i64,
+    failed_count: i64,
+    failed_by_reason: sqlx::types::Json<HashMap<String, i64>>,
+    success_rate: Option<f64>,
+    latency_p50_ms: Option<i64>,
+    latency_p95_ms: Option<i64>,
+    latency_p99_ms: Option<i64>,
+}
+
+#[derive(Debug, Serialize)]
+struct BucketView {
+    window_start: String,
+    currency: String,
+    requested_count: i64,
+    requested_amount_minor: i64,
+    succeeded_count: i64,
+    succeeded_amount_minor: i64,
+    failed_count: i64,
+    failed_by_reason: HashMap<String, i64>,
+    success_rate: Option<f64>,
+    latency_ms: serde_json::Value,
+}
+
+fn parse_time(field: &str, value: Option<&str>) -> Result<Option<DateTime<Utc>>, ResourceError> {
+    value
+        .map(|v| {
+            DateTime::parse_from_rfc3339(v)
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|e| {
+                    ResourceError::InvalidQuery(format!("`{field}` must be RFC 3339: {e}"))
+                })
+        })
+        .transpose()
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/analytics/merchants/{id}/stats",
+    tag = "analytics",
+    params(
+        ("id" = String, Path, description = "Merchant id"),
+        ("from" = Option<String>, Query, description = "RFC 3339 start (default: `to` − 24 h)"),
+        ("to" = Option<String>, Query, description = "RFC 3339 end (default: now)"),
+        ("granularity" = Option<String>, Query, description = "`minute` (default) or `day`"),
+    ),
+    responses(
+        (status = 200, description = "`{merchant_id, granularity, buckets: [{window_start, currency, requested_count, requested_amount_minor, succeeded_count, succeeded_amount_minor, failed_count, failed_by_reason, success_rate, latency_ms: {p50, p95, p99}}]}`", body = Object),
+        (status = 400, description = "Invalid query", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid API key (authentication enabled)", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limit exceeded (`Retry-After`)", body = Problem, content_type = "application/problem+json"),
+    ),
+    security((), ("api_key" = []))
+)]
+#[tracing::instrument(name = "merchant_stats", skip_all, fields(merchant.id = %merchant_id))]
+pub async fn merchant_stats(
+    State(state): State<AppState>,
+    Path(merchant_id): Path<String>,
+    query: Result<Query<StatsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ResourceError> {
+    let Query(query) = query.map_err(|e| ResourceError::InvalidQuery(e.body_text()))?;
+    let granularity = query.granularity.as_deref().unwrap_or("minute");
+    if !matches!(granularity, "minute" | "day") {
+        return Err(ResourceError::InvalidQuery(
+            "`granularity` must be minute or day".into(),
+        ));
+    }
+    let to = parse_time("to", query.to.as_deref())?.unwrap_or_else(Utc::now);
+    let from = parse_time("from", query.from.as_deref())?.unwrap_or(to - Duration::hours(24));
+    if from >= to {
+        return Err(ResourceError::InvalidQuery(
+            "`from` must be before `to`".into(),
+        ));
+    }
+    if to - from > max_range(granularity) {
+        return Err(ResourceError::InvalidQuery(format!(
+            "a {granularity} query spans at most {} days",
+            max_range(granularity).num_days()
+        )));
+    }
+    let buckets: Vec<Bucket> = sqlx::query_as(
+        "SELECT window_start, currency, requested_count, requested_amount_minor,
+                succeeded_count, succeeded_amount_minor, failed_count, failed_by_reason,
+                success_rate, latency_p50_ms, latency_p95_ms, latency_p99_ms
+         FROM analytics_windows
+         WHERE merchant_id = $1 AND granularity = $2 AND window_start >= $3 AND window_start < $4
+         ORDER BY window_start, currency",
+    )
+    .bind(&merchant_id)
+    .bind(granularity)
+    .bind(from)
+    .bind(to)
+    .fetch_all(&state.pool)
+    .await
+    .map_err(internal)?;
+    let buckets: Vec<BucketView> = buckets
+        .into_iter()
+        .map(|b| BucketView {
+            window_start: b
+                .window_start
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            currency: b.currency,
+            requested_count: b.requested_count,
+            requested_amount_minor: b.requested_amount_minor,
+            succeeded_count: b.succeeded_count,
+            succeeded_amount_minor: b.succeeded_amount_minor,
+            failed_count: b.failed_count,
+            failed_by_reason: b.failed_by_reason.0,
+            success_rate: b.success_rate,
+            latency_ms: json!({
+                "p50": b.latency_p50_ms, "p95": b.latency_p95_ms, "p99": b.latency_p99_ms
+            }),
+        })
+        .collect();
+    Ok(axum::Json(json!({
+        "merchant_id": merchant_id,
+        "granularity": granularity,
+        "from": from.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "to": to.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "buckets": buckets,
+    }))
+    .into_response())
+}

@@ -1,0 +1,279 @@
+//! Merchant administration (admin bearer token): `PUT /v1/merchants/{id}` sets the webhook URL
+//! and notification address, `POST /v1/merchants/{id}/rotate-secret` replaces the webhook
+//! signing secret, `GET /v1/merchants/{id}` reads the settings. The secret (`whsec_…`) is
+//! returned once, by the creation and by each rotation, and never by a read.
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use secrecy::ExposeSecret;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::domain::{check_id, is_plain_email};
+use crate::problem::{problem_response, ApiError, FieldError, Problem, PROBLEM_TYPE_BASE};
+use crate::routes::payments::read_request;
+use crate::startup::AppState;
+
+const MAX_URL_LEN: usize = 2048;
+
+/// Errors of the merchant and analytics endpoints beyond the common ones.
+#[derive(Debug, thiserror::Error)]
+pub enum ResourceError {
+    #[error("a valid admin bearer token is required")]
+    Unauthorized,
+    #[error("merchant `{0}` not found")]
+    MerchantNotFound(String),
+    #[error("invalid query: {0}")]
+    InvalidQuery(String),
+    #[error(transparent)]
+    Api(#[from] ApiError),
+}
+
+impl IntoResponse for ResourceError {
+    fn into_response(self) -> Response {
+        let (status, slug, title) = match &self {
+            ResourceError::Api(_) => {
+                let ResourceError::Api(e) = self else {
+                    unreachable!()
+                };
+                return e.into_response();
+            }
+            ResourceError::Unauthorized => {
+                (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized")
+            }
+            ResourceError::MerchantNotFound(_) => (
+                StatusCode::NOT_FOUND,
+                "merchant-not-found",
+                "Merchant not found",
+            ),
+            ResourceError::InvalidQuery(_) => {
+                (StatusCode::BAD_REQUEST, "invalid-query", "Invalid query")
+            }
+        };
+        let body = serde_json::json!({
+            "type": format!("{PROBLEM_TYPE_BASE}{slug}"),
+            "title": title,
+            "status": status.as_u16(),
+            "detail": self.to_string(),
+        });
+        let mut response = problem_response(status, &body);
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+pub(crate) fn internal(e: impl Into<anyhow::Error>) -> ResourceError {
+    ResourceError::Api(ApiError::Internal(e.into()))
+}
+
+/// Checks `Authorization: Bearer <admin token>`. Without a configured token every admin call
+/// is refused. Digests are compared so the comparison does not leak the token's length or a
+/// matching prefix through timing.
+fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ResourceError> {
+    let Some(expected) = &state.settings.admin_token else {
+        return Err(ResourceError::Unauthorized);
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or(ResourceError::Unauthorized)?;
+    let a = Sha256::digest(given.trim().as_bytes());
+    let b = Sha256::digest(expected.expose_secret().as_bytes());
+    let same = a
+        .iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0;
+    same.then_some(()).ok_or(ResourceError::Unauthorized)
+}
+
+/// A fresh webhook signing secret: `whsec_` and 32 random bytes in hex.
+fn new_secret() -> String {
+    format!("whsec_{}", hex::encode(rand::random::<[u8; 32]>()))
+}
+
+/// Body of `PUT /v1/merchants/{id}`: the whole notification settings (absent fields clear).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MerchantBody {
+    #[serde(default)]
+    pub webhook_url: Option<String>,
+    #[serde(default)]
+    pub notification_email: Option<String>,
+}
+
+fn validate(id: &str, body: &MerchantBody) -> Result<(), ApiError> {
+    let mut errors = Vec::new();
+    check_id("merchant_id", id, &mut errors);
+    if let Some(url) = &body.webhook_url {
+        let ok = url.len() <= MAX_URL_LEN
+            && url::Url::parse(url)
+                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+        if !ok {
+            errors.push(FieldError {
+                field: "webhook_url".into(),
+                message: format!(
+                    "must be an absolute http(s) URL of at most {MAX_URL_LEN} characters"
+                ),
+            });
+        }
+    }
+    if let Some(email) = &body.notification_email {
+        if !is_plain_email(email) {
+            errors.push(FieldError {
+                field: "notification_email".into(),
+                message: "must be a plain e-mail address such as ops@example.com".into(),
+            });
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::Validation(errors))
+    }
+}
+
+/// A merchant as the API shows it; `webhook_secret` only right after creation or rotation.
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub struct MerchantView {
+    pub merchant_id: String,
+    pub webhook_url: Option<String>,
+    pub notification_email: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook_secret: Option<String>,
+}
+
+const COLUMNS: &str = "merchant_id, webhook_url, notification_email, created_at, updated_at";
+
+#[utoipa::path(
+    put,
+    path = "/v1/merchants/{id}",
+    tag = "merchants",
+    params(("id" = String, Path, description = "Merchant id")),
+    request_body(content = Object, content_type = "application/json",
+        description = "`{\"webhook_url\": \"https://…\", \"notification_email\": \"…\"}`"),
+    responses(
+        (status = 201, description = "Created; `webhook_secret` (`whsec_…`) is shown this once", body = Object),
+        (status = 200, description = "Updated; the secret is not shown again", body = Object),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong admin bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid id, webhook URL or e-mail address", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("admin_token" = []))
+)]
+#[tracing::instrument(name = "put_merchant", skip_all, fields(merchant.id = %id))]
+pub async fn put(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ResourceError> {
+    authorize(&state, &headers)?;
+    let body: MerchantBody = read_request(body, state.settings.gateway.max_body_bytes).await?;
+    validate(&id, &body)?;
+    #[derive(sqlx::FromRow)]
+    struct Saved {
+        #[sqlx(flatten)]
+        view: MerchantView,
+        created: bool,
+    }
+    // xmax = 0 only on a freshly inserted row: tells creation from update in one statement.
+    let Saved { mut view, created } = sqlx::query_as(&format!(
+        "INSERT INTO merchants (merchant_id, webhook_url, notification_email, webhook_secret)
+         VALUES ($1, $2, $3, $4)
+         ON CONFLICT (merchant_id) DO UPDATE SET webhook_url = excluded.webhook_url,
+             notification_email = excluded.notification_email, updated_at = now()
+         RETURNING {COLUMNS}, webhook_secret, (xmax = 0) AS created"
+    ))
+    .bind(&id)
+    .bind(&body.webhook_url)
+    .bind(&body.notification_email)
+    .bind(new_secret())
+    .fetch_one(&state.pool)
+    .await
+    .map_err(internal)?;
+    if !created {
+        // The secret is shown once: on creation (and rotation), not on later updates.
+        view.webhook_secret = None;
+    }
+    tracing::info!(merchant_id = %id, created, "merchant settings saved");
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, axum::Json(view)).into_response())
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/merchants/{id}/rotate-secret",
+    tag = "merchants",
+    params(("id" = String, Path, description = "Merchant id")),
+    responses(
+        (status = 200, description = "The merchant with its new `webhook_secret`, shown this once", body = Object),
+        (status = 401, description = "Missing or wrong admin bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such merchant", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("admin_token" = []))
+)]
+#[tracing::instrument(name = "rotate_merchant_secret", skip_all, fields(merchant.id = %id))]
+pub async fn rotate_secret(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ResourceError> {
+    authorize(&state, &headers)?;
+    let view: Option<MerchantView> = sqlx::query_as(&format!(
+        "UPDATE merchants SET webhook_secret = $2, updated_at = now() WHERE merchant_id = $1
+         RETURNING {COLUMNS}, webhook_secret"
+    ))
+    .bind(&id)
+    .bind(new_secret())
+    .fetch_optional(&state.pool)
+    .await
+    .map_err(internal)?;
+    let view = view.ok_or(ResourceError::MerchantNotFound(id.clone()))?;
+    tracing::info!(merchant_id = %id, "webhook secret rotated");
+    Ok(axum::Json(view).into_response())
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/merchants/{id}",
+    tag = "merchants",
+    params(("id" = String, Path, description = "Merchant id")),
+    responses(
+        (status = 200, description = "The merchant's settings, never the secret", body = Object),
+        (status = 401, description = "Missing or wrong admin bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such merchant", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("admin_token" = []))
+)]
+#[tracing::instrument(name = "get_merchant", skip_all, fields(merchant.id = %id))]
+pub async fn get(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ResourceError> {
+    authorize(&state, &headers)?;
+    let view: Option<MerchantView> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS}, NULL::text AS webhook_secret FROM merchants WHERE merchant_id = $1"
+    ))
+    .bind(&id)
+    .fetch_optional(&state.pool)
+    .await
+    .map_err(internal)?;
+    let view = view.ok_or(ResourceError::MerchantNotFound(id))?;
+    Ok(axum::Json(view).into_response())
+}

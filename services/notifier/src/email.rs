@@ -1,0 +1,149 @@
+//! The outcome e-mail to the customer, over SMTP (`lettre`), rendered from a template.
+//!
+//! The Message-ID is derived from the outcome's event id, so a resend after a crash carries the
+//! same id and a receiving MTA or mailbox can drop the copy.
+
+use std::time::Duration;
+
+use lettre::message::header::ContentType;
+use lettre::message::Mailbox;
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use paystream_core::events::{OutcomeStatus, PaymentOutcome};
+
+use crate::webhook::SendError;
+
+const SUBJECT_SUCCEEDED: &str = "Your payment of {amount} {currency} to {merchant} succeeded";
+const SUBJECT_FAILED: &str = "Your payment of {amount} {currency} to {merchant} failed";
+const BODY: &str = "Hello,
+
+your payment {payment_id} of {amount} {currency} to {merchant} {status_text}.
+{reason_line}
+Reference: {payment_id}
+
+-- 
+Paystream, on behalf of {merchant}
+";
+
+/// Formats minor units with two decimals (the common case; the template is informational).
+fn amount(minor: i64) -> String {
+    format!("{}.{:02}", minor / 100, (minor % 100).abs())
+}
+
+fn fill(template: &str, values: &[(&str, &str)]) -> String {
+    values.iter().fold(template.to_string(), |s, (k, v)| {
+        s.replace(&format!("{{{k}}}"), v)
+    })
+}
+
+/// Subject and text body of the outcome e-mail.
+pub fn render(outcome: &PaymentOutcome) -> (String, String) {
+    let amount = amount(outcome.amount_minor);
+    let (subject, status_text, reason_line) = match outcome.status {
+        OutcomeStatus::Succeeded => (SUBJECT_SUCCEEDED, "succeeded", String::new()),
+        OutcomeStatus::Failed => (
+            SUBJECT_FAILED,
+            "failed",
+            format!(
+                "Reason: {}\n",
+                outcome.failure_reason.as_deref().unwrap_or("unknown")
+            ),
+        ),
+    };
+    let values = [
+        ("amount", amount.as_str()),
+        ("currency", outcome.currency.as_str()),
+        ("merchant", outcome.merchant_id.as_str()),
+        ("payment_id", outcome.payment_id.as_str()),
+        ("status_text", status_text),
+        ("reason_line", reason_line.as_str()),
+    ];
+    (fill(subject, &values), fill(BODY, &values))
+}
+
+/// The Message-ID of the outcome e-mail for event `event_id`.
+pub fn message_id(event_id: &str) -> String {
+    format!("<{event_id}.outcome@paystream.invalid>")
+}
+
+pub struct Mailer {
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    from: Mailbox,
+}
+
+impl Mailer {
+    /// Plain SMTP to `host:port` (a local relay or MTA; TLS and credentials are the relay's
+    /// business in this deployment).
+    pub fn new(host: &str, port: u16, timeout: Duration, from: &str) -> anyhow::Result<Self> {
+        let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
+            .port(port)
+            .timeout(Some(timeout))
+            .build();
+        let from = from
+            .parse()
+            .map_err(|e| anyhow::anyhow!("invalid sender address {from:?}: {e}"))?;
+        Ok(Self { transport, from })
+    }
+
+    pub async fn send(
+        &self,
+        to: &str,
+        reply_to: Option<&str>,
+        outcome: &PaymentOutcome,
+    ) -> Result<(), SendError> {
+        let to: Mailbox = to
+            .parse()
+            .map_err(|e| SendError::Permanent(format!("invalid recipient {to:?}: {e}")))?;
+        let (subject, body) = render(outcome);
+        let mut builder = Message::builder()
+            .from(self.from.clone())
+            .to(to)
+            .subject(subject)
+            .message_id(Some(message_id(&outcome.event_id)))
+            .header(ContentType::TEXT_PLAIN);
+        // The merchant's notification address, so a customer's reply reaches the merchant.
+        if let Some(reply_to) = reply_to.and_then(|r| r.parse::<Mailbox>().ok()) {
+            builder = builder.reply_to(reply_to);
+        }
+        let message = builder
+            .body(body)
+            .map_err(|e| SendError::Permanent(format!("building the e-mail: {e}")))?;
+        self.transport.send(message).await.map(|_| ()).map_err(|e| {
+            if e.is_permanent() {
+                SendError::Permanent(format!("SMTP refused the e-mail: {e}"))
+            } else {
+                SendError::Transient(format!("SMTP delivery failed: {e}"))
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_the_outcome_into_the_template() {
+        let outcome = PaymentOutcome {
+            event_id: "e-1".into(),
+            payment_id: "p-1".into(),
+            merchant_id: "m_1".into(),
+            customer_id: "c_1".into(),
+            amount_minor: 1905,
+            currency: "EUR".into(),
+            status: OutcomeStatus::Failed,
+            failure_reason: Some("expired_card".into()),
+            psp_charge_id: None,
+            requested_at: 0,
+            decided_at: 0,
+        };
+        let (subject, body) = render(&outcome);
+        assert_eq!(subject, "Your payment of 19.05 EUR to m_1 failed");
+        assert!(
+            body.contains("payment p-1 of 19.05 EUR to m_1 failed."),
+            "{body}"
+        );
+        assert!(body.contains("Reason: expired_card"));
+        assert!(!body.contains('{'), "every placeholder filled: {body}");
+        assert_eq!(message_id("e-1"), "<e-1.outcome@paystream.invalid>");
+    }
+}

@@ -1,0 +1,10 @@
+use paystream_notifier::{Application, Settings};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let _telemetry = paystream_core::telemetry::init("notifier")?;
+    let settings = Settings::load()?;
+    let app = Application::build(settings).await?;
+    app.run_until_stopped(paystream_core::shutdown::on_signal())
+        .await
+}
