@@ -12,6 +12,10 @@ use uuid::Uuid;
 const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/payments"),
     ("get", "/v1/payments/{id}"),
+    ("put", "/v1/merchants/{id}"),
+    ("get", "/v1/merchants/{id}"),
+    ("post", "/v1/merchants/{id}/rotate-secret"),
+    ("get", "/v1/analytics/merchants/{id}/stats"),
     ("get", "/health/live"),
     ("get", "/health/ready"),
     ("get", "/metrics"),
@@ -59,6 +63,7 @@ async fn the_openapi_document_describes_every_route() -> anyhow::Result<()> {
         );
         let request = match method.as_str() {
             "post" => stack.http.post(&url),
+            "put" => stack.http.put(&url),
             _ => stack.http.get(&url),
         };
         let response = request.send().await?;

@@ -1,13 +1,14 @@
-//! One trace per payment across every hop: the gateway and the payment processor run as real
-//! processes exporting OTLP to a test receiver; a payment whose first PSP call fails goes
-//! through the retry chain, and all of it must be one trace with the right structure and the
-//! OpenTelemetry messaging attributes.
+//! One trace per payment across every hop: the gateway, the payment processor and the notifier
+//! run as real processes exporting OTLP to a test receiver; a payment whose first PSP call fails
+//! goes through the retry chain and is then notified (webhook and e-mail), and all of it must be
+//! one trace with the right structure and the OpenTelemetry messaging attributes.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use paystream_e2e_tests::otlp::{OtlpReceiver, ReceivedSpan};
 use paystream_e2e_tests::{free_port, payment_body, ServiceProcess, TestStack};
+use serde_json::json;
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -115,7 +116,24 @@ async fn a_retried_payment_is_one_trace_across_every_hop() -> anyhow::Result<()>
         &stack,
         &format!("{}-traced", stack.group_id),
         "traced",
-        otel,
+        otel.clone(),
+    )?;
+    // The notifier, with a merchant whose webhook goes to a real receiver.
+    let (webhooks, smtp) = stack.receivers().await?;
+    let secret = stack
+        .merchant_with_webhook("m_trace", &webhooks.url)
+        .await?
+        .expect("a new merchant shows its secret");
+    webhooks.set_secret("m_trace", &secret);
+    let notifier_tid = format!("{}-traced", stack.notifier_group());
+    let mut notifier_env = stack.notifier_env(smtp.port, &notifier_tid);
+    notifier_env.extend(otel);
+    let mut notifier = ServiceProcess::spawn_binary(
+        "notifier",
+        notifier_env,
+        &stack.group_id,
+        &notifier_tid,
+        "traced-notifier",
     )?;
     let gateway_url = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
@@ -142,7 +160,11 @@ async fn a_retried_payment_is_one_trace_across_every_hop() -> anyhow::Result<()>
         .header("Idempotency-Key", Uuid::new_v4().to_string())
         .header("traceparent", format!("00-{trace_id}-{client_span}-01"))
         // `cus_flaky…`: the PSP fails the first call, so the payment goes through retry.1.
-        .body(payment_body("m_trace", "cus_flaky_trace", 4200).to_string())
+        .body({
+            let mut body = payment_body("m_trace", "cus_flaky_trace", 4200);
+            body["customer_email"] = json!("buyer@example.com");
+            body.to_string()
+        })
         .send()
         .await?;
     assert_eq!(response.status(), 202);
@@ -152,9 +174,11 @@ async fn a_retried_payment_is_one_trace_across_every_hop() -> anyhow::Result<()>
     let outcome_send = format!("send {}", stack.topics.payments_outcomes);
     let spans = receiver
         .wait_for(WAIT, |spans| {
-            spans
-                .iter()
-                .any(|s| s.trace_id == trace_id && s.name == outcome_send)
+            ["webhook send", "smtp send"].iter().all(|name| {
+                spans
+                    .iter()
+                    .any(|s| s.trace_id == trace_id && s.name == *name)
+            })
         })
         .await;
     let trace: Vec<ReceivedSpan> = spans
@@ -217,7 +241,26 @@ async fn a_retried_payment_is_one_trace_across_every_hop() -> anyhow::Result<()>
     let outcome = child_of(&trace, second, &outcome_send);
     assert_eq!(outcome.kind, "producer");
 
-    // Shutdown flushes the exporters; both exit cleanly.
+    // notifier: consumes the outcome as a child of its send, then delivers both channels.
+    let notified = child_of(
+        &trace,
+        outcome,
+        &format!("process {}", stack.topics.payments_outcomes),
+    );
+    assert_eq!(notified.service, "notifier");
+    assert_eq!(notified.kind, "consumer");
+    assert_eq!(
+        notified.attr("messaging.consumer.group.name"),
+        Some(stack.notifier_group().as_str())
+    );
+    let webhook = descendant_of(&trace, notified, "webhook send");
+    assert_eq!(webhook.kind, "client");
+    assert_eq!(webhook.attr("http.response.status_code"), Some("200"));
+    assert_eq!(descendant_of(&trace, notified, "smtp send").kind, "client");
+    assert_eq!(webhooks.accepted().len(), 1);
+
+    // Shutdown flushes the exporters; all exit cleanly.
+    assert!(notifier.terminate(WAIT).await?.success());
     assert!(processor.terminate(WAIT).await?.success());
     assert!(gateway.terminate(WAIT).await?.success());
     stack.teardown().await;

@@ -67,6 +67,20 @@ pub fn install() -> anyhow::Result<()> {
         OUTBOX_PARKED_ROWS,
         "Parked outbox rows waiting for an operator (sampled at scrape time)"
     );
+    // Counters without labels exist from the start at 0, so dashboards and alerts (rates,
+    // increases) see the series before the first event instead of "no data".
+    for counter in [
+        IDEMPOTENT_REPLAYS,
+        IDEMPOTENCY_CONFLICTS,
+        IDEMPOTENCY_KEYS_PURGED,
+        PAYMENTS_ACCEPTED,
+        AUTH_FAILURES,
+        OUTBOX_PUBLISHED,
+        OUTBOX_PARKED,
+        OUTBOX_RELAY_FAILURES,
+    ] {
+        metrics::counter!(counter).increment(0);
+    }
     Ok(())
 }
 

@@ -84,6 +84,8 @@ impl Mailer {
         Ok(Self { transport, from })
     }
 
+    #[tracing::instrument(name = "smtp send", skip_all, fields(
+        otel.kind = "client", event.id = %outcome.event_id, error.type = tracing::field::Empty))]
     pub async fn send(
         &self,
         to: &str,
@@ -108,6 +110,14 @@ impl Mailer {
             .body(body)
             .map_err(|e| SendError::Permanent(format!("building the e-mail: {e}")))?;
         self.transport.send(message).await.map(|_| ()).map_err(|e| {
+            tracing::Span::current().record(
+                "error.type",
+                if e.is_permanent() {
+                    "permanent"
+                } else {
+                    "transient"
+                },
+            );
             if e.is_permanent() {
                 SendError::Permanent(format!("SMTP refused the e-mail: {e}"))
             } else {

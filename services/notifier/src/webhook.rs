@@ -102,7 +102,11 @@ impl WebhookClient {
         Ok(Self { http, policy })
     }
 
-    /// POSTs `body` to `url`, signed with `secret` at the current time.
+    /// POSTs `body` to `url`, signed with `secret` at the current time. The request carries
+    /// the payment's trace context, so a traced receiver continues the same trace.
+    #[tracing::instrument(name = "webhook send", skip_all, fields(
+        otel.kind = "client", http.request.method = "POST", event.id = %event_id,
+        http.response.status_code = tracing::field::Empty, error.type = tracing::field::Empty))]
     pub async fn send(
         &self,
         url: &str,
@@ -123,20 +127,28 @@ impl WebhookClient {
             ));
         }
         let signature = signature::sign(secret, Utc::now().timestamp(), &body);
-        let response = self
+        let mut trace = paystream_core::headers::RecordHeaders::default();
+        trace.inject_current_context();
+        let mut request = self
             .http
             .post(url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header(EVENT_ID_HEADER, event_id)
-            .header(SIGNATURE_HEADER, signature)
-            .body(body)
-            .send()
-            .await
-            .map_err(classify_request_error)?;
+            .header(SIGNATURE_HEADER, signature);
+        for (name, value) in &trace.0 {
+            request = request.header(name.as_str(), value.as_str());
+        }
+        let span = tracing::Span::current();
+        let response = request.body(body).send().await.map_err(|e| {
+            span.record("error.type", "transport");
+            classify_request_error(e)
+        })?;
         let status = response.status();
+        span.record("http.response.status_code", status.as_u16());
         if status.is_success() {
             return Ok(());
         }
+        span.record("error.type", status.as_str());
         let detail = format!("webhook answered HTTP {status}");
         if status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429 {
             Err(SendError::Transient(detail))

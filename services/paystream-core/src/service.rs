@@ -115,7 +115,10 @@ impl<H: Handler> ConsumerService<H> {
 
 async fn metrics() -> impl axum::response::IntoResponse {
     (
-        [(axum::http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            crate::metrics::CONTENT_TYPE,
+        )],
         crate::metrics::render(),
     )
 }

@@ -125,20 +125,68 @@ pub(super) fn held_partitions(group: &str, held: usize) {
 }
 
 /// Publishes per-partition consumer lag from librdkafka's periodic statistics.
+///
+/// librdkafka's own `consumer_lag` counts from offsets it committed itself, and this loop
+/// commits through the producer's transactions, so the lag is computed here: the partition's
+/// last stable offset (read_committed) minus the application's position, or minus the
+/// committed offset before the first record of an assignment.
 pub(super) fn lag(group: &str, statistics: &Statistics) {
     for (topic, t) in &statistics.topics {
         for (partition, p) in &t.partitions {
-            // librdkafka reports -1 for partitions it does not consume (and the internal -1).
-            if *partition < 0 || p.consumer_lag < 0 {
+            // -1 is librdkafka's internal unassigned partition; `desired` marks ours.
+            if *partition < 0 || !p.desired {
                 continue;
             }
+            let Some(lag) =
+                partition_lag(p.ls_offset, p.hi_offset, p.app_offset, p.committed_offset)
+            else {
+                continue;
+            };
             metrics::gauge!(
                 LAG,
                 "group" => group.to_string(),
                 "topic" => topic.clone(),
                 "partition" => partition.to_string()
             )
-            .set(p.consumer_lag as f64);
+            .set(lag as f64);
         }
+    }
+}
+
+/// Records between the consumable end and the consumer's position; `None` while unknown
+/// (librdkafka reports missing offsets as negative numbers).
+fn partition_lag(ls_offset: i64, hi_offset: i64, app_offset: i64, committed: i64) -> Option<i64> {
+    let end = if ls_offset >= 0 { ls_offset } else { hi_offset };
+    let position = if app_offset >= 0 {
+        app_offset
+    } else {
+        committed
+    };
+    (end >= 0 && position >= 0).then(|| (end - position).max(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_is_the_stable_end_minus_the_position() {
+        assert_eq!(partition_lag(100, 120, 90, 80), Some(10));
+        assert_eq!(
+            partition_lag(-1, 120, 90, 80),
+            Some(30),
+            "no LSO: high watermark"
+        );
+        assert_eq!(
+            partition_lag(100, 120, -1001, 80),
+            Some(20),
+            "nothing consumed yet"
+        );
+        assert_eq!(partition_lag(100, 120, -1001, -1001), None);
+        assert_eq!(
+            partition_lag(100, 120, 101, 80),
+            Some(0),
+            "a control record past the LSO"
+        );
     }
 }
