@@ -218,8 +218,25 @@ impl TestStack {
 
     /// The environment that points the `gateway` binary at this stack, listening on `port`.
     pub fn gateway_env(&self, port: u16) -> Vec<(String, String)> {
-        vec![
+        let mut env = self.stack_env();
+        env.extend([
             ("PAYSTREAM_HTTP__PORT".into(), port.to_string()),
+            (
+                "PAYSTREAM_GATEWAY__OUTBOX_POLL_INTERVAL_MS".into(),
+                "100".into(),
+            ),
+            (
+                "PAYSTREAM_GATEWAY__RATE_LIMIT__REQUESTS_PER_SECOND".into(),
+                "0".into(),
+            ),
+        ]);
+        env
+    }
+
+    /// Database, broker, registry and topics of this stack, as every binary reads them.
+    fn stack_env(&self) -> Vec<(String, String)> {
+        let t = &self.topics;
+        vec![
             ("PAYSTREAM_DATABASE__URL".into(), database_url()),
             (
                 "PAYSTREAM_DATABASE__SCHEMA".into(),
@@ -232,19 +249,19 @@ impl TestStack {
             ("PAYSTREAM_SCHEMA_REGISTRY__URL".into(), registry_url()),
             (
                 "PAYSTREAM_TOPICS__PAYMENTS_REQUESTED".into(),
-                self.topics.payments_requested.clone(),
+                t.payments_requested.clone(),
             ),
             (
                 "PAYSTREAM_TOPICS__PAYMENTS_OUTCOMES".into(),
-                self.topics.payments_outcomes.clone(),
+                t.payments_outcomes.clone(),
             ),
             (
-                "PAYSTREAM_GATEWAY__OUTBOX_POLL_INTERVAL_MS".into(),
-                "100".into(),
+                "PAYSTREAM_TOPICS__ANALYTICS_PAYMENT_STATS".into(),
+                t.analytics_payment_stats.clone(),
             ),
             (
-                "PAYSTREAM_GATEWAY__RATE_LIMIT__REQUESTS_PER_SECOND".into(),
-                "0".into(),
+                "PAYSTREAM_TOPICS__NOTIFICATIONS_SENT".into(),
+                t.notifications_sent.clone(),
             ),
         ]
     }
@@ -1336,8 +1353,8 @@ impl TestStack {
 impl TestStack {
     /// The environment every consumer-group binary needs to run against this stack.
     pub fn consumer_env(&self, group_id: &str, transactional_id: &str) -> Vec<(String, String)> {
-        let t = &self.topics;
-        vec![
+        let mut env = self.stack_env();
+        env.extend([
             ("PAYSTREAM_HTTP__PORT".into(), "0".into()),
             ("PAYSTREAM_CONSUMER__GROUP_ID".into(), group_id.into()),
             (
@@ -1348,33 +1365,8 @@ impl TestStack {
                 "PAYSTREAM_CONSUMER__RETRY_DELAYS_MS".into(),
                 TEST_RETRY_DELAYS_MS.map(|d| d.to_string()).join(","),
             ),
-            ("PAYSTREAM_DATABASE__URL".into(), database_url()),
-            (
-                "PAYSTREAM_DATABASE__SCHEMA".into(),
-                self.database.schema.clone().unwrap_or_default(),
-            ),
-            (
-                "PAYSTREAM_KAFKA__BOOTSTRAP_SERVERS".into(),
-                kafka_settings().bootstrap_servers,
-            ),
-            ("PAYSTREAM_SCHEMA_REGISTRY__URL".into(), registry_url()),
-            (
-                "PAYSTREAM_TOPICS__PAYMENTS_REQUESTED".into(),
-                t.payments_requested.clone(),
-            ),
-            (
-                "PAYSTREAM_TOPICS__PAYMENTS_OUTCOMES".into(),
-                t.payments_outcomes.clone(),
-            ),
-            (
-                "PAYSTREAM_TOPICS__ANALYTICS_PAYMENT_STATS".into(),
-                t.analytics_payment_stats.clone(),
-            ),
-            (
-                "PAYSTREAM_TOPICS__NOTIFICATIONS_SENT".into(),
-                t.notifications_sent.clone(),
-            ),
-        ]
+        ]);
+        env
     }
 
     /// The environment of a `notifier` binary mailing through `smtp_port`.
