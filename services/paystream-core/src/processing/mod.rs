@@ -758,7 +758,15 @@ impl<H: Handler> ProcessingLoop<H> {
         let timeout = self.call_timeout();
         let seek = positions.clone();
         // Seeking also discards what librdkafka already fetched past the held record.
-        blocking(move || consumer.seek_partitions(seek, timeout).map(|_| ())).await?;
+        if let Err(e) = blocking(move || consumer.seek_partitions(seek, timeout).map(|_| ())).await
+        {
+            // Not held after all: the caller rewinds these partitions with the others, and a
+            // partition left paused here would never be resumed.
+            if let Err(resume) = self.consumer.resume(&positions) {
+                tracing::warn!(error = %resume, "resuming partitions after a failed seek failed");
+            }
+            return Err(e);
+        }
         for h in not_due {
             tracing::debug!(topic = %h.topic, partition = h.partition, offset = h.offset,
                 due_in_ms = h.due_at_ms - now_ms(), "holding retry partition until due");
