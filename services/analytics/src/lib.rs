@@ -13,4 +13,4 @@ pub mod handler;
 pub mod startup;
 pub mod windows;
 
-pub use startup::{AnalyticsSettings, Application, Settings};
+pub use startup::{AnalyticsSection, AnalyticsSettings, Application, Settings};

@@ -19,7 +19,8 @@ use paystream_core::config::{
 };
 use paystream_core::headers::RecordHeaders;
 use paystream_core::kafka::{self, TopicSpec};
-use paystream_core::processing::{LoopSettings, LoopStats};
+use paystream_core::processing::{Faults, LoopSettings, LoopStats};
+use paystream_core::service::{ConsumerService, ServiceHandler, ServiceSettings};
 use paystream_core::shutdown::Shutdown;
 use paystream_psp_simulator::{ChargeFilter, ChargeRecord, PspClient};
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -170,7 +171,7 @@ impl TestStack {
 
     /// Settings for a payment processor wired to this stack.
     pub fn processor_settings(&self) -> paystream_payment_processor::Settings {
-        paystream_payment_processor::Settings {
+        ServiceSettings {
             http: HttpSettings {
                 host: "127.0.0.1".into(),
                 port: 0,
@@ -181,38 +182,53 @@ impl TestStack {
                 retry_delays_ms: TEST_RETRY_DELAYS_MS.to_vec(),
                 ..Default::default()
             },
-            psp: paystream_payment_processor::psp::PspSettings {
-                url: self.psp.base_url().to_string(),
-                ..Default::default()
-            },
             database: self.database.clone(),
             kafka: kafka_settings(),
             schema_registry: SchemaRegistrySettings {
                 url: registry_url(),
             },
             topics: self.topics.clone(),
+            own: paystream_payment_processor::ProcessorSettings {
+                psp: paystream_payment_processor::psp::PspSettings {
+                    url: self.psp.base_url().to_string(),
+                    ..Default::default()
+                },
+            },
         }
     }
 
     /// Runs a payment processor in this process until teardown; returns its loop counters.
     pub async fn spawn_processor(&self) -> anyhow::Result<Arc<LoopStats>> {
-        let app =
-            paystream_payment_processor::Application::build(self.processor_settings()).await?;
-        let stats = app.stats();
+        let (stats, _) = self
+            .spawn_consumer::<paystream_payment_processor::handler::PaymentHandler>(
+                self.processor_settings(),
+            )
+            .await?;
+        Ok(stats)
+    }
+
+    /// Runs a consumer-group service in this process until teardown; returns its loop
+    /// counters and chaos hooks.
+    pub async fn spawn_consumer<H: ServiceHandler>(
+        &self,
+        settings: ServiceSettings<H::Own>,
+    ) -> anyhow::Result<(Arc<LoopStats>, Arc<Faults>)> {
+        let app = ConsumerService::<H>::build(settings).await?;
+        let (stats, faults) = (app.stats(), app.faults());
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             if let Err(e) = app.run_until_stopped(shutdown).await {
-                eprintln!("payment processor stopped with an error: {e:#}");
+                eprintln!("{} stopped with an error: {e:#}", H::NAME);
             }
         });
-        Ok(stats)
+        Ok((stats, faults))
     }
 
     /// The environment that points the `payment-processor` binary at this stack.
     pub fn processor_env(&self) -> Vec<(String, String)> {
         let s = self.processor_settings();
         let mut env = self.consumer_env(&s.consumer.group_id, &s.consumer.transactional_id);
-        env.push(("PAYSTREAM_PSP__URL".into(), s.psp.url));
+        env.push(("PAYSTREAM_PSP__URL".into(), s.own.psp.url));
         env
     }
 
@@ -869,33 +885,26 @@ impl TestStack {
 
     /// Settings for an analytics instance wired to this stack.
     pub fn analytics_settings(&self) -> paystream_analytics::Settings {
-        paystream_analytics::Settings {
+        ServiceSettings {
             http: ephemeral_http(),
             consumer: test_loop_settings(self.analytics_group()),
-            analytics: Default::default(),
             database: self.database.clone(),
             kafka: kafka_settings(),
             schema_registry: SchemaRegistrySettings {
                 url: registry_url(),
             },
             topics: self.topics.clone(),
+            own: Default::default(),
         }
     }
 
     /// Runs an analytics instance in this process until teardown; returns its loop counters
     /// and chaos hooks.
-    pub async fn spawn_analytics(
-        &self,
-    ) -> anyhow::Result<(Arc<LoopStats>, Arc<paystream_core::processing::Faults>)> {
-        let app = paystream_analytics::Application::build(self.analytics_settings()).await?;
-        let (stats, faults) = (app.stats(), app.faults());
-        let shutdown = self.shutdown.clone();
-        tokio::spawn(async move {
-            if let Err(e) = app.run_until_stopped(shutdown).await {
-                eprintln!("analytics stopped with an error: {e:#}");
-            }
-        });
-        Ok((stats, faults))
+    pub async fn spawn_analytics(&self) -> anyhow::Result<(Arc<LoopStats>, Arc<Faults>)> {
+        self.spawn_consumer::<paystream_analytics::handler::AnalyticsHandler>(
+            self.analytics_settings(),
+        )
+        .await
     }
 
     /// Analytics windows of `granularity` summed per (merchant, currency).
@@ -1265,22 +1274,24 @@ impl TestStack {
     /// Settings for a notifier wired to this stack, mailing through `smtp_port`; loopback
     /// webhook targets are allowed (the receivers run on 127.0.0.1).
     pub fn notifier_settings(&self, smtp_port: u16) -> paystream_notifier::Settings {
-        paystream_notifier::Settings {
+        ServiceSettings {
             http: ephemeral_http(),
             consumer: test_loop_settings(self.notifier_group()),
-            notifier: paystream_notifier::NotifierSettings {
-                allow_loopback_targets: true,
-                smtp_port,
-                webhook_timeout_ms: 2_000,
-                smtp_timeout_ms: 5_000,
-                ..Default::default()
-            },
             database: self.database.clone(),
             kafka: kafka_settings(),
             schema_registry: SchemaRegistrySettings {
                 url: registry_url(),
             },
             topics: self.topics.clone(),
+            own: paystream_notifier::NotifierSection {
+                notifier: paystream_notifier::NotifierSettings {
+                    allow_loopback_targets: true,
+                    smtp_port,
+                    webhook_timeout_ms: 2_000,
+                    smtp_timeout_ms: 5_000,
+                    ..Default::default()
+                },
+            },
         }
     }
 
@@ -1289,14 +1300,9 @@ impl TestStack {
         &self,
         settings: paystream_notifier::Settings,
     ) -> anyhow::Result<Arc<LoopStats>> {
-        let app = paystream_notifier::Application::build(settings).await?;
-        let stats = app.stats();
-        let shutdown = self.shutdown.clone();
-        tokio::spawn(async move {
-            if let Err(e) = app.run_until_stopped(shutdown).await {
-                eprintln!("notifier stopped with an error: {e:#}");
-            }
-        });
+        let (stats, _) = self
+            .spawn_consumer::<paystream_notifier::handler::NotifierHandler>(settings)
+            .await?;
         Ok(stats)
     }
 

@@ -20,4 +20,4 @@ pub mod signature;
 pub mod startup;
 pub mod webhook;
 
-pub use startup::{Application, NotifierSettings, Settings};
+pub use startup::{Application, NotifierSection, NotifierSettings, Settings};

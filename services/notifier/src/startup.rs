@@ -1,24 +1,33 @@
 //! Settings and wiring of the notifier.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use paystream_core::avro::AvroCodec;
-use paystream_core::config::{
-    DatabaseSettings, HttpSettings, KafkaSettings, SchemaRegistrySettings, TopicSettings,
-};
 use paystream_core::events::NOTIFICATION_SENT_SCHEMA;
 use paystream_core::kafka::{self, TopicSpec};
-use paystream_core::processing::{Faults, LoopSettings, LoopStats, ProcessingLoop};
-use paystream_core::service::ConsumerService;
-use paystream_core::shutdown::Shutdown;
+use paystream_core::service::{ConsumerService, ServiceHandler, ServiceSettings};
 use serde::Deserialize;
+use sqlx::PgPool;
 
 use crate::email::Mailer;
 use crate::guard::TargetPolicy;
 use crate::handler::NotifierHandler;
 use crate::webhook::WebhookClient;
+
+/// The notifier's settings: the shared sections plus `[notifier]`.
+pub type Settings = ServiceSettings<NotifierSection>;
+
+/// A notifier instance: [`Application::build`], then [`Application::run_until_stopped`],
+/// which processes until shutdown or a fatal error (returned: the process exits non-zero).
+pub type Application = ConsumerService<NotifierHandler>;
+
+/// The notifier's own settings sections.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct NotifierSection {
+    #[serde(default)]
+    pub notifier: NotifierSettings,
+}
 
 const DEFAULTS: &str = r#"
 [http]
@@ -64,39 +73,16 @@ impl Default for NotifierSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-pub struct Settings {
-    /// Health endpoints.
-    pub http: HttpSettings,
-    #[serde(default)]
-    pub consumer: LoopSettings,
-    #[serde(default)]
-    pub notifier: NotifierSettings,
-    #[serde(default)]
-    pub database: DatabaseSettings,
-    #[serde(default)]
-    pub kafka: KafkaSettings,
-    #[serde(default)]
-    pub schema_registry: SchemaRegistrySettings,
-    #[serde(default)]
-    pub topics: TopicSettings,
-}
+impl ServiceHandler for NotifierHandler {
+    type Own = NotifierSection;
+    const NAME: &'static str = "notifier";
+    const DEFAULTS: &'static str = DEFAULTS;
 
-impl Settings {
-    pub fn load() -> anyhow::Result<Self> {
-        let mut settings: Settings = paystream_core::config::load(DEFAULTS)?;
-        paystream_core::service::default_transactional_id(&mut settings.consumer);
-        Ok(settings)
+    fn input_topics(settings: &Settings) -> Vec<String> {
+        vec![settings.topics.payments_outcomes.clone()]
     }
-}
 
-pub struct Application {
-    service: ConsumerService<NotifierHandler>,
-}
-
-impl Application {
-    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let pool = paystream_core::db::connect(&settings.database).await?;
+    async fn build(settings: &Settings, pool: &PgPool, codec: &AvroCodec) -> anyhow::Result<Self> {
         let n = &settings.notifier;
         kafka::ensure_topics(
             &settings.kafka,
@@ -107,7 +93,6 @@ impl Application {
         )
         .await
         .context("creating the notifications topic")?;
-        let codec = Arc::new(AvroCodec::new(&settings.schema_registry.url));
         codec
             .register(
                 &settings.topics.notifications_sent,
@@ -115,7 +100,7 @@ impl Application {
             )
             .await
             .context("registering the NotificationSent schema")?;
-        let handler = NotifierHandler {
+        Ok(NotifierHandler {
             pool: pool.clone(),
             webhooks: WebhookClient::new(
                 TargetPolicy {
@@ -131,36 +116,7 @@ impl Application {
                 &n.email_from,
             )?,
             receipts_topic: settings.topics.notifications_sent.clone(),
-        };
-        let processing = ProcessingLoop::new(
-            &settings.kafka,
-            settings.consumer.clone(),
-            vec![settings.topics.payments_outcomes.clone()],
-            pool,
-            codec,
-            handler,
-        )?;
-        let service = ConsumerService::bind("notifier", &settings.http, processing).await?;
-        Ok(Self { service })
-    }
-
-    /// Port of the health endpoints.
-    pub fn port(&self) -> u16 {
-        self.service.port()
-    }
-
-    pub fn stats(&self) -> Arc<LoopStats> {
-        self.service.stats()
-    }
-
-    /// The loop's chaos hooks (abort injection), for tests and game days.
-    pub fn faults(&self) -> Arc<Faults> {
-        self.service.faults()
-    }
-
-    /// Processes until `shutdown` or a fatal error (returned: the process exits non-zero).
-    pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
-        self.service.run_until_stopped(shutdown).await
+        })
     }
 }
 

@@ -12,4 +12,4 @@ pub mod handler;
 pub mod psp;
 pub mod startup;
 
-pub use startup::{Application, Settings};
+pub use startup::{Application, ProcessorSettings, Settings};

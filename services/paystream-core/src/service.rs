@@ -1,7 +1,11 @@
-//! Wiring shared by the consumer-group services (payment-processor, analytics, notifier):
-//! the per-instance transactional id, and running a [`ProcessingLoop`] next to its operations
-//! endpoints (`/health/live`, `/health/ready` with the loop's counters, Prometheus `/metrics`).
+//! Wiring shared by the consumer-group services (payment-processor, analytics, notifier): their
+//! settings ([`ServiceSettings`]), the per-instance transactional id, building a
+//! [`ProcessingLoop`] around a service's [`ServiceHandler`], and running it next to its
+//! operations endpoints (`/health/live`, `/health/ready` with the loop's counters, Prometheus
+//! `/metrics`). A service contributes its handler and its own settings section, nothing else.
 
+use std::future::Future;
+use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -10,10 +14,16 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
 use serde_json::json;
+use sqlx::PgPool;
 use tokio::net::TcpListener;
 
-use crate::config::HttpSettings;
+use crate::avro::AvroCodec;
+use crate::config::{
+    DatabaseSettings, HttpSettings, KafkaSettings, SchemaRegistrySettings, TopicSettings,
+};
 use crate::processing::{Faults, Handler, LoopSettings, LoopStats, ProcessingLoop};
 use crate::shutdown::Shutdown;
 
@@ -37,6 +47,74 @@ pub fn default_transactional_id(consumer: &mut LoopSettings) {
     }
 }
 
+/// Settings of a consumer-group service: the sections every such service has, plus its own
+/// (`S`, whose fields are top-level sections too, e.g. the processor's `[psp]`). Derefs to `S`,
+/// so `settings.psp` reads the processor's section.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ServiceSettings<S> {
+    /// Health and metrics endpoints.
+    pub http: HttpSettings,
+    #[serde(default)]
+    pub consumer: LoopSettings,
+    #[serde(default)]
+    pub database: DatabaseSettings,
+    #[serde(default)]
+    pub kafka: KafkaSettings,
+    #[serde(default)]
+    pub schema_registry: SchemaRegistrySettings,
+    #[serde(default)]
+    pub topics: TopicSettings,
+    /// The service's own sections.
+    #[serde(flatten)]
+    pub own: S,
+}
+
+impl<S: DeserializeOwned> ServiceSettings<S> {
+    /// Defaults → file → `PAYSTREAM_*` environment (see [`crate::config::load`]), then an
+    /// unset transactional id gets its per-instance default.
+    pub fn load(defaults: &str) -> anyhow::Result<Self> {
+        let mut settings: Self = crate::config::load(defaults)?;
+        default_transactional_id(&mut settings.consumer);
+        Ok(settings)
+    }
+}
+
+impl<S> Deref for ServiceSettings<S> {
+    type Target = S;
+
+    fn deref(&self) -> &S {
+        &self.own
+    }
+}
+
+impl<S> DerefMut for ServiceSettings<S> {
+    fn deref_mut(&mut self) -> &mut S {
+        &mut self.own
+    }
+}
+
+/// A consumer-group service's business logic and what it needs around it: its name, its
+/// defaults, the topics it consumes, and how its handler is built (creating the service's
+/// output topics and registering their schemas on the way).
+pub trait ServiceHandler: Handler + Sized {
+    /// The service's own settings sections (`()` flattens to none).
+    type Own: DeserializeOwned + Send + Sync;
+    /// Name in logs and metrics.
+    const NAME: &'static str;
+    /// Compiled-in defaults, TOML: at least `[http] port` and `[consumer] group_id`.
+    const DEFAULTS: &'static str;
+
+    /// Topics the group consumes.
+    fn input_topics(settings: &ServiceSettings<Self::Own>) -> Vec<String>;
+
+    /// Prepares the service's outputs (topics, schemas) and builds the handler.
+    fn build(
+        settings: &ServiceSettings<Self::Own>,
+        pool: &PgPool,
+        codec: &AvroCodec,
+    ) -> impl Future<Output = anyhow::Result<Self>> + Send;
+}
+
 /// A consumer group instance: its processing loop and its bound health listener.
 pub struct ConsumerService<H: Handler> {
     name: &'static str,
@@ -45,9 +123,33 @@ pub struct ConsumerService<H: Handler> {
     port: u16,
 }
 
+impl<H: ServiceHandler> ConsumerService<H> {
+    /// The service's settings: its defaults, the configuration file and the environment.
+    pub fn load_settings() -> anyhow::Result<ServiceSettings<H::Own>> {
+        ServiceSettings::load(H::DEFAULTS)
+    }
+
+    /// Connects to Postgres, builds the handler and the processing loop, and binds the health
+    /// listener (port 0 binds an ephemeral port, see [`Self::port`]).
+    pub async fn build(settings: ServiceSettings<H::Own>) -> anyhow::Result<Self> {
+        let pool = crate::db::connect(&settings.database).await?;
+        let codec = Arc::new(AvroCodec::new(&settings.schema_registry.url));
+        let handler = H::build(&settings, &pool, &codec).await?;
+        let processing = ProcessingLoop::new(
+            &settings.kafka,
+            settings.consumer.clone(),
+            H::input_topics(&settings),
+            pool,
+            codec,
+            handler,
+        )?;
+        Self::bind(H::NAME, &settings.http, processing).await
+    }
+}
+
 impl<H: Handler> ConsumerService<H> {
     /// Binds the health listener (port 0 binds an ephemeral port).
-    pub async fn bind(
+    async fn bind(
         name: &'static str,
         http: &HttpSettings,
         processing: ProcessingLoop<H>,
@@ -138,4 +240,58 @@ async fn health_ready(
             json!({"status": if is_ready { "ready" } else { "not ready" }, "stats": stats.snapshot()}),
         ),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    struct Own {
+        #[serde(default)]
+        widget: WidgetSettings,
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(default)]
+    struct WidgetSettings {
+        timeout_ms: u64,
+        name: String,
+    }
+
+    #[test]
+    fn own_sections_sit_beside_the_shared_ones() {
+        let settings: ServiceSettings<Own> = ServiceSettings::load(
+            r#"
+[http]
+host = "127.0.0.1"
+port = 8099
+
+[consumer]
+group_id = "widgets"
+
+[widget]
+timeout_ms = 250
+name = "w"
+"#,
+        )
+        .unwrap();
+        assert_eq!(settings.http.port, 8099);
+        assert_eq!(settings.widget.timeout_ms, 250, "reached through Deref");
+        assert_eq!(settings.own.widget.name, "w");
+        assert!(
+            settings.consumer.transactional_id.starts_with("widgets-"),
+            "per-instance default: {}",
+            settings.consumer.transactional_id
+        );
+    }
+
+    #[test]
+    fn an_absent_own_section_takes_its_defaults() {
+        let settings: ServiceSettings<Own> =
+            crate::config::load("[http]\nhost = \"::1\"\nport = 1\n[consumer]\ngroup_id = \"g\"\n")
+                .unwrap();
+        assert_eq!(settings.widget.timeout_ms, 0);
+        assert!(settings.widget.name.is_empty());
+    }
 }
