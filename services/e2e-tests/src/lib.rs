@@ -110,6 +110,7 @@ impl TestStack {
     pub async fn spawn_with(
         configure: impl FnOnce(&mut paystream_gateway::Settings),
     ) -> anyhow::Result<Self> {
+        init_test_logs();
         let id = Uuid::new_v4().simple().to_string()[..12].to_string();
         let topics = TopicSettings {
             payments_requested: format!("test-{id}.payments.requested.v1"),
@@ -176,12 +177,9 @@ impl TestStack {
                 host: "127.0.0.1".into(),
                 port: 0,
             },
-            consumer: LoopSettings {
-                group_id: self.group_id.clone(),
-                transactional_id: format!("{}-0", self.group_id),
-                retry_delays_ms: TEST_RETRY_DELAYS_MS.to_vec(),
-                ..Default::default()
-            },
+            consumer: test_loop_settings::<paystream_payment_processor::handler::PaymentHandler>(
+                self.group_id.clone(),
+            ),
             database: self.database.clone(),
             kafka: kafka_settings(),
             schema_registry: SchemaRegistrySettings {
@@ -209,16 +207,40 @@ impl TestStack {
 
     /// Runs a consumer-group service in this process until teardown; returns its loop
     /// counters and chaos hooks.
+    ///
+    /// The harness is the instance's supervisor: as Kubernetes would restart a pod, it
+    /// restarts an instance that stopped on a fatal Kafka error (the runtime stops rather than
+    /// guess after a fencing or a broken idempotent producer) and says so on stderr. The new
+    /// instance counts on in the same [`LoopStats`]; the test still judges the effects.
     pub async fn spawn_consumer<H: ServiceHandler>(
         &self,
         settings: ServiceSettings<H::Own>,
     ) -> anyhow::Result<(Arc<LoopStats>, Arc<Faults>)> {
-        let app = ConsumerService::<H>::build(settings).await?;
+        let app = ConsumerService::<H>::build(settings.clone()).await?;
         let (stats, faults) = (app.stats(), app.faults());
         let shutdown = self.shutdown.clone();
+        let (counters, hooks) = (stats.clone(), faults.clone());
         tokio::spawn(async move {
-            if let Err(e) = app.run_until_stopped(shutdown).await {
+            let mut app = app;
+            loop {
+                let Err(e) = app.run_until_stopped(shutdown.clone()).await else {
+                    return;
+                };
                 eprintln!("{} stopped with an error: {e:#}", H::NAME);
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                    match ConsumerService::<H>::build(settings.clone()).await {
+                        Ok(next) => {
+                            eprintln!("{} restarted by the test supervisor", H::NAME);
+                            app = next.continuing(counters.clone(), hooks.clone());
+                            break;
+                        }
+                        Err(e) => eprintln!("{} did not restart: {e:#}", H::NAME),
+                    }
+                }
             }
         });
         Ok((stats, faults))
@@ -850,12 +872,33 @@ pub fn require_api_keys(settings: &mut paystream_gateway::Settings, keys: &[(&st
 }
 
 /// Loop settings of a consumer group of this stack: short retry delays, one instance.
-fn test_loop_settings(group_id: String) -> LoopSettings {
+/// Logs of the services a test runs in its own process go to the test's captured output, so a
+/// failing test shows them (e.g. the reason of a fatal Kafka error). Level from
+/// `PAYSTREAM_TEST_LOG` (an `EnvFilter`), default `warn`.
+pub fn init_test_logs() {
+    static INIT: std::sync::Once = std::sync::Once::new();
+    INIT.call_once(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_env("PAYSTREAM_TEST_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        // A test that installed its own subscriber keeps it.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    });
+}
+
+/// The loop settings service `H` ships with (e.g. the notifier's small batches and long
+/// transaction timeout, sized for slow receivers), on this test's group, with short retry
+/// delays.
+fn test_loop_settings<H: ServiceHandler>(group_id: String) -> LoopSettings {
+    let defaults: ServiceSettings<H::Own> = paystream_core::config::load(H::DEFAULTS)
+        .unwrap_or_else(|e| panic!("{}'s defaults: {e:#}", H::NAME));
     LoopSettings {
         transactional_id: format!("{group_id}-0"),
         group_id,
         retry_delays_ms: TEST_RETRY_DELAYS_MS.to_vec(),
-        ..Default::default()
+        ..defaults.consumer
     }
 }
 
@@ -887,7 +930,9 @@ impl TestStack {
     pub fn analytics_settings(&self) -> paystream_analytics::Settings {
         ServiceSettings {
             http: ephemeral_http(),
-            consumer: test_loop_settings(self.analytics_group()),
+            consumer: test_loop_settings::<paystream_analytics::handler::AnalyticsHandler>(
+                self.analytics_group(),
+            ),
             database: self.database.clone(),
             kafka: kafka_settings(),
             schema_registry: SchemaRegistrySettings {
@@ -1276,7 +1321,9 @@ impl TestStack {
     pub fn notifier_settings(&self, smtp_port: u16) -> paystream_notifier::Settings {
         ServiceSettings {
             http: ephemeral_http(),
-            consumer: test_loop_settings(self.notifier_group()),
+            consumer: test_loop_settings::<paystream_notifier::handler::NotifierHandler>(
+                self.notifier_group(),
+            ),
             database: self.database.clone(),
             kafka: kafka_settings(),
             schema_registry: SchemaRegistrySettings {

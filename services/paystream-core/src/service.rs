@@ -98,7 +98,7 @@ impl<S> DerefMut for ServiceSettings<S> {
 /// output topics and registering their schemas on the way).
 pub trait ServiceHandler: Handler + Sized {
     /// The service's own settings sections (`()` flattens to none).
-    type Own: DeserializeOwned + Send + Sync;
+    type Own: DeserializeOwned + Clone + Send + Sync;
     /// Name in logs and metrics.
     const NAME: &'static str;
     /// Compiled-in defaults, TOML: at least `[http] port` and `[consumer] group_id`.
@@ -179,6 +179,13 @@ impl<H: Handler> ConsumerService<H> {
     /// The loop's chaos hooks (abort injection), for tests and game days.
     pub fn faults(&self) -> Arc<Faults> {
         self.processing.faults()
+    }
+
+    /// This instance replaces `stats`' and `faults`' previous owner, a stopped instance of
+    /// the same service in this process: it counts on where that one stopped.
+    pub fn continuing(mut self, stats: Arc<LoopStats>, faults: Arc<Faults>) -> Self {
+        self.processing.continue_from(stats, faults);
+        self
     }
 
     /// Processes until `shutdown` (the current batch is finished and committed) or a fatal

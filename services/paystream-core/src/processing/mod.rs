@@ -330,8 +330,13 @@ impl LoopStats {
 /// Why the loop stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum LoopError {
-    #[error("fatal Kafka error, this instance must restart: {0}")]
-    Fatal(KafkaError),
+    /// `reason` is librdkafka's own account of the fatal error (e.g. the broker's
+    /// `OUT_OF_ORDER_SEQUENCE_NUMBER` or a fencing), which the returned error code hides.
+    #[error("fatal Kafka error, this instance must restart: {error}{}", reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default())]
+    Fatal {
+        error: KafkaError,
+        reason: Option<String>,
+    },
     #[error("loop set-up failed: {0:#}")]
     Setup(anyhow::Error),
 }
@@ -518,6 +523,13 @@ impl<H: Handler> ProcessingLoop<H> {
         })
     }
 
+    /// Counts into `stats` and obeys `faults` instead of its own: an instance restarted in the
+    /// same process by a supervisor (the test harness) continues its predecessor's counters.
+    pub fn continue_from(&mut self, stats: Arc<LoopStats>, faults: Arc<Faults>) {
+        self.stats = stats;
+        self.faults = faults;
+    }
+
     pub fn stats(&self) -> Arc<LoopStats> {
         self.stats.clone()
     }
@@ -545,6 +557,19 @@ impl<H: Handler> ProcessingLoop<H> {
         kafka::ensure_topics(&self.kafka_settings, &specs).await
     }
 
+    /// A fatal error, with librdkafka's reason for it, logged once here.
+    fn fatal(&self, error: KafkaError) -> LoopError {
+        let reason = self
+            .producer
+            .client()
+            .fatal_error()
+            .map(|(code, reason)| format!("{code:?}: {reason}"));
+        tracing::error!(%error, reason = reason.as_deref().unwrap_or("-"),
+            transactional_id = %self.settings.transactional_id,
+            "fatal Kafka error; stopping this instance");
+        LoopError::Fatal { error, reason }
+    }
+
     /// Consumes until `shutdown` fires, then finishes the current batch, commits and leaves.
     pub async fn run(self, shutdown: Shutdown) -> Result<(), LoopError> {
         let producer = self.producer.clone();
@@ -552,7 +577,7 @@ impl<H: Handler> ProcessingLoop<H> {
         blocking(move || producer.init_transactions(timeout))
             .await
             .map_err(|e| match kafka::classify(&e) {
-                ErrorClass::Fatal => LoopError::Fatal(e),
+                ErrorClass::Fatal => self.fatal(e),
                 _ => LoopError::Setup(anyhow::Error::new(e).context("init_transactions")),
             })?;
         self.ensure_chain_topics().await.map_err(|e| {
@@ -585,9 +610,7 @@ impl<H: Handler> ProcessingLoop<H> {
             self.resume_due(&mut held);
             let batch = match self.next_batch(&shutdown, held.next_due_ms()).await {
                 Ok(batch) => batch,
-                Err(e) if kafka::classify(&e) == ErrorClass::Fatal => {
-                    break Err(LoopError::Fatal(e))
-                }
+                Err(e) if kafka::classify(&e) == ErrorClass::Fatal => break Err(self.fatal(e)),
                 Err(e) => {
                     tracing::warn!(error = %e, "consumer error");
                     tokio::time::sleep(base_backoff).await;
@@ -609,7 +632,7 @@ impl<H: Handler> ProcessingLoop<H> {
                 tracing::warn!(error = %e, "holding a retry partition failed; rewinding");
                 match self.recover(&batch, &mut held, &shutdown).await {
                     Ok(()) => continue,
-                    Err(Recovery::Fatal(e)) => break Err(LoopError::Fatal(e)),
+                    Err(Recovery::Fatal(e)) => break Err(self.fatal(e)),
                     Err(Recovery::ShutDown) => break Ok(()),
                 }
             }
@@ -633,8 +656,8 @@ impl<H: Handler> ProcessingLoop<H> {
                     backoff = base_backoff;
                 }
                 Err(BatchError::Kafka(e)) if kafka::classify(&e) == ErrorClass::Fatal => {
-                    tracing::error!(error = %e, %txn, "fatal Kafka error; stopping this instance");
-                    break Err(LoopError::Fatal(e));
+                    tracing::warn!(%txn, "the batch hit a fatal Kafka error");
+                    break Err(self.fatal(e));
                 }
                 Err(BatchError::DrainTimeout) => {
                     tracing::warn!(%txn, records = batch.len(), "drain deadline passed; aborting the open batch and stopping");
@@ -650,7 +673,7 @@ impl<H: Handler> ProcessingLoop<H> {
                     LoopStats::bump(&self.stats.batches_aborted);
                     match self.recover(&batch, &mut held, &shutdown).await {
                         Ok(()) => {}
-                        Err(Recovery::Fatal(e)) => break Err(LoopError::Fatal(e)),
+                        Err(Recovery::Fatal(e)) => break Err(self.fatal(e)),
                         // Committed offsets are still behind the failed batch: nothing lost.
                         Err(Recovery::ShutDown) => break Ok(()),
                     }
