@@ -115,9 +115,15 @@ impl Harness {
         let input = format!("test-{id}.input");
         let output = format!("test-{id}.output");
         let group = format!("test-{id}.runtime");
+        // The DLQ too, although the loop creates it when it starts: the test may read it
+        // before the loop got that far.
         kafka::ensure_topics(
             &kafka_settings(),
-            &[TopicSpec::new(&input, 1), TopicSpec::new(&output, 1)],
+            &[
+                TopicSpec::new(&input, 1),
+                TopicSpec::new(&output, 1),
+                TopicSpec::new(format!("{group}.dlq"), 1),
+            ],
         )
         .await
         .context("creating test topics (is the stack up? `make up`)")?;
