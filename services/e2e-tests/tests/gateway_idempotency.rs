@@ -386,3 +386,26 @@ async fn keys_expire_after_the_retention_and_are_purged() -> anyhow::Result<()> 
     stack.teardown().await;
     Ok(())
 }
+
+/// A replay must release the key when it answers: a client retrying one after another never
+/// meets its own earlier request "in flight" (409), whichever pooled connection serves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequential_retries_are_replayed_never_refused_as_in_flight() -> anyhow::Result<()> {
+    let stack = TestStack::spawn().await?;
+    let url = payments_url(&stack.gateway_url);
+    let body = payment_body("m_retry", "c_1", 100);
+    let mut ids = HashSet::new();
+    for attempt in 0..40 {
+        let response = json_post(&stack.http, &url, Some("retry-key"), None, &body)
+            .send()
+            .await?;
+        assert_eq!(response.status(), 202, "attempt {attempt}");
+        if attempt > 0 {
+            assert_eq!(response.headers()["idempotent-replayed"], "true");
+        }
+        ids.insert(response.json::<Value>().await?["id"].to_string());
+    }
+    assert_eq!(ids.len(), 1, "one payment");
+    stack.teardown().await;
+    Ok(())
+}

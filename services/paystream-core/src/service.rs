@@ -201,7 +201,10 @@ impl<H: Handler> ConsumerService<H> {
             .route("/health/ready", get(health_ready))
             .route("/metrics", get(metrics))
             .with_state((ready.clone(), stats));
-        let http_shutdown = shutdown.clone();
+        // A child token: stopping this service's listener (after a fatal error, say) must not
+        // cancel the caller's token, which may stop other services or a supervisor too.
+        let stop_http = shutdown.child_token();
+        let http_shutdown = stop_http.clone();
         let listener = self.listener;
         let server = tokio::spawn(async move {
             axum::serve(listener, router)
@@ -216,7 +219,7 @@ impl<H: Handler> ConsumerService<H> {
         );
         let result = self.processing.run(shutdown.clone()).await;
         ready.store(false, Ordering::Relaxed);
-        shutdown.cancel();
+        stop_http.cancel();
         server.await.context("health server panicked")??;
         result.map_err(Into::into)
     }

@@ -131,6 +131,10 @@ pub async fn create(
         return Err(ApiError::IdempotencyKeyInFlight(key));
     }
     if let Some(stored) = idempotency::lookup(&mut tx, client.as_str(), &key).await? {
+        // End the transaction here, releasing the key's lock. A dropped sqlx transaction rolls
+        // back only when its connection is next used, so the lock would outlive the response
+        // and the client's next retry (on another connection) would get a spurious 409.
+        tx.rollback().await?;
         return stored.replay(&key, &fingerprint);
     }
 
@@ -163,10 +167,14 @@ pub async fn create(
         }
         // Transient (or unknown) failures store nothing: a retry with the key may succeed.
         Err(e) => {
+            // As above: release the key now. A failed rollback leaves a broken connection that
+            // the pool discards; the error that matters is `e`.
+            let _ = execution.rollback().await;
+            let _ = tx.rollback().await;
             return Err(match e.downcast::<sqlx::Error>() {
                 Ok(db) => db.into(),
                 Err(other) => ApiError::Internal(other),
-            })
+            });
         }
     };
     let retention = state.settings.gateway.idempotency_retention_hours;
