@@ -592,6 +592,8 @@ impl<H: Handler> ProcessingLoop<H> {
         tracing::info!(group = %self.settings.group_id, topics = ?subscription,
             transactional_id = %self.settings.transactional_id, run = %self.run_id,
             "processing loop started");
+        // Served from the start (0), so dashboards and alerts see the series before any hold.
+        instruments::held_partitions(&self.settings.group_id, 0);
 
         let drain_deadline = {
             let shutdown = shutdown.clone();
