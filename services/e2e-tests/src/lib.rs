@@ -871,7 +871,6 @@ pub fn require_api_keys(settings: &mut paystream_gateway::Settings, keys: &[(&st
     }
 }
 
-/// Loop settings of a consumer group of this stack: short retry delays, one instance.
 /// Logs of the services a test runs in its own process go to the test's captured output, so a
 /// failing test shows them (e.g. the reason of a fatal Kafka error). Level from
 /// `PAYSTREAM_TEST_LOG` (an `EnvFilter`), default `warn`.
