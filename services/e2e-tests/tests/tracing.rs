@@ -172,9 +172,19 @@ async fn a_retried_payment_is_one_trace_across_every_hop() -> anyhow::Result<()>
 
     let retry_topic = format!("{}.retry.1", stack.group_id);
     let outcome_send = format!("send {}", stack.topics.payments_outcomes);
+    // Every span the assertions below look for: each service exports in batches, and a parent
+    // (a CONSUMER span) ends, and so is exported, after its children.
+    let expected = [
+        "POST /v1/payments".to_string(),
+        format!("process {}", stack.topics.payments_requested),
+        format!("process {retry_topic}"),
+        format!("process {}", stack.topics.payments_outcomes),
+        "webhook send".to_string(),
+        "smtp send".to_string(),
+    ];
     let spans = receiver
         .wait_for(WAIT, |spans| {
-            ["webhook send", "smtp send"].iter().all(|name| {
+            expected.iter().all(|name| {
                 spans
                     .iter()
                     .any(|s| s.trace_id == trace_id && s.name == *name)
