@@ -891,7 +891,7 @@ pub fn init_test_logs() {
 /// transaction timeout, sized for slow receivers), on this test's group, with short retry
 /// delays.
 fn test_loop_settings<H: ServiceHandler>(group_id: String) -> LoopSettings {
-    let defaults: ServiceSettings<H::Own> = paystream_core::config::load(H::DEFAULTS)
+    let defaults = ConsumerService::<H>::load_settings()
         .unwrap_or_else(|e| panic!("{}'s defaults: {e:#}", H::NAME));
     LoopSettings {
         transactional_id: format!("{group_id}-0"),

@@ -97,7 +97,7 @@ impl<S> DerefMut for ServiceSettings<S> {
 /// defaults, the topics it consumes, and how its handler is built (creating the service's
 /// output topics and registering their schemas on the way).
 pub trait ServiceHandler: Handler + Sized {
-    /// The service's own settings sections (`()` flattens to none).
+    /// The service's own settings sections.
     type Own: DeserializeOwned + Clone + Send + Sync;
     /// Name in logs and metrics.
     const NAME: &'static str;
@@ -124,6 +124,9 @@ pub struct ConsumerService<H: Handler> {
 }
 
 impl<H: ServiceHandler> ConsumerService<H> {
+    /// The service's name in logs, traces and metrics.
+    pub const NAME: &'static str = H::NAME;
+
     /// The service's settings: its defaults, the configuration file and the environment.
     pub fn load_settings() -> anyhow::Result<ServiceSettings<H::Own>> {
         ServiceSettings::load(H::DEFAULTS)
