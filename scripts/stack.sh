@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
-# The local paystream stack, without Docker: Nisshi (Kafka-API broker, in-memory), the Postgres
-# already running on the machine, the schema registry, the PSP simulator, the gateway, the
-# payment processor, analytics and the notifier (with an SMTP sink, Python aiosmtpd, printing
-# every e-mail to .stack/smtp-sink.log). Idempotent: `up` installs and starts only what is
-# missing.
+# The local paystream stack, without Docker: Apache Kafka (one KRaft node, jars from Maven
+# Central, scripts/kafka.sh), PostgreSQL (Debian's, or one already answering on the configured
+# address), the schema registry, the PSP simulator, the gateway, the payment processor,
+# analytics and the notifier (with an SMTP sink, Python aiosmtpd, printing every e-mail to
+# .stack/smtp-sink.log). Idempotent: `up` installs and starts only what is missing.
 #
 #   scripts/stack.sh up       install what is missing, build, start, wait until healthy
 #   scripts/stack.sh down     stop everything `up` started
-#   scripts/stack.sh status   what runs where
+#   scripts/stack.sh status   what runs where, and how often the supervisor restarted it
 #
-# Logs and pid files live in $PAYSTREAM_STATE_DIR (default .stack/, git-ignored).
+# Every process `up` starts (the broker included) runs under a supervisor that restarts it when
+# it exits, with exponential backoff (1 s doubling to 30 s, back to 1 s after a minute up), as
+# Kubernetes would: our services exit on a fatal Kafka error by design.
+# Logs, pid files and restart counts live in $PAYSTREAM_STATE_DIR (default .stack/,
+# git-ignored); so does the broker's data (kafka-logs/): topics and offsets survive a restart.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -18,12 +22,9 @@ STATE_DIR="${PAYSTREAM_STATE_DIR:-$ROOT/.stack}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE_DIR/target}"
 BIN_DIR="$CARGO_TARGET_DIR/debug"
 
-NISSHI_VERSION=0.7.0
-NISSHI_ROOT="$CACHE_DIR/tools"
-NISSHI_BIN="$NISSHI_ROOT/bin/nisshi"
-
 # Endpoints, each overridable.
 BROKER_ADDR="${PAYSTREAM_BROKER_ADDR:-127.0.0.1:9092}"
+CONTROLLER_ADDR="${PAYSTREAM_CONTROLLER_ADDR:-127.0.0.1:9093}"
 REGISTRY_ADDR="${PAYSTREAM_SCHEMA_REGISTRY_ADDR:-127.0.0.1:8081}"
 GATEWAY_ADDR="${PAYSTREAM_GATEWAY_ADDR:-127.0.0.1:8080}"
 PROCESSOR_ADDR="${PAYSTREAM_PROCESSOR_ADDR:-127.0.0.1:8082}"
@@ -43,6 +44,9 @@ export PAYSTREAM_PSP__URL="http://$PSP_ADDR"
 export PAYSTREAM_NOTIFIER__SMTP_HOST="${SMTP_ADDR%:*}"
 export PAYSTREAM_NOTIFIER__SMTP_PORT="${SMTP_ADDR##*:}"
 export PAYSTREAM_NOTIFIER__ALLOW_LOOPBACK_TARGETS="${PAYSTREAM_NOTIFIER__ALLOW_LOOPBACK_TARGETS:-true}"
+# What scripts/kafka.sh reads.
+export PAYSTREAM_STATE_DIR="$STATE_DIR" PAYSTREAM_CACHE_DIR="$CACHE_DIR"
+export PAYSTREAM_BROKER_ADDR="$BROKER_ADDR" PAYSTREAM_CONTROLLER_ADDR="$CONTROLLER_ADDR"
 # The gateway's admin API token (merchants). A fixed, well-known value for the dev stack only.
 if [[ -z ${PAYSTREAM_ADMIN_TOKEN:-} ]]; then
   DEV_ADMIN_TOKEN_DEFAULTED=1
@@ -50,6 +54,7 @@ if [[ -z ${PAYSTREAM_ADMIN_TOKEN:-} ]]; then
 fi
 
 log() { printf '[stack] %s\n' "$*" >&2; }
+die() { printf '[stack] error: %s\n' "$*" >&2; exit 1; }
 
 host_of() { echo "${1%:*}"; }
 port_of() { echo "${1##*:}"; }
@@ -78,59 +83,172 @@ running() { # running NAME: its pid file names a live (not zombie) process
   [[ $state != Z* ]]
 }
 
-start() { # start NAME CMD...: start in the background unless already running
+start() { # start NAME CMD...: start under the supervisor unless already running
   local name=$1; shift
   if running "$name"; then
     log "$name already running (pid $(cat "$STATE_DIR/$name.pid"))"
     return 0
   fi
   log "starting $name"
+  rm -f "$STATE_DIR/$name.restarts"
   # setsid: a service outlives the shell that started it and gets its own process group.
-  setsid "$@" >>"$STATE_DIR/$name.log" 2>&1 </dev/null &
+  setsid "$ROOT/scripts/stack.sh" supervise "$name" "$@" >>"$STATE_DIR/$name.log" 2>&1 </dev/null &
   echo $! >"$STATE_DIR/$name.pid"
 }
 
-install_broker() {
-  if [[ -x $NISSHI_BIN ]] && "$NISSHI_BIN" --version 2>/dev/null | grep -q "$NISSHI_VERSION"; then
-    return 0
-  fi
-  log "installing the Nisshi broker $NISSHI_VERSION into $NISSHI_ROOT (about 17 minutes on a fresh machine)"
-  CARGO_TARGET_DIR="$CACHE_DIR/nisshi-target" cargo install nisshi --version "$NISSHI_VERSION" \
-    --locked --ignore-rust-version --no-default-features --features dynostore \
-    --root "$NISSHI_ROOT"
+# supervise NAME CMD...: run CMD and restart it whenever it exits, until SIGTERM, which it passes
+# on to CMD. NAME.pid is the supervisor, NAME.child.pid the running CMD, NAME.restarts the count.
+supervise() {
+  local name=$1; shift
+  local restarts=0 backoff=1 child='' status started stopping=''
+  trap 'stopping=1; [[ -n $child ]] && kill -TERM "$child" 2>/dev/null' TERM INT
+  while :; do
+    started=$SECONDS
+    "$@" &
+    child=$!
+    echo "$child" >"$STATE_DIR/$name.child.pid"
+    # `wait` returns early when the trap runs: wait on until the child is really gone.
+    status=0
+    wait "$child" || status=$?
+    while kill -0 "$child" 2>/dev/null; do wait "$child" || status=$?; done
+    rm -f "$STATE_DIR/$name.child.pid"
+    [[ -n $stopping ]] && exit 0
+    ((SECONDS - started >= 60)) && backoff=1
+    restarts=$((restarts + 1))
+    echo "$restarts" >"$STATE_DIR/$name.restarts"
+    printf '[supervisor] %s %s exited with status %s; restart %s in %ss\n' \
+      "$(date -u +%FT%TZ)" "$name" "$status" "$restarts" "$backoff"
+    sleep "$backoff" &
+    wait $! || true
+    [[ -n $stopping ]] && exit 0
+    backoff=$((backoff * 2 > 30 ? 30 : backoff * 2))
+  done
 }
 
 install_system_packages() {
   local missing=()
   command -v curl >/dev/null || missing+=(curl)
   command -v setsid >/dev/null || missing+=(util-linux)
+  command -v runuser >/dev/null || missing+=(util-linux)
+  command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
+  command -v mvn >/dev/null || missing+=(maven)
   if ((${#missing[@]})); then
+    ((EUID == 0)) || die "missing ${missing[*]}; install them (apt-get install ${missing[*]}), see README, Prerequisites"
     log "installing Debian packages: ${missing[*]}"
-    apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null
+    apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null ||
+      die "apt-get install ${missing[*]} failed"
   fi
 }
+
+install_broker() { "$ROOT/scripts/kafka.sh" install; }
 
 build() {
   log "building the services (cargo target dir: $CARGO_TARGET_DIR)"
   (cd "$ROOT" && cargo build --workspace --bins --quiet)
 }
 
+# ---- Postgres ----------------------------------------------------------------------------
+# A server already answering on the configured address is used as it is (a user's own).
+# Otherwise Debian's PostgreSQL is installed if missing, and a cluster of the stack's own is
+# created (trust for local connections, so the documented passwordless URL works) and started.
+# `down` stops only a server that `up` started.
+PG_HOST=$(sed -E 's#^[a-z]+://([^@/]*@)?([^:/]+).*#\2#' <<<"$DATABASE_URL")
+PG_PORT=$(sed -nE 's#^[a-z]+://([^@/]*@)?[^:/]+:([0-9]+).*#\2#p' <<<"$DATABASE_URL")
+PG_PORT=${PG_PORT:-5432}
+
+pg_bin_dir() {
+  local dir
+  dir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+  [[ -n $dir && -x $dir/initdb ]] && echo "$dir"
+}
+
+pg_data_dir() { # outside the repo; as root, where the postgres user can reach it
+  if ((EUID == 0)); then
+    echo "${PAYSTREAM_PG_DATA:-/var/lib/postgresql/paystream-$1}"
+  else
+    echo "${PAYSTREAM_PG_DATA:-$CACHE_DIR/postgres-$1}"
+  fi
+}
+
+# initdb and postgres refuse to run as root.
+as_pg_user() { if ((EUID == 0)); then runuser -u postgres -- "$@"; else "$@"; fi; }
+
+start_postgres() {
+  if tcp_open "$PG_HOST:$PG_PORT"; then
+    [[ -f $STATE_DIR/postgres.started ]] || log "Postgres already answers on $PG_HOST:$PG_PORT; using it"
+    return 0
+  fi
+  local bin; bin=$(pg_bin_dir) || true
+  if [[ -z $bin ]]; then
+    ((EUID == 0)) || die "no PostgreSQL server is installed and none answers on $PG_HOST:$PG_PORT; install one or point PAYSTREAM_DATABASE__URL at yours (README, Prerequisites)"
+    log "installing Debian's PostgreSQL"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null ||
+      die "apt-get install postgresql failed"
+    bin=$(pg_bin_dir) || die "PostgreSQL was installed but no initdb is under /usr/lib/postgresql"
+  fi
+  local version data
+  version=$(basename "$(dirname "$bin")")
+  data=$(pg_data_dir "$version")
+  if [[ ! -f $data/PG_VERSION ]]; then
+    log "creating the stack's Postgres cluster in $data"
+    mkdir -p "$data"
+    if ((EUID == 0)); then chown postgres: "$data"; fi
+    as_pg_user "$bin/initdb" -D "$data" -U postgres -A trust -E UTF8 >/dev/null ||
+      die "initdb $data failed"
+  fi
+  log "starting Postgres $version on $PG_HOST:$PG_PORT (data: $data)"
+  # Sockets in the data dir: /var/run/postgresql may not exist or be writable.
+  as_pg_user "$bin/pg_ctl" -D "$data" -l "$data/server.log" -w -t 60 start \
+    -o "-c listen_addresses=$PG_HOST -p $PG_PORT -k $data -c max_connections=400 -c shared_buffers=256MB" \
+    >/dev/null || die "Postgres did not start; see $data/server.log"
+  echo "$bin/pg_ctl -D $data" >"$STATE_DIR/postgres.started"
+}
+
+stop_postgres() {
+  [[ -f $STATE_DIR/postgres.started ]] || return 0
+  log "stopping Postgres (started by the stack)"
+  # shellcheck disable=SC2046 # the file holds "…/pg_ctl -D DIR"
+  as_pg_user $(cat "$STATE_DIR/postgres.started") -m fast -w stop >/dev/null 2>&1 || true
+  rm -f "$STATE_DIR/postgres.started"
+}
+
+# ---- the broker --------------------------------------------------------------------------
 start_broker() {
   if running broker; then
     log "broker already running (pid $(cat "$STATE_DIR/broker.pid"))"
   elif tcp_open "$BROKER_ADDR"; then
-    log "something already listens on $BROKER_ADDR; using it as the broker"
+    # A user's own broker is fine; anything else on the port is a clash to name, not wait on.
+    timeout 30 "$ROOT/scripts/kafka-tool" topics --bootstrap-server "$BROKER_ADDR" --list >/dev/null 2>&1 ||
+      die "$BROKER_ADDR is taken by a process that does not answer as a Kafka broker; stop it (ss -ltnp | grep ${BROKER_ADDR##*:}) or set PAYSTREAM_BROKER_ADDR"
+    log "a Kafka broker already answers on $BROKER_ADDR; using it"
     return 0
   else
-    start broker "$NISSHI_BIN" broker \
-      --storage-engine memory://nisshi/ \
-      --listener-url "tcp://$BROKER_ADDR" \
-      --advertised-listener-url "tcp://$BROKER_ADDR" \
-      --group-initial-rebalance-delay 200ms
+    # The same checks kafka.sh makes, here so that `up` stops on them instead of supervising
+    # a broker that can never start.
+    command -v java >/dev/null || die "no Java found; install a JDK 17+ (apt-get install openjdk-17-jre-headless)"
+    tcp_open "$CONTROLLER_ADDR" &&
+      die "the broker's controller address $CONTROLLER_ADDR is taken by another process; stop it (ss -ltnp) or set PAYSTREAM_CONTROLLER_ADDR"
+    local logs="$STATE_DIR/kafka-logs"
+    if [[ -d $logs && -n $(ls -A "$logs") && ! -f $logs/meta.properties ]]; then
+      die "$logs holds files but no meta.properties (corrupt or foreign); remove it (rm -rf $logs) to start an empty broker"
+    fi
+    start broker "$ROOT/scripts/kafka.sh" run
   fi
-  wait_for broker 30 tcp_open "$BROKER_ADDR"
+  wait_for broker 120 broker_ready
 }
 
+# The broker answers metadata requests (its port opens before the node is unfenced); a broker
+# that kafka.sh refused to start (its "kafka: …" line) stops `up` at once with that reason.
+broker_ready() {
+  if [[ -f $STATE_DIR/broker.restarts ]] && grep -q '^kafka: ' "$STATE_DIR/broker.log"; then
+    log "the broker cannot start: $(grep '^kafka: ' "$STATE_DIR/broker.log" | tail -1)"
+    stop broker
+    exit 1
+  fi
+  tcp_open "$BROKER_ADDR" && "$ROOT/scripts/kafka-tool" topics --list >/dev/null 2>&1
+}
+
+# ---- the services ------------------------------------------------------------------------
 start_service() { # start_service NAME BINARY ADDR
   local name=$1 binary=$2 addr=$3
   if ! running "$name" && http_ok "http://$addr/health/live"; then
@@ -157,6 +275,7 @@ up() {
   install_system_packages
   install_broker
   build
+  start_postgres
   start_broker
   "$BIN_DIR/paystream" migrate >/dev/null
   "$BIN_DIR/paystream" topics create --partitions "$PARTITIONS" >/dev/null
@@ -179,24 +298,25 @@ up() {
   if [[ -n ${DEV_ADMIN_TOKEN_DEFAULTED:-} ]]; then
     log "PAYSTREAM_ADMIN_TOKEN was unset: the gateway's admin API uses the dev token 'dev-admin-token'"
   fi
-  log "stack is up in $((SECONDS - started))s: gateway http://$GATEWAY_ADDR, registry http://$REGISTRY_ADDR, broker $BROKER_ADDR, PSP http://$PSP_ADDR"
+  log "stack is up in $((SECONDS - started))s: gateway http://$GATEWAY_ADDR, registry http://$REGISTRY_ADDR, broker $BROKER_ADDR (Apache Kafka), Postgres $PG_HOST:$PG_PORT, PSP http://$PSP_ADDR"
 }
 
-stop() { # stop NAME: SIGTERM, then SIGKILL after 15 s
+stop() { # stop NAME: SIGTERM to its supervisor (which passes it on), SIGKILL after 30 s
   local name=$1 pidfile="$STATE_DIR/$1.pid"
   if ! running "$name"; then
-    rm -f "$pidfile"
+    rm -f "$pidfile" "$STATE_DIR/$name.child.pid"
     return 0
   fi
   local pid; pid=$(cat "$pidfile")
   log "stopping $name (pid $pid)"
   kill -TERM "$pid" 2>/dev/null || true
-  for _ in $(seq 1 75); do
+  for _ in $(seq 1 150); do
     kill -0 "$pid" 2>/dev/null || break
     sleep 0.2
   done
-  kill -KILL "$pid" 2>/dev/null || true
-  rm -f "$pidfile"
+  # The whole process group: the supervisor and whatever it still runs.
+  kill -KILL -- "-$pid" 2>/dev/null || true
+  rm -f "$pidfile" "$STATE_DIR/$name.child.pid"
 }
 
 down() {
@@ -204,12 +324,27 @@ down() {
   for name in notifier analytics payment-processor gateway smtp-sink psp-simulator schema-registry broker; do
     stop "$name"
   done
+  stop_postgres
 }
 
 status() {
+  local name restarts
+  printf '%-18s %-8s %-8s %s\n' SERVICE STATE PID RESTARTS
   for name in broker schema-registry psp-simulator gateway payment-processor analytics notifier smtp-sink; do
-    if running "$name"; then echo "$name: running (pid $(cat "$STATE_DIR/$name.pid"))"; else echo "$name: stopped"; fi
+    restarts=$(cat "$STATE_DIR/$name.restarts" 2>/dev/null || echo 0)
+    if running "$name"; then
+      printf '%-18s %-8s %-8s %s\n' "$name" running "$(cat "$STATE_DIR/$name.child.pid" 2>/dev/null || echo -)" "$restarts"
+    else
+      printf '%-18s %-8s %-8s %s\n' "$name" stopped - "$restarts"
+    fi
   done
+  if [[ -f $STATE_DIR/postgres.started ]]; then
+    printf '%-18s %-8s %s\n' postgres running "(started by the stack, $PG_HOST:$PG_PORT)"
+  elif tcp_open "$PG_HOST:$PG_PORT"; then
+    printf '%-18s %-8s %s\n' postgres running "(not the stack's, $PG_HOST:$PG_PORT)"
+  else
+    printf '%-18s %-8s\n' postgres stopped
+  fi
 }
 
 case "${1:-}" in
@@ -217,5 +352,6 @@ case "${1:-}" in
   down) down ;;
   status) status ;;
   install-broker) install_broker ;;
+  supervise) shift; supervise "$@" ;;
   *) echo "usage: $0 up|down|status|install-broker" >&2; exit 2 ;;
 esac

@@ -7,8 +7,8 @@
 //! payment id). A record can arrive before the `202` has been read; it is parked until the
 //! request reports its id. Records of payments this run did not send (other traffic) are
 //! parked and never matched. A second record for the same payment on a stage is counted as a
-//! duplicate (the local broker shows records of aborted transactions, see
-//! docs/operations.md); only the first one counts for latency.
+//! duplicate (aborted transactions stay hidden under read_committed, but the outbox relay is
+//! at-least-once and can publish a request twice); only the first one counts for latency.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -6,6 +6,8 @@
 //! therefore run in parallel.
 
 pub mod otlp;
+pub mod own_kafka;
+pub mod third_party;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -89,6 +91,8 @@ pub struct DecodedRecord {
 
 pub struct TestStack {
     pub id: String,
+    /// The broker this stack's topics live on: the shared one, or a test's own.
+    pub kafka: KafkaSettings,
     pub topics: TopicSettings,
     pub group_id: String,
     pub database: DatabaseSettings,
@@ -110,6 +114,14 @@ impl TestStack {
     pub async fn spawn_with(
         configure: impl FnOnce(&mut paystream_gateway::Settings),
     ) -> anyhow::Result<Self> {
+        Self::spawn_on(kafka_settings(), configure).await
+    }
+
+    /// [`TestStack::spawn_with`] on the broker `kafka` (e.g. a test's [`own_kafka::OwnKafka`]).
+    pub async fn spawn_on(
+        kafka: KafkaSettings,
+        configure: impl FnOnce(&mut paystream_gateway::Settings),
+    ) -> anyhow::Result<Self> {
         init_test_logs();
         let id = Uuid::new_v4().simple().to_string()[..12].to_string();
         let topics = TopicSettings {
@@ -120,7 +132,7 @@ impl TestStack {
         };
         let group_id = format!("test-{id}.payment-processor");
         kafka::ensure_topics(
-            &kafka_settings(),
+            &kafka,
             &[
                 TopicSpec::new(&topics.payments_requested, PARTITIONS),
                 TopicSpec::new(&topics.payments_outcomes, PARTITIONS),
@@ -152,6 +164,7 @@ impl TestStack {
         tokio::spawn(psp_app.run_until_stopped(shutdown.clone()));
 
         let mut gateway_settings = gateway_settings(&database, &topics);
+        gateway_settings.kafka = kafka.clone();
         configure(&mut gateway_settings);
         let gateway = paystream_gateway::Application::build(gateway_settings).await?;
         let gateway_url = format!("http://127.0.0.1:{}", gateway.port());
@@ -159,6 +172,7 @@ impl TestStack {
 
         Ok(Self {
             id,
+            kafka,
             topics,
             group_id,
             database,
@@ -181,7 +195,7 @@ impl TestStack {
                 self.group_id.clone(),
             ),
             database: self.database.clone(),
-            kafka: kafka_settings(),
+            kafka: self.kafka.clone(),
             schema_registry: SchemaRegistrySettings {
                 url: registry_url(),
             },
@@ -282,7 +296,7 @@ impl TestStack {
             ),
             (
                 "PAYSTREAM_KAFKA__BOOTSTRAP_SERVERS".into(),
-                kafka_settings().bootstrap_servers,
+                self.kafka.bootstrap_servers.clone(),
             ),
             ("PAYSTREAM_SCHEMA_REGISTRY__URL".into(), registry_url()),
             (
@@ -384,7 +398,7 @@ impl TestStack {
     /// from the beginning; it joins no group and commits nothing.
     fn reader(&self, topic: &str, partitions: i32) -> anyhow::Result<StreamConsumer> {
         let consumer: StreamConsumer = kafka::client_config(
-            &kafka_settings(),
+            &self.kafka,
             &[
                 (
                     "group.id",
@@ -441,10 +455,102 @@ impl TestStack {
         Ok(records)
     }
 
+    /// How many records `topic` holds under read_uncommitted: those of committed and of
+    /// aborted transactions alike (not the transaction markers).
+    pub async fn read_uncommitted_count(&self, topic: &str) -> anyhow::Result<usize> {
+        let consumer: StreamConsumer = kafka::client_config(
+            &self.kafka,
+            &[
+                (
+                    "group.id",
+                    &format!("test-{}-raw-{}", self.id, Uuid::new_v4()),
+                ),
+                ("enable.auto.commit", "false"),
+                ("isolation.level", "read_uncommitted"),
+                ("enable.partition.eof", "true"),
+            ],
+        )?
+        .create()?;
+        let mut assignment = TopicPartitionList::new();
+        for p in 0..PARTITIONS {
+            assignment.add_partition_offset(topic, p, Offset::Beginning)?;
+        }
+        consumer.assign(&assignment)?;
+        let (mut records, mut at_end) = (0, HashSet::new());
+        while at_end.len() < PARTITIONS as usize {
+            match tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+                .await
+                .context("reading read_uncommitted")?
+            {
+                Ok(m) => {
+                    at_end.remove(&m.partition());
+                    records += 1;
+                }
+                Err(rdkafka::error::KafkaError::PartitionEOF(p)) => {
+                    at_end.insert(p);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(records)
+    }
+
+    /// The offsets `group` has committed on `topic`, summed over its partitions: the broker's
+    /// record of how far the group got (0 for a partition without a committed offset).
+    pub async fn committed_offsets(&self, group: &str, topic: &str) -> anyhow::Result<i64> {
+        let consumer: StreamConsumer =
+            kafka::client_config(&self.kafka, &[("group.id", group)])?.create()?;
+        let mut partitions = TopicPartitionList::new();
+        for p in 0..PARTITIONS {
+            partitions.add_partition(topic, p);
+        }
+        let committed = tokio::task::spawn_blocking(move || {
+            consumer.committed_offsets(partitions, Duration::from_secs(10))
+        })
+        .await??;
+        Ok(committed
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            })
+            .sum())
+    }
+
+    /// Records of `topic` that read_committed consumers cannot see yet: per partition, the
+    /// high watermark minus the last stable offset, summed. Above zero while a transaction that
+    /// wrote to the topic is open; an aborted or committed transaction no longer counts.
+    pub async fn unstable_records(&self, topic: &str) -> anyhow::Result<i64> {
+        let watermarks = |isolation: &'static str| -> anyhow::Result<Vec<i64>> {
+            // librdkafka asks ListOffsets with the client's isolation level: under
+            // read_committed the "high" offset it returns is the last stable offset.
+            let consumer: rdkafka::consumer::BaseConsumer = kafka::client_config(
+                &self.kafka,
+                &[
+                    ("group.id", &format!("test-{}-watermarks", self.id)),
+                    ("isolation.level", isolation),
+                ],
+            )?
+            .create()?;
+            let topic = topic.to_string();
+            (0..PARTITIONS)
+                .map(|p| {
+                    Ok(consumer
+                        .fetch_watermarks(&topic, p, Duration::from_secs(10))?
+                        .1)
+                })
+                .collect()
+        };
+        let high = watermarks("read_uncommitted")?;
+        let stable = watermarks("read_committed")?;
+        Ok(high.iter().zip(&stable).map(|(h, s)| h - s).sum())
+    }
+
     /// Produces raw bytes, as a foreign or broken producer would.
     pub async fn produce_raw(&self, topic: &str, key: &str, value: &[u8]) -> anyhow::Result<()> {
         let producer: FutureProducer =
-            kafka::client_config(&kafka_settings(), kafka::IDEMPOTENT_PRODUCER)?.create()?;
+            kafka::client_config(&self.kafka, kafka::IDEMPOTENT_PRODUCER)?.create()?;
         let delivery = kafka::enqueue(
             &producer,
             topic,
@@ -634,55 +740,38 @@ impl ServiceProcess {
             .context("no exit before the deadline")??)
     }
 
+    /// Sends `signal` (a `kill` name such as `STOP` or `CONT`) to the process.
+    pub async fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let pid = self.child.id().context("already exited")?.to_string();
+        let sent = tokio::process::Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .await?;
+        anyhow::ensure!(sent.success(), "kill -{signal} {pid} failed");
+        Ok(())
+    }
+
+    /// Waits up to `deadline` for the process to exit on its own.
+    pub async fn wait_exit(
+        &mut self,
+        deadline: Duration,
+    ) -> anyhow::Result<std::process::ExitStatus> {
+        Ok(tokio::time::timeout(deadline, self.child.wait())
+            .await
+            .context("no exit before the deadline")??)
+    }
+
+    /// The exit status, if the process has exited.
+    pub fn exited(&mut self) -> anyhow::Result<Option<std::process::ExitStatus>> {
+        Ok(self.child.try_wait()?)
+    }
+
     /// The JSON log lines this run wrote.
     pub fn log_lines(&self) -> anyhow::Result<Vec<Value>> {
         Ok(std::fs::read_to_string(&self.log_path)?
             .lines()
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect())
-    }
-
-    /// How many log lines carry `message`.
-    pub fn count_logged(&self, message: &str) -> anyhow::Result<usize> {
-        Ok(self
-            .log_lines()?
-            .iter()
-            .filter(|l| l["message"] == message)
-            .count())
-    }
-
-    /// The `paystream.txn` tags of the transactions this run logged as committed.
-    pub fn committed_transactions(&self) -> anyhow::Result<HashSet<String>> {
-        Ok(self
-            .log_lines()?
-            .iter()
-            .filter(|l| l["message"] == "transaction committed")
-            .filter_map(|l| l["txn"].as_str().map(str::to_string))
-            .collect())
-    }
-
-    /// The tag of the transaction after the last one this run logged as committed: the one a
-    /// SIGKILL may have cut between its commit and its log line.
-    pub fn in_doubt_transaction(&self) -> anyhow::Result<Option<String>> {
-        let lines = self.log_lines()?;
-        let Some(run) = lines
-            .iter()
-            .find(|l| l["message"] == "processing loop started")
-            .and_then(|l| l["run"].as_str())
-        else {
-            return Ok(None);
-        };
-        let last = self
-            .committed_transactions()?
-            .iter()
-            .filter_map(|t| t.rsplit('/').next()?.parse::<u64>().ok())
-            .max()
-            .unwrap_or(0);
-        Ok(Some(format!(
-            "{}/{run}/{}",
-            self.transactional_id,
-            last + 1
-        )))
     }
 }
 
@@ -873,12 +962,14 @@ pub fn require_api_keys(settings: &mut paystream_gateway::Settings, keys: &[(&st
 
 /// Logs of the services a test runs in its own process go to the test's captured output, so a
 /// failing test shows them (e.g. the reason of a fatal Kafka error). Level from
-/// `PAYSTREAM_TEST_LOG` (an `EnvFilter`), default `warn`.
+/// `PAYSTREAM_TEST_LOG` (an `EnvFilter`), default `warn` without `rdkafka::client`, whose
+/// "Global error" lines repeat librdkafka's own log lines (target `librdkafka`) every second
+/// while a broker is down.
 pub fn init_test_logs() {
     static INIT: std::sync::Once = std::sync::Once::new();
     INIT.call_once(|| {
         let filter = tracing_subscriber::EnvFilter::try_from_env("PAYSTREAM_TEST_LOG")
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,rdkafka::client=off"));
         // A test that installed its own subscriber keeps it.
         let _ = tracing_subscriber::fmt()
             .with_env_filter(filter)
@@ -933,7 +1024,7 @@ impl TestStack {
                 self.analytics_group(),
             ),
             database: self.database.clone(),
-            kafka: kafka_settings(),
+            kafka: self.kafka.clone(),
             schema_registry: SchemaRegistrySettings {
                 url: registry_url(),
             },
@@ -1024,7 +1115,7 @@ impl TestStack {
         event_id: Uuid,
     ) -> anyhow::Result<()> {
         let producer: FutureProducer =
-            kafka::client_config(&kafka_settings(), kafka::IDEMPOTENT_PRODUCER)?.create()?;
+            kafka::client_config(&self.kafka, kafka::IDEMPOTENT_PRODUCER)?.create()?;
         let mut headers = RecordHeaders::default();
         headers.set(paystream_core::headers::EVENT_ID, event_id.to_string());
         let delivery = kafka::enqueue(
@@ -1324,7 +1415,7 @@ impl TestStack {
                 self.notifier_group(),
             ),
             database: self.database.clone(),
-            kafka: kafka_settings(),
+            kafka: self.kafka.clone(),
             schema_registry: SchemaRegistrySettings {
                 url: registry_url(),
             },

@@ -3,8 +3,8 @@
 //!
 //! Each test has its own topics, group, transactional id and Postgres schema. The handler
 //! applies an effect per event (`effects.applied` counts applications, so a double application
-//! shows as 2) and records every call, so tests judge what the runtime did, not what the broker
-//! delivered (the local broker also delivers records of aborted transactions).
+//! shows as 2) and records every call, so tests judge what the runtime did, not only what the
+//! broker delivered.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};

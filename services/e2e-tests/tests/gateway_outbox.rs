@@ -2,8 +2,6 @@
 //! that can never be published is parked without blocking the rows after it.
 
 use std::collections::{HashMap, HashSet};
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use paystream_core::config::KafkaSettings;
@@ -11,6 +9,7 @@ use paystream_core::events::{self, Step};
 use paystream_core::headers::RecordHeaders;
 use paystream_core::kafka::{self, TopicSpec};
 use paystream_core::shutdown::Shutdown;
+use paystream_e2e_tests::own_kafka::OwnKafka;
 use paystream_e2e_tests::{gateway_settings, payment_body, GatewayHandle, TestStack, PARTITIONS};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
@@ -18,72 +17,6 @@ use rdkafka::{Offset, TopicPartitionList};
 use uuid::Uuid;
 
 const PAYMENTS: usize = 100;
-
-/// A Nisshi broker of this test's own, killed when dropped (also on panic).
-struct OwnBroker {
-    child: Child,
-}
-
-impl OwnBroker {
-    fn free_addr() -> anyhow::Result<String> {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-        Ok(listener.local_addr()?.to_string())
-    }
-
-    /// Starts Nisshi on `addr` with the arguments `scripts/stack.sh` uses.
-    async fn start(addr: &str) -> anyhow::Result<Self> {
-        let binary = std::env::var("PAYSTREAM_CACHE_DIR")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(|_| {
-                std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default())
-                    .join(".cache/paystream")
-            })
-            .join("tools/bin/nisshi");
-        anyhow::ensure!(
-            binary.exists(),
-            "{} missing: run `make up`",
-            binary.display()
-        );
-        let url = format!("tcp://{addr}");
-        let child = Command::new(binary)
-            .args(["broker", "--storage-engine", "memory://nisshi/"])
-            .args(["--listener-url", &url, "--advertised-listener-url", &url])
-            .args(["--group-initial-rebalance-delay", "200ms"])
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
-        let broker = Self { child };
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(addr).is_err() {
-            anyhow::ensure!(
-                tokio::time::Instant::now() < deadline,
-                "own broker did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Ok(broker)
-    }
-}
-
-impl Drop for OwnBroker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn kafka_at(addr: &str) -> KafkaSettings {
-    let mut settings = KafkaSettings {
-        bootstrap_servers: addr.to_string(),
-        ..Default::default()
-    };
-    // Reconnect quickly once the broker appears (librdkafka backs off up to 10 s by default).
-    settings
-        .properties
-        .insert("reconnect.backoff.max.ms".into(), "500".into());
-    settings
-}
 
 /// Every record of `topic` on the broker at `kafka` (read_committed, all partitions), read until
 /// `done` holds and then for another second of quiet, or until `timeout`.
@@ -157,8 +90,9 @@ async fn scrape(stack: &TestStack, base: &str) -> anyhow::Result<String> {
 /// outcomes result.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn payments_accepted_while_the_broker_is_down_all_reach_kafka() -> anyhow::Result<()> {
-    let addr = OwnBroker::free_addr()?;
-    let kafka = kafka_at(&addr);
+    // A broker of the test's own, not started yet.
+    let mut broker = OwnKafka::new()?;
+    let kafka = broker.settings();
     let configure = |s: &mut paystream_gateway::Settings| {
         s.kafka = kafka.clone();
         s.gateway.produce_timeout_ms = 3000;
@@ -206,7 +140,7 @@ async fn payments_accepted_while_the_broker_is_down_all_reach_kafka() -> anyhow:
         .unwrap_or_default();
     assert!(age > 0.0, "oldest unpublished row has an age: {metrics}");
 
-    let broker = OwnBroker::start(&addr).await?;
+    broker.launch().await?;
     kafka::ensure_topics(
         &kafka,
         &[

@@ -233,6 +233,11 @@ async fn psp_outage_goes_through_the_retry_chain_without_loss() -> anyhow::Resul
         .map(|r| Uuid::parse_str(&r.key).unwrap())
         .collect();
     assert_eq!(keys, ids);
+    // Exactly one outcome record per payment, though each went through the retry chain.
+    let all = stack
+        .read_all(&stack.topics.payments_outcomes, Duration::from_secs(2))
+        .await?;
+    assert_eq!(all.len(), ids.len(), "one outcome record per payment");
     stack.teardown().await;
     Ok(())
 }

@@ -20,9 +20,10 @@
 //!
 //! Effects outside Kafka are exactly-once because every applied event id is recorded in
 //! `processed_events` in the same database transaction as the handler's writes, together with
-//! the outputs it produced. A redelivered event (after an abort, a crash, or a broker that shows
-//! records of aborted transactions) skips the handler and re-produces the stored outputs, which
-//! carry the same deterministic event ids, so downstream consumers dedupe them in turn.
+//! the outputs it produced. A redelivered record (after an abort or a crash) skips the handler
+//! and re-produces the stored outputs, which carry the same deterministic event ids, so
+//! downstream consumers dedupe them in turn; a second copy of the event in another record (the
+//! outbox relay publishing twice, a DLQ replay) produces nothing.
 //!
 //! Rebalances need no transaction handling of their own: librdkafka serves them inside `recv`,
 //! and the loop only calls `recv` between transactions, so no transaction is open when
@@ -73,9 +74,9 @@ pub struct LoopSettings {
     pub transactional_id: String,
     pub batch_max_records: usize,
     pub batch_max_wait_ms: u64,
-    /// librdkafka's `fetch.wait.max.ms`: how long the broker may hold a fetch that has no new
-    /// data. Apache Kafka answers as soon as data arrives; the local broker waits the whole
-    /// time, so this bounds end-to-end latency there (librdkafka's default is 500 ms).
+    /// librdkafka's `fetch.wait.max.ms`: the longest the broker may hold a fetch while no data
+    /// arrives. Apache Kafka answers as soon as data does, so this is an upper bound, not a
+    /// delay (librdkafka's default is 500 ms).
     pub fetch_wait_max_ms: u64,
     pub transaction_timeout_ms: u64,
     pub session_timeout_ms: u64,
@@ -330,8 +331,8 @@ impl LoopStats {
 /// Why the loop stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum LoopError {
-    /// `reason` is librdkafka's own account of the fatal error (e.g. the broker's
-    /// `OUT_OF_ORDER_SEQUENCE_NUMBER` or a fencing), which the returned error code hides.
+    /// `reason` is librdkafka's own account of the fatal error (e.g. a fencing by a newer
+    /// instance, or an idempotent producer's sequence error), which the returned error code hides.
     #[error("fatal Kafka error, this instance must restart: {error}{}", reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default())]
     Fatal {
         error: KafkaError,
@@ -1064,8 +1065,8 @@ impl<H: Handler> ProcessingLoop<H> {
     /// The record that applied the event is the one whose transaction must carry the outputs:
     /// redelivered (its transaction aborted after the database commit), it re-produces them.
     /// Any other record with the same event id (the outbox relay publishing twice, a DLQ
-    /// replay, or a record of an aborted transaction that the broker delivered anyway) produces
-    /// nothing: the outputs are already committed, or will be with the original record.
+    /// replay, a producer outside our transactions sending it again) produces nothing: the
+    /// outputs are already committed, or will be with the original record.
     fn already_applied(&self, record: &Record, applied: AppliedEvent) -> (Vec<Output>, Outcome) {
         let event_id = record.event_id();
         if applied.position == (record.topic.clone(), record.partition, record.offset) {
