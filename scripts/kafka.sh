@@ -2,8 +2,10 @@
 # Apache Kafka from Maven Central: the jars, one KRaft node, and Kafka's own command-line tools.
 #
 #   scripts/kafka.sh install            gather the jars into the cache (idempotent)
-#   scripts/kafka.sh run                format the log directory once, then run the broker in
-#                                       the foreground (scripts/stack.sh supervises this)
+#   scripts/kafka.sh preflight          install, then check what the broker needs (Java 17+,
+#                                       free ports, a sound log directory); one line on failure
+#   scripts/kafka.sh run                preflight, format the log directory once, then run the
+#                                       broker in the foreground (scripts/stack.sh supervises it)
 #   scripts/kafka.sh tool NAME ARGS...  run one of Kafka's tools against the broker:
 #       console-consumer, console-producer, topics, consumer-groups, transactions,
 #       get-offsets, storage; --bootstrap-server is added when not given
@@ -47,7 +49,8 @@ install() {
   log "fetching Apache Kafka $KAFKA_VERSION from Maven Central into $LIBS"
   rm -rf "$LIBS"
   local out; out=$(mktemp)
-  if ! mvn -q -B -f "$CONF_DIR/pom.xml" dependency:copy-dependencies \
+  # shellcheck disable=SC2086 # PAYSTREAM_MAVEN_ARGS is a list of flags (e.g. -o, a mirror)
+  if ! mvn -q -B ${PAYSTREAM_MAVEN_ARGS:-} -f "$CONF_DIR/pom.xml" dependency:copy-dependencies \
     -DincludeScope=runtime -DoutputDirectory="$LIBS" >"$out" 2>&1; then
     grep -E '^\[ERROR\]' "$out" | head -5 >&2 || tail -5 "$out" >&2
     rm -f "$out"
@@ -77,12 +80,23 @@ write_config() {
 
 port_taken() { (exec 3<>"/dev/tcp/${1%:*}/${1##*:}") 2>/dev/null; }
 
-run() {
+preflight() {
   require_java
   install
+  local addr
   for addr in "$BROKER_ADDR" "$CONTROLLER_ADDR"; do
-    port_taken "$addr" && die "$addr is already taken by another process; stop it (ss -ltnp | grep ${addr##*:}) or set PAYSTREAM_BROKER_ADDR / PAYSTREAM_CONTROLLER_ADDR"
+    if port_taken "$addr"; then
+      die "$addr is already taken by another process; stop it (ss -ltnp | grep :${addr##*:}) or set PAYSTREAM_BROKER_ADDR / PAYSTREAM_CONTROLLER_ADDR"
+    fi
   done
+  if [[ -d $LOG_DIR && -n $(ls -A "$LOG_DIR") && ! -f $LOG_DIR/meta.properties ]]; then
+    die "$LOG_DIR holds files but no meta.properties (corrupt, or not a Kafka log directory); remove it (rm -rf $LOG_DIR) to start an empty broker"
+  fi
+  return 0
+}
+
+run() {
+  preflight
   mkdir -p "$LOG_DIR"
   local config="$LOG_DIR/../$(basename "$LOG_DIR").properties"
   write_config "$config"
@@ -92,8 +106,6 @@ run() {
   local heap=(${KAFKA_HEAP_OPTS:--Xms256m -Xmx768m})
   if [[ ! -f $LOG_DIR/meta.properties ]]; then
     # Format once: a cluster id and this node as the sole voter of the controller quorum.
-    [[ -z $(ls -A "$LOG_DIR") ]] ||
-      die "$LOG_DIR holds files but no meta.properties (a corrupt or foreign log directory); remove it (rm -rf $LOG_DIR) to start with an empty broker"
     local cluster_id
     cluster_id=$("$JAVA" -cp "$(classpath)" "-Dlog4j2.configurationFile=$CONF_DIR/tools-log4j2.properties" \
       kafka.tools.StorageTool random-uuid)
@@ -132,7 +144,8 @@ tool() {
 
 case "${1:-}" in
   install) require_java; install ;;
+  preflight) preflight ;;
   run) run ;;
   tool) shift; tool "$@" ;;
-  *) echo "usage: $0 install|run|tool NAME ARGS..." >&2; exit 2 ;;
+  *) echo "usage: $0 install|preflight|run|tool NAME ARGS..." >&2; exit 2 ;;
 esac

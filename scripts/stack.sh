@@ -140,7 +140,7 @@ install_system_packages() {
   fi
 }
 
-install_broker() { "$ROOT/scripts/kafka.sh" install; }
+install_broker() { "$ROOT/scripts/kafka.sh" install || exit 1; }
 
 build() {
   log "building the services (cargo target dir: $CARGO_TARGET_DIR)"
@@ -218,30 +218,25 @@ start_broker() {
     log "broker already running (pid $(cat "$STATE_DIR/broker.pid"))"
   elif tcp_open "$BROKER_ADDR"; then
     # A user's own broker is fine; anything else on the port is a clash to name, not wait on.
-    timeout 30 "$ROOT/scripts/kafka-tool" topics --bootstrap-server "$BROKER_ADDR" --list >/dev/null 2>&1 ||
+    timeout 15 "$ROOT/scripts/kafka-tool" topics --bootstrap-server "$BROKER_ADDR" --list >/dev/null 2>&1 ||
       die "$BROKER_ADDR is taken by a process that does not answer as a Kafka broker; stop it (ss -ltnp | grep ${BROKER_ADDR##*:}) or set PAYSTREAM_BROKER_ADDR"
     log "a Kafka broker already answers on $BROKER_ADDR; using it"
     return 0
   else
-    # The same checks kafka.sh makes, here so that `up` stops on them instead of supervising
-    # a broker that can never start.
-    command -v java >/dev/null || die "no Java found; install a JDK 17+ (apt-get install openjdk-17-jre-headless)"
-    tcp_open "$CONTROLLER_ADDR" &&
-      die "the broker's controller address $CONTROLLER_ADDR is taken by another process; stop it (ss -ltnp) or set PAYSTREAM_CONTROLLER_ADDR"
-    local logs="$STATE_DIR/kafka-logs"
-    if [[ -d $logs && -n $(ls -A "$logs") && ! -f $logs/meta.properties ]]; then
-      die "$logs holds files but no meta.properties (corrupt or foreign); remove it (rm -rf $logs) to start an empty broker"
-    fi
+    # Java, the jars, free ports and a sound log directory, checked before the supervisor
+    # starts: a broker that can never start stops `up` with kafka.sh's one-line reason.
+    "$ROOT/scripts/kafka.sh" preflight || exit 1
     start broker "$ROOT/scripts/kafka.sh" run
   fi
   wait_for broker 120 broker_ready
 }
 
-# The broker answers metadata requests (its port opens before the node is unfenced); a broker
-# that kafka.sh refused to start (its "kafka: …" line) stops `up` at once with that reason.
+# The broker answers metadata requests (its port opens before the node is unfenced). A broker
+# that exits during start-up (its log says why) stops `up` instead of a restart loop.
 broker_ready() {
-  if [[ -f $STATE_DIR/broker.restarts ]] && grep -q '^kafka: ' "$STATE_DIR/broker.log"; then
-    log "the broker cannot start: $(grep '^kafka: ' "$STATE_DIR/broker.log" | tail -1)"
+  if [[ -f $STATE_DIR/broker.restarts ]]; then
+    log "the broker exited during start-up; last lines of $STATE_DIR/broker.log:"
+    grep -v '^\s' "$STATE_DIR/broker.log" | tail -n 5 >&2
     stop broker
     exit 1
   fi

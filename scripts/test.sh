@@ -17,9 +17,16 @@ echo "== Python confluent-kafka interoperability tests"
 "$PYTHON" -m pytest -q "$ROOT/services/e2e-tests/python"
 
 echo "== Rust unit and integration tests"
-# cargo-nextest when installed (`cargo install cargo-nextest --locked`: runs test binaries in
-# parallel, .config/nextest.toml serialises the heaviest); otherwise cargo test, which runs one
-# test binary at a time.
+# cargo-nextest runs test binaries in parallel and .config/nextest.toml serialises the heaviest.
+# Installed once (cached in ~/.cargo/bin, about 6 minutes on 2 cores); if that fails, cargo
+# test, which runs one test binary at a time.
+NEXTEST_VERSION=0.9.151
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "[test] installing cargo-nextest $NEXTEST_VERSION" >&2
+  CARGO_TARGET_DIR="$CACHE_DIR/nextest-target" \
+    cargo install cargo-nextest --version "$NEXTEST_VERSION" --locked --quiet ||
+    echo "[test] cargo-nextest could not be installed; falling back to cargo test" >&2
+fi
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast
 else
