@@ -111,7 +111,7 @@ run() {
       kafka.tools.StorageTool random-uuid)
     log "formatting $LOG_DIR (cluster $cluster_id)"
     "$JAVA" -cp "$(classpath)" "-Dlog4j2.configurationFile=$CONF_DIR/tools-log4j2.properties" \
-      kafka.tools.StorageTool format --standalone -t "$cluster_id" -c "$config" >&2 ||
+      kafka.tools.StorageTool format --standalone --ignore-formatted -t "$cluster_id" -c "$config" >&2 ||
       die "formatting $LOG_DIR failed (above)"
   fi
   # exec: the supervisor's SIGTERM reaches the JVM, which shuts down cleanly.

@@ -397,18 +397,23 @@ impl TestStack {
     /// A read_committed consumer assigned to the first `partitions` partitions of `topic`,
     /// from the beginning; it joins no group and commits nothing.
     fn reader(&self, topic: &str, partitions: i32) -> anyhow::Result<StreamConsumer> {
-        let consumer: StreamConsumer = kafka::client_config(
-            &self.kafka,
-            &[
-                (
-                    "group.id",
-                    &format!("test-{}-reader-{}", self.id, Uuid::new_v4()),
-                ),
-                ("enable.auto.commit", "false"),
-                ("isolation.level", "read_committed"),
-            ],
-        )?
-        .create()?;
+        self.reader_with(topic, partitions, &[("isolation.level", "read_committed")])
+    }
+
+    /// [`TestStack::reader`] with other consumer properties (`extra`).
+    fn reader_with(
+        &self,
+        topic: &str,
+        partitions: i32,
+        extra: &[(&str, &str)],
+    ) -> anyhow::Result<StreamConsumer> {
+        let group = format!("test-{}-reader-{}", self.id, Uuid::new_v4());
+        let mut properties = vec![
+            ("group.id", group.as_str()),
+            ("enable.auto.commit", "false"),
+        ];
+        properties.extend_from_slice(extra);
+        let consumer: StreamConsumer = kafka::client_config(&self.kafka, &properties)?.create()?;
         let mut assignment = TopicPartitionList::new();
         for p in 0..partitions {
             assignment.add_partition_offset(topic, p, Offset::Beginning)?;
@@ -458,24 +463,14 @@ impl TestStack {
     /// How many records `topic` holds under read_uncommitted: those of committed and of
     /// aborted transactions alike (not the transaction markers).
     pub async fn read_uncommitted_count(&self, topic: &str) -> anyhow::Result<usize> {
-        let consumer: StreamConsumer = kafka::client_config(
-            &self.kafka,
+        let consumer = self.reader_with(
+            topic,
+            PARTITIONS,
             &[
-                (
-                    "group.id",
-                    &format!("test-{}-raw-{}", self.id, Uuid::new_v4()),
-                ),
-                ("enable.auto.commit", "false"),
                 ("isolation.level", "read_uncommitted"),
                 ("enable.partition.eof", "true"),
             ],
-        )?
-        .create()?;
-        let mut assignment = TopicPartitionList::new();
-        for p in 0..PARTITIONS {
-            assignment.add_partition_offset(topic, p, Offset::Beginning)?;
-        }
-        consumer.assign(&assignment)?;
+        )?;
         let (mut records, mut at_end) = (0, HashSet::new());
         while at_end.len() < PARTITIONS as usize {
             match tokio::time::timeout(Duration::from_secs(30), consumer.recv())

@@ -52,6 +52,37 @@ async fn wait_accepted(accepted: &AtomicUsize, n: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+enum Stop {
+    Term,
+    Kill,
+}
+
+/// Once `at` payments are accepted, stops the broker the `how` way, leaves it down for 3 s
+/// (payments keep coming) and starts it again on the same log directory.
+async fn outage(
+    broker: &mut OwnKafka,
+    how: Stop,
+    accepted: &AtomicUsize,
+    at: usize,
+) -> anyhow::Result<()> {
+    wait_accepted(accepted, at).await?;
+    let stopped = match how {
+        Stop::Term => format!("SIGTERM, exited with {}", broker.terminate().await?),
+        Stop::Kill => broker.kill().await.map(|()| "SIGKILL".to_string())?,
+    };
+    eprintln!(
+        "broker {stopped} at {} accepted",
+        accepted.load(Ordering::SeqCst)
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    broker.launch().await?;
+    eprintln!(
+        "broker started again at {} accepted",
+        accepted.load(Ordering::SeqCst)
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_sigterm_and_sigkill_lose_and_double_nothing() -> anyhow::Result<()> {
     let mut broker = OwnKafka::start().await?;
@@ -69,31 +100,8 @@ async fn broker_sigterm_and_sigkill_lose_and_double_nothing() -> anyhow::Result<
     let accepted = Arc::new(AtomicUsize::new(0));
     let load = tokio::spawn(steady_payments(stack.clone(), accepted.clone()));
 
-    wait_accepted(&accepted, PAYMENTS / 4).await?;
-    let status = broker.terminate().await?;
-    eprintln!(
-        "broker SIGTERM at {} accepted: exited with {status}",
-        accepted.load(Ordering::SeqCst)
-    );
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    broker.launch().await?;
-    eprintln!(
-        "broker started again at {} accepted",
-        accepted.load(Ordering::SeqCst)
-    );
-
-    wait_accepted(&accepted, PAYMENTS * 5 / 8).await?;
-    broker.kill().await?;
-    eprintln!(
-        "broker SIGKILL at {} accepted",
-        accepted.load(Ordering::SeqCst)
-    );
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    broker.launch().await?;
-    eprintln!(
-        "broker started again at {} accepted",
-        accepted.load(Ordering::SeqCst)
-    );
+    outage(&mut broker, Stop::Term, &accepted, PAYMENTS / 4).await?;
+    outage(&mut broker, Stop::Kill, &accepted, PAYMENTS * 5 / 8).await?;
 
     let ids = load.await??;
     let terminal = stack

@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use futures::{stream, StreamExt, TryStreamExt};
-use paystream_e2e_tests::{ProcessorProcess, TestStack};
+use paystream_e2e_tests::{third_party, ProcessorProcess, TestStack};
 use paystream_psp_simulator::ConfigPatch;
 use serde_json::json;
 
@@ -202,6 +202,24 @@ async fn sigkilled_analytics_and_notifier_count_exactly_and_notify_once() -> any
     .fetch_one(&stack.pool)
     .await?;
     assert_eq!(undelivered, 0);
+    // The broker's view, by a stock Confluent client under read_committed: exactly one receipt
+    // record per outcome and channel, though the notifier was killed mid-transaction 5 times.
+    let receipts = third_party::confluent_read_committed_at_least(
+        &stack.kafka.bootstrap_servers,
+        &stack.topics.notifications_sent,
+        2 * PAYMENTS,
+        Duration::from_secs(30),
+    )
+    .await?;
+    println!(
+        "receipts read_committed: {} records for {PAYMENTS} outcomes × 2 channels",
+        receipts.records
+    );
+    assert_eq!(
+        receipts.records,
+        2 * PAYMENTS,
+        "one receipt record per outcome and channel"
+    );
     stack.teardown().await;
     Ok(())
 }
