@@ -517,29 +517,34 @@ impl TestStack {
     /// high watermark minus the last stable offset, summed. Above zero while a transaction that
     /// wrote to the topic is open; an aborted or committed transaction no longer counts.
     pub async fn unstable_records(&self, topic: &str) -> anyhow::Result<i64> {
-        let watermarks = |isolation: &'static str| -> anyhow::Result<Vec<i64>> {
-            // librdkafka asks ListOffsets with the client's isolation level: under
-            // read_committed the "high" offset it returns is the last stable offset.
-            let consumer: rdkafka::consumer::BaseConsumer = kafka::client_config(
-                &self.kafka,
-                &[
-                    ("group.id", &format!("test-{}-watermarks", self.id)),
-                    ("isolation.level", isolation),
-                ],
-            )?
-            .create()?;
-            let topic = topic.to_string();
-            (0..PARTITIONS)
-                .map(|p| {
-                    Ok(consumer
-                        .fetch_watermarks(&topic, p, Duration::from_secs(10))?
-                        .1)
-                })
-                .collect()
-        };
-        let high = watermarks("read_uncommitted")?;
-        let stable = watermarks("read_committed")?;
-        Ok(high.iter().zip(&stable).map(|(h, s)| h - s).sum())
+        let (kafka, group, topic) = (
+            self.kafka.clone(),
+            format!("test-{}-watermarks", self.id),
+            topic.to_string(),
+        );
+        // fetch_watermarks blocks: off the async reactor.
+        tokio::task::spawn_blocking(move || {
+            let watermarks = |isolation: &str| -> anyhow::Result<Vec<i64>> {
+                // librdkafka asks ListOffsets with the client's isolation level: under
+                // read_committed the "high" offset it returns is the last stable offset.
+                let consumer: rdkafka::consumer::BaseConsumer = kafka::client_config(
+                    &kafka,
+                    &[("group.id", &group), ("isolation.level", isolation)],
+                )?
+                .create()?;
+                (0..PARTITIONS)
+                    .map(|p| {
+                        Ok(consumer
+                            .fetch_watermarks(&topic, p, Duration::from_secs(10))?
+                            .1)
+                    })
+                    .collect()
+            };
+            let high = watermarks("read_uncommitted")?;
+            let stable = watermarks("read_committed")?;
+            Ok(high.iter().zip(&stable).map(|(h, s)| h - s).sum())
+        })
+        .await?
     }
 
     /// Produces raw bytes, as a foreign or broken producer would.
@@ -634,11 +639,24 @@ pub fn workspace_binary(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// Sends `signal` (a `kill` name: `TERM`, `KILL`, `STOP`, `CONT`) to process `pid`.
+pub async fn send_signal(pid: u32, signal: &str) -> anyhow::Result<()> {
+    let sent = tokio::process::Command::new("kill")
+        .args([format!("-{signal}"), pid.to_string()])
+        .status()
+        .await?;
+    anyhow::ensure!(sent.success(), "kill -{signal} {pid} failed");
+    Ok(())
+}
+
+/// The repository's root (scripts, README and the broker's configuration live there).
+pub fn repo_root() -> PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
 /// A service binary run as a child process, logging JSON to its own file.
 pub struct ServiceProcess {
     child: tokio::process::Child,
-    /// The processor's transactional id (empty for other services).
-    pub transactional_id: String,
     pub log_path: PathBuf,
 }
 
@@ -664,11 +682,7 @@ impl ServiceProcess {
             .stderr(std::process::Stdio::from(log))
             .kill_on_drop(true)
             .spawn()?;
-        Ok(Self {
-            child,
-            transactional_id: String::new(),
-            log_path,
-        })
+        Ok(Self { child, log_path })
     }
 
     /// A payment processor with `transactional_id`; `run` names its log file.
@@ -707,9 +721,7 @@ impl ServiceProcess {
             "PAYSTREAM_CONSUMER__TRANSACTIONAL_ID".into(),
             transactional_id.into(),
         ));
-        let mut process = Self::start(binary, env, &format!("{group}-{run}"))?;
-        process.transactional_id = transactional_id.to_string();
-        Ok(process)
+        Self::start(binary, env, &format!("{group}-{run}"))
     }
 
     /// SIGKILL: no chance to finish anything.
@@ -724,26 +736,13 @@ impl ServiceProcess {
         &mut self,
         deadline: Duration,
     ) -> anyhow::Result<std::process::ExitStatus> {
-        let pid = self.child.id().context("already exited")?.to_string();
-        let sent = tokio::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .await?;
-        anyhow::ensure!(sent.success(), "kill -TERM {pid} failed");
-        Ok(tokio::time::timeout(deadline, self.child.wait())
-            .await
-            .context("no exit before the deadline")??)
+        self.signal("TERM").await?;
+        self.wait_exit(deadline).await
     }
 
     /// Sends `signal` (a `kill` name such as `STOP` or `CONT`) to the process.
     pub async fn signal(&self, signal: &str) -> anyhow::Result<()> {
-        let pid = self.child.id().context("already exited")?.to_string();
-        let sent = tokio::process::Command::new("kill")
-            .args([&format!("-{signal}"), &pid])
-            .status()
-            .await?;
-        anyhow::ensure!(sent.success(), "kill -{signal} {pid} failed");
-        Ok(())
+        send_signal(self.child.id().context("already exited")?, signal).await
     }
 
     /// Waits up to `deadline` for the process to exit on its own.

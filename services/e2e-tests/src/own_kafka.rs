@@ -2,7 +2,7 @@
 //! (`scripts/kafka.sh run`), on free ports with its own log directory, so a test can stop,
 //! kill and restart it without touching the broker every other test shares.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -10,12 +10,7 @@ use anyhow::Context;
 use paystream_core::config::KafkaSettings;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
-use crate::free_port;
-
-/// The repository's root (scripts live there).
-pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+use crate::{free_port, repo_root, send_signal};
 
 pub struct OwnKafka {
     pub addr: String,
@@ -104,22 +99,10 @@ impl OwnKafka {
         }
     }
 
-    fn pid(&self) -> anyhow::Result<String> {
-        Ok(self
-            .child
-            .as_ref()
-            .and_then(|c| c.id())
-            .context("broker not running")?
-            .to_string())
-    }
-
     /// SIGTERM: a controlled shutdown; waits until the JVM has exited.
     pub async fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
-        let pid = self.pid()?;
-        tokio::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .await?;
+        let pid = self.child.as_ref().and_then(|c| c.id());
+        send_signal(pid.context("broker not running")?, "TERM").await?;
         let mut child = self.child.take().context("broker not running")?;
         tokio::time::timeout(Duration::from_secs(60), child.wait())
             .await

@@ -3,8 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use paystream_e2e_tests::own_kafka::repo_root;
-use paystream_e2e_tests::payment_body;
+use paystream_e2e_tests::{payment_body, repo_root};
 use serde_json::Value;
 
 /// The `$ …` commands (with `\` continuations) of the README block between

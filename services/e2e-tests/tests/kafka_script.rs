@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use paystream_e2e_tests::own_kafka::repo_root;
+use paystream_e2e_tests::repo_root;
 
 /// Runs `scripts/kafka.sh preflight` with `env`; returns its exit success and last stderr line.
 async fn preflight(env: &[(&str, String)]) -> anyhow::Result<(bool, String)> {

@@ -19,18 +19,16 @@ async fn accept(stack: &TestStack, n: usize, merchant: &str) -> anyhow::Result<(
 
 /// Waits until `topic` holds records of an open transaction (see `unstable_records`).
 async fn wait_open_transaction(stack: &TestStack, topic: &str) -> anyhow::Result<i64> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let open = stack.unstable_records(topic).await?;
-        if open > 0 {
-            return Ok(open);
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "no transaction opened on {topic}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    stack
+        .eventually(
+            Duration::from_secs(60),
+            "a transaction open on the outcomes",
+            || async {
+                let open = stack.unstable_records(topic).await?;
+                Ok((open > 0).then_some(open))
+            },
+        )
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -138,17 +136,16 @@ async fn an_open_transaction_of_a_killed_process_is_aborted_after_its_timeout() 
     let visible_while_open =
         third_party::confluent_read_committed(&stack.kafka.bootstrap_servers, &outcomes).await?;
 
-    let released = loop {
-        let open = stack.unstable_records(&outcomes).await?;
-        if open == 0 {
-            break killed_at.elapsed();
-        }
-        assert!(
-            killed_at.elapsed() < Duration::from_millis(TIMEOUT_MS + 15_000),
-            "the broker never aborted the transaction ({open} records held back)"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let released = stack
+        .eventually(
+            Duration::from_millis(TIMEOUT_MS + 15_000).saturating_sub(killed_at.elapsed()),
+            "the broker aborting the killed process's transaction",
+            || async {
+                let open = stack.unstable_records(&outcomes).await?;
+                Ok((open == 0).then(|| killed_at.elapsed()))
+            },
+        )
+        .await?;
     let after_abort =
         third_party::confluent_read_committed(&stack.kafka.bootstrap_servers, &outcomes).await?;
     eprintln!(

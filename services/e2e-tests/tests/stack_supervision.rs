@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use paystream_e2e_tests::own_kafka::repo_root;
+use paystream_e2e_tests::{repo_root, send_signal};
 
 fn state_dir() -> PathBuf {
     std::env::var("PAYSTREAM_STATE_DIR")
@@ -33,11 +33,7 @@ async fn a_killed_service_is_restarted_and_counted() -> anyhow::Result<()> {
         )
     })?;
     let before: u64 = read(&format!("{service}.restarts")).map_or(Ok(0), |s| s.parse())?;
-    let killed = tokio::process::Command::new("kill")
-        .args(["-KILL", &before_pid])
-        .status()
-        .await?;
-    assert!(killed.success());
+    send_signal(before_pid.parse()?, "KILL").await?;
 
     let deadline = Instant::now() + Duration::from_secs(30);
     let after_pid = loop {
