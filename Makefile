@@ -1,5 +1,5 @@
 # paystream — the local stack and the test suite. See README.md.
-.PHONY: up down status test bench build fmt lint
+.PHONY: up down status test bench build fmt lint chart-check
 
 up:      ## build, install and start the local stack; returns when everything is healthy
 	scripts/stack.sh up
@@ -12,6 +12,9 @@ status:
 
 test:    ## the whole suite against the real stack (starts it if needed); CI runs exactly this
 	scripts/test.sh
+
+chart-check:  ## helm lint --strict + kubernetes-validate --strict of the chart's renderings, refused values, README table
+	scripts/chart-check.sh
 
 bench:   ## micro-benchmarks + load suite against the local stack (starts it if needed); report in .bench/
 	scripts/stack.sh up

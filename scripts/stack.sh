@@ -3,7 +3,8 @@
 # Central, scripts/kafka.sh), PostgreSQL (Debian's, or one already answering on the configured
 # address), the schema registry, the PSP simulator, the gateway, the payment processor,
 # analytics and the notifier (with an SMTP sink, Python aiosmtpd, printing every e-mail to
-# .stack/smtp-sink.log). Idempotent: `up` installs and starts only what is missing.
+# .stack/smtp-sink.log), and Jaeger v2 (built from the Go module proxy, scripts/jaeger.sh) that
+# every service exports its spans to. Idempotent: `up` installs and starts only what is missing.
 #
 #   scripts/stack.sh up       install what is missing, build, start, wait until healthy
 #   scripts/stack.sh down     stop everything `up` started
@@ -33,20 +34,27 @@ ANALYTICS_ADDR="${PAYSTREAM_ANALYTICS_ADDR:-127.0.0.1:8083}"
 NOTIFIER_ADDR="${PAYSTREAM_NOTIFIER_ADDR:-127.0.0.1:8084}"
 SMTP_ADDR="${PAYSTREAM_SMTP_ADDR:-127.0.0.1:2525}"
 DATABASE_URL="${PAYSTREAM_DATABASE__URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+JAEGER_OTLP_GRPC_ADDR="${PAYSTREAM_JAEGER_OTLP_GRPC_ADDR:-127.0.0.1:4317}"
+JAEGER_OTLP_HTTP_ADDR="${PAYSTREAM_JAEGER_OTLP_HTTP_ADDR:-127.0.0.1:4318}"
+JAEGER_QUERY_ADDR="${PAYSTREAM_JAEGER_QUERY_ADDR:-127.0.0.1:16686}"
 PARTITIONS="${PAYSTREAM_PARTITIONS:-6}"
 
 # What every service reads (see README, "Configuration").
 export PAYSTREAM_DATABASE__URL="$DATABASE_URL"
 export PAYSTREAM_KAFKA__BOOTSTRAP_SERVERS="$BROKER_ADDR"
 export PAYSTREAM_SCHEMA_REGISTRY__URL="http://$REGISTRY_ADDR"
-export PAYSTREAM_PSP__URL="http://$PSP_ADDR"
-# The notifier mails through the local sink and may call webhook receivers on this machine.
-export PAYSTREAM_NOTIFIER__SMTP_HOST="${SMTP_ADDR%:*}"
-export PAYSTREAM_NOTIFIER__SMTP_PORT="${SMTP_ADDR##*:}"
-export PAYSTREAM_NOTIFIER__ALLOW_LOOPBACK_TARGETS="${PAYSTREAM_NOTIFIER__ALLOW_LOOPBACK_TARGETS:-true}"
+# One service's own settings go to that service only (see up): a service warns about keys it
+# does not read.
+# Every service exports its spans to the stack's Jaeger (OTLP over HTTP) unless told otherwise;
+# a short batch delay makes a payment's trace queryable within a second.
+export OTEL_EXPORTER_OTLP_ENDPOINT="${OTEL_EXPORTER_OTLP_ENDPOINT:-http://$JAEGER_OTLP_HTTP_ADDR}"
+export OTEL_BSP_SCHEDULE_DELAY="${OTEL_BSP_SCHEDULE_DELAY:-500}"
 # What scripts/kafka.sh reads.
 export PAYSTREAM_STATE_DIR="$STATE_DIR" PAYSTREAM_CACHE_DIR="$CACHE_DIR"
 export PAYSTREAM_BROKER_ADDR="$BROKER_ADDR" PAYSTREAM_CONTROLLER_ADDR="$CONTROLLER_ADDR"
+# What scripts/jaeger.sh reads.
+export PAYSTREAM_JAEGER_OTLP_GRPC_ADDR="$JAEGER_OTLP_GRPC_ADDR" PAYSTREAM_JAEGER_OTLP_HTTP_ADDR="$JAEGER_OTLP_HTTP_ADDR"
+export PAYSTREAM_JAEGER_QUERY_ADDR="$JAEGER_QUERY_ADDR"
 # The gateway's admin API token (merchants). A fixed, well-known value for the dev stack only.
 if [[ -z ${PAYSTREAM_ADMIN_TOKEN:-} ]]; then
   DEV_ADMIN_TOKEN_DEFAULTED=1
@@ -132,6 +140,11 @@ install_system_packages() {
   command -v runuser >/dev/null || missing+=(util-linux)
   command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
   command -v mvn >/dev/null || missing+=(maven)
+  # librdkafka is built with OpenSSL (TLS, SASL SCRAM): headers and pkg-config for the build,
+  # openssl for the SASL_SSL test's CA.
+  command -v pkg-config >/dev/null || missing+=(pkg-config)
+  dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
+  command -v openssl >/dev/null || missing+=(openssl)
   if ((${#missing[@]})); then
     ((EUID == 0)) || die "missing ${missing[*]}; install them (apt-get install ${missing[*]}), see README, Prerequisites"
     log "installing Debian packages: ${missing[*]}"
@@ -141,6 +154,8 @@ install_system_packages() {
 }
 
 install_broker() { "$ROOT/scripts/kafka.sh" install || exit 1; }
+
+install_jaeger() { "$ROOT/scripts/jaeger.sh" install || exit 1; }
 
 build() {
   log "building the services (cargo target dir: $CARGO_TARGET_DIR)"
@@ -214,6 +229,7 @@ stop_postgres() {
 
 # ---- the broker --------------------------------------------------------------------------
 start_broker() {
+  BROKER_STARTING=''
   if running broker; then
     log "broker already running (pid $(cat "$STATE_DIR/broker.pid"))"
   elif tcp_open "$BROKER_ADDR"; then
@@ -227,20 +243,56 @@ start_broker() {
     # starts: a broker that can never start stops `up` with kafka.sh's one-line reason.
     "$ROOT/scripts/kafka.sh" preflight || exit 1
     start broker "$ROOT/scripts/kafka.sh" run
+    BROKER_STARTING=1
   fi
   wait_for broker 120 broker_ready
 }
 
 # The broker answers metadata requests (its port opens before the node is unfenced). A broker
-# that exits during start-up (its log says why) stops `up` instead of a restart loop.
+# that exits during start-up (its log says why) stops `up` instead of a restart loop; one this
+# run did not start may have been restarted before, which is no start-up failure.
 broker_ready() {
-  if [[ -f $STATE_DIR/broker.restarts ]]; then
+  if [[ -n $BROKER_STARTING && -f $STATE_DIR/broker.restarts ]]; then
     log "the broker exited during start-up; last lines of $STATE_DIR/broker.log:"
     grep -v '^\s' "$STATE_DIR/broker.log" | tail -n 5 >&2
     stop broker
     exit 1
   fi
   tcp_open "$BROKER_ADDR" && "$ROOT/scripts/kafka-tool" topics --list >/dev/null 2>&1
+}
+
+# ---- Jaeger ------------------------------------------------------------------------------
+# Jaeger v2 with in-memory storage (deploy/jaeger/config.yaml): OTLP gRPC and HTTP in, the
+# query API (no UI assets in this build) out, all on 127.0.0.1. Started before the services so
+# their first spans have somewhere to go.
+start_jaeger() {
+  JAEGER_STARTING=''
+  if running jaeger; then
+    log "jaeger already running (pid $(cat "$STATE_DIR/jaeger.pid"))"
+  elif http_ok "http://$JAEGER_QUERY_ADDR/api/services" && tcp_open "$JAEGER_OTLP_HTTP_ADDR"; then
+    log "a Jaeger already answers on http://$JAEGER_QUERY_ADDR; using it"
+    return 0
+  else
+    # The binary and free ports, checked before the supervisor starts: one line on failure.
+    "$ROOT/scripts/jaeger.sh" preflight || exit 1
+    start jaeger "$ROOT/scripts/jaeger.sh" run
+    JAEGER_STARTING=1
+  fi
+  wait_for jaeger 60 jaeger_ready
+}
+
+# Both OTLP receivers listen and the query API answers. A Jaeger that exits during start-up (a
+# bad configuration, say) stops `up` instead of a restart loop; one already running is only
+# waited for (its supervisor may have restarted it long ago).
+jaeger_ready() {
+  if [[ -n $JAEGER_STARTING && -f $STATE_DIR/jaeger.restarts ]]; then
+    log "jaeger exited during start-up; last lines of $STATE_DIR/jaeger.log:"
+    tail -n 5 "$STATE_DIR/jaeger.log" >&2
+    stop jaeger
+    exit 1
+  fi
+  tcp_open "$JAEGER_OTLP_GRPC_ADDR" && tcp_open "$JAEGER_OTLP_HTTP_ADDR" &&
+    http_ok "http://$JAEGER_QUERY_ADDR/api/services"
 }
 
 # ---- the services ------------------------------------------------------------------------
@@ -269,11 +321,13 @@ up() {
   local started=$SECONDS
   install_system_packages
   install_broker
+  install_jaeger
   build
   start_postgres
   start_broker
+  start_jaeger
   "$BIN_DIR/paystream" migrate >/dev/null
-  "$BIN_DIR/paystream" topics create --partitions "$PARTITIONS" >/dev/null
+  "$BIN_DIR/paystream" topics create --partitions "$PARTITIONS" --retry-partitions 3 >/dev/null
   start_service schema-registry schema-registry "$REGISTRY_ADDR"
   wait_for schema-registry 60 http_ok "http://$REGISTRY_ADDR/health/ready"
   "$BIN_DIR/paystream" schemas register >/dev/null
@@ -281,10 +335,13 @@ up() {
   # The local stack serves one anonymous client (benchmarks, demos): no rate limit unless asked.
   PAYSTREAM_GATEWAY__RATE_LIMIT__REQUESTS_PER_SECOND="${PAYSTREAM_GATEWAY__RATE_LIMIT__REQUESTS_PER_SECOND:-0}" \
     start_service gateway gateway "$GATEWAY_ADDR"
-  start_service payment-processor payment-processor "$PROCESSOR_ADDR"
+  PAYSTREAM_PSP__URL="http://$PSP_ADDR" start_service payment-processor payment-processor "$PROCESSOR_ADDR"
   start_smtp_sink
   start_service analytics analytics "$ANALYTICS_ADDR"
-  start_service notifier notifier "$NOTIFIER_ADDR"
+  # The notifier mails through the local sink and may call webhook receivers on this machine.
+  PAYSTREAM_NOTIFIER__SMTP_HOST="${SMTP_ADDR%:*}" PAYSTREAM_NOTIFIER__SMTP_PORT="${SMTP_ADDR##*:}" \
+    PAYSTREAM_NOTIFIER__ALLOW_LOOPBACK_TARGETS="${PAYSTREAM_NOTIFIER__ALLOW_LOOPBACK_TARGETS:-true}" \
+    start_service notifier notifier "$NOTIFIER_ADDR"
   wait_for psp-simulator 60 http_ok "http://$PSP_ADDR/health/ready"
   wait_for gateway 60 http_ok "http://$GATEWAY_ADDR/health/ready"
   wait_for payment-processor 60 http_ok "http://$PROCESSOR_ADDR/health/ready"
@@ -293,7 +350,7 @@ up() {
   if [[ -n ${DEV_ADMIN_TOKEN_DEFAULTED:-} ]]; then
     log "PAYSTREAM_ADMIN_TOKEN was unset: the gateway's admin API uses the dev token 'dev-admin-token'"
   fi
-  log "stack is up in $((SECONDS - started))s: gateway http://$GATEWAY_ADDR, registry http://$REGISTRY_ADDR, broker $BROKER_ADDR (Apache Kafka), Postgres $PG_HOST:$PG_PORT, PSP http://$PSP_ADDR"
+  log "stack is up in $((SECONDS - started))s: gateway http://$GATEWAY_ADDR, registry http://$REGISTRY_ADDR, broker $BROKER_ADDR (Apache Kafka), Postgres $PG_HOST:$PG_PORT, PSP http://$PSP_ADDR, Jaeger query API http://$JAEGER_QUERY_ADDR (paystream trace <payment id>)"
 }
 
 stop() { # stop NAME: SIGTERM to its supervisor (which passes it on), SIGKILL after 30 s
@@ -315,8 +372,9 @@ stop() { # stop NAME: SIGTERM to its supervisor (which passes it on), SIGKILL af
 }
 
 down() {
-  # Consumers first so they commit and leave their groups while the broker is still there.
-  for name in notifier analytics payment-processor gateway smtp-sink psp-simulator schema-registry broker; do
+  # Consumers first so they commit and leave their groups while the broker is still there;
+  # Jaeger last, so it receives the spans the others flush on their way out.
+  for name in notifier analytics payment-processor gateway smtp-sink psp-simulator schema-registry broker jaeger; do
     stop "$name"
   done
   stop_postgres
@@ -325,7 +383,7 @@ down() {
 status() {
   local name restarts
   printf '%-18s %-8s %-8s %s\n' SERVICE STATE PID RESTARTS
-  for name in broker schema-registry psp-simulator gateway payment-processor analytics notifier smtp-sink; do
+  for name in broker jaeger schema-registry psp-simulator gateway payment-processor analytics notifier smtp-sink; do
     restarts=$(cat "$STATE_DIR/$name.restarts" 2>/dev/null || echo 0)
     if running "$name"; then
       printf '%-18s %-8s %-8s %s\n' "$name" running "$(cat "$STATE_DIR/$name.child.pid" 2>/dev/null || echo -)" "$restarts"
@@ -347,6 +405,7 @@ case "${1:-}" in
   down) down ;;
   status) status ;;
   install-broker) install_broker ;;
+  install-jaeger) install_jaeger ;;
   supervise) shift; supervise "$@" ;;
-  *) echo "usage: $0 up|down|status|install-broker" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|install-broker|install-jaeger" >&2; exit 2 ;;
 esac

@@ -13,7 +13,9 @@ export PAYSTREAM_PYTHON="$PYTHON"
 
 export PAYSTREAM_BIN_DIR="$CARGO_TARGET_DIR/debug"
 "$PAYSTREAM_BIN_DIR/paystream" schemas check --dir "$ROOT/schemas" # contracts vs the registry: an incompatible edit fails here
-echo "== Python confluent-kafka interoperability tests"
+echo "== Helm chart: lint, renderings validated, refused values (make chart-check)"
+"$ROOT/scripts/chart-check.sh"
+echo "== Python tests: confluent-kafka interoperability, chart renderings, deployment configuration"
 "$PYTHON" -m pytest -q "$ROOT/services/e2e-tests/python"
 
 echo "== Rust unit and integration tests"

@@ -30,7 +30,8 @@ pub struct AnalyticsSettings {
     /// A window that closed longer ago than this is "late" when an event updates it: logged,
     /// and still applied.
     pub allowed_lateness_ms: i64,
-    /// Partitions of `analytics.payment-stats.v1` when the service creates it.
+    /// Partitions of `analytics.payment-stats.v1` when the service creates it; -1:
+    /// `kafka.provisioning.partitions`.
     pub stats_topic_partitions: i32,
 }
 
@@ -38,7 +39,7 @@ impl Default for AnalyticsSettings {
     fn default() -> Self {
         Self {
             allowed_lateness_ms: 60_000,
-            stats_topic_partitions: 3,
+            stats_topic_partitions: -1,
         }
     }
 }

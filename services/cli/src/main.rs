@@ -3,17 +3,24 @@
 //! - `paystream tail <topic>`: print records as JSON lines (partition, offset, key, headers and
 //!   the Avro value decoded through the schema registry), like Confluent's
 //!   `kafka-avro-console-consumer`.
-//! - `paystream topics create`: create paystream's topics with explicit partition counts.
+//! - `paystream topics create`: create paystream's topics (the production owner of topic
+//!   creation: the services can run with `kafka.provisioning.create_topics = false`).
 //! - `paystream schemas check | register`: check the Avro contracts against the registry
 //!   (documentation, compatibility level, compatibility) and register them under
 //!   `<topic>-value` (see `schemas`).
 //! - `paystream migrate`: apply the database migrations.
 //! - `paystream dlq list|show|replay`: inspect a consumer group's dead letters and replay them
 //!   to their original topic ([`dlq`]).
+//!
+//! Configuration takes the services' road: the same file (`PAYSTREAM_CONFIG_FILE`) and
+//! `PAYSTREAM_*` variables through `config::load`, so `[kafka.properties]` (TLS, SASL) and
+//! the topic names reach every command; flags override them.
 
 mod dlq;
 
 mod schemas;
+
+mod trace;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -22,33 +29,26 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use paystream_core::avro::AvroCodec;
-use paystream_core::config::{DatabaseSettings, KafkaSettings};
+use paystream_core::config::{
+    DatabaseSettings, KafkaSettings, SchemaRegistrySettings, TopicSettings,
+};
 use paystream_core::headers::RecordHeaders;
 use paystream_core::kafka::{self, TopicSpec};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
+use serde::Deserialize;
 use serde_json::json;
 
 #[derive(Parser)]
 #[command(name = "paystream", version, about = "paystream operator tool")]
 struct Cli {
-    /// Kafka bootstrap servers.
-    #[arg(
-        long,
-        global = true,
-        env = "PAYSTREAM_KAFKA__BOOTSTRAP_SERVERS",
-        default_value = "127.0.0.1:9092"
-    )]
-    bootstrap_servers: String,
-    /// Schema Registry URL.
-    #[arg(
-        long,
-        global = true,
-        env = "PAYSTREAM_SCHEMA_REGISTRY__URL",
-        default_value = "http://127.0.0.1:8081"
-    )]
-    registry_url: String,
+    /// Kafka bootstrap servers [default: kafka.bootstrap_servers, 127.0.0.1:9092].
+    #[arg(long, global = true)]
+    bootstrap_servers: Option<String>,
+    /// Schema Registry URL [default: schema_registry.url, http://127.0.0.1:8081].
+    #[arg(long, global = true)]
+    registry_url: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -89,45 +89,72 @@ enum Command {
         #[command(subcommand)]
         command: dlq::DlqCommand,
     },
+    /// Print a payment's trace from Jaeger as a span tree (retry and DLQ hops marked).
+    Trace(trace::TraceArgs),
     /// Apply database migrations.
     Migrate {
-        #[arg(
-            long,
-            env = "PAYSTREAM_DATABASE__URL",
-            default_value = "postgres://postgres@127.0.0.1:5432/postgres"
-        )]
-        database_url: String,
+        /// [default: database.url]
+        #[arg(long)]
+        database_url: Option<String>,
     },
 }
 
-/// Topic names, overridable like the services' own (`PAYSTREAM_TOPICS__*`).
+/// The part of the services' configuration the CLI reads (other keys are other services').
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct CliSettings {
+    kafka: KafkaSettings,
+    schema_registry: SchemaRegistrySettings,
+    topics: TopicSettings,
+    database: DatabaseSettings,
+}
+
+impl CliSettings {
+    /// The services' configuration road, then the global flags on top.
+    fn load(cli: &Cli) -> anyhow::Result<Self> {
+        let mut settings: Self = paystream_core::config::load_checked("")?.settings;
+        if let Some(servers) = &cli.bootstrap_servers {
+            settings.kafka.bootstrap_servers = servers.clone();
+        }
+        if let Some(url) = &cli.registry_url {
+            settings.schema_registry.url = url.clone();
+        }
+        Ok(settings)
+    }
+}
+
+/// Topic names [default: the `topics` section, e.g. `PAYSTREAM_TOPICS__PAYMENTS_REQUESTED`].
 #[derive(clap::Args)]
 struct TopicNames {
-    #[arg(
-        long,
-        env = "PAYSTREAM_TOPICS__PAYMENTS_REQUESTED",
-        default_value = "payments.requested.v1"
-    )]
-    requested_topic: String,
-    #[arg(
-        long,
-        env = "PAYSTREAM_TOPICS__PAYMENTS_OUTCOMES",
-        default_value = "payments.outcomes.v1"
-    )]
-    outcomes_topic: String,
+    #[arg(long)]
+    requested_topic: Option<String>,
+    #[arg(long)]
+    outcomes_topic: Option<String>,
     /// Compacted analytics window state.
-    #[arg(
-        long,
-        env = "PAYSTREAM_TOPICS__ANALYTICS_PAYMENT_STATS",
-        default_value = "analytics.payment-stats.v1"
-    )]
-    stats_topic: String,
-    #[arg(
-        long,
-        env = "PAYSTREAM_TOPICS__NOTIFICATIONS_SENT",
-        default_value = "notifications.sent.v1"
-    )]
-    notifications_topic: String,
+    #[arg(long)]
+    stats_topic: Option<String>,
+    #[arg(long)]
+    notifications_topic: Option<String>,
+}
+
+impl TopicNames {
+    /// The configured names with these flags applied.
+    fn over(self, configured: &TopicSettings) -> TopicSettings {
+        TopicSettings {
+            payments_requested: self
+                .requested_topic
+                .unwrap_or_else(|| configured.payments_requested.clone()),
+            payments_outcomes: self
+                .outcomes_topic
+                .unwrap_or_else(|| configured.payments_outcomes.clone()),
+            analytics_payment_stats: self
+                .stats_topic
+                .unwrap_or_else(|| configured.analytics_payment_stats.clone()),
+            notifications_sent: self
+                .notifications_topic
+                .unwrap_or_else(|| configured.notifications_sent.clone()),
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -137,8 +164,9 @@ enum TopicsCommand {
         /// Partitions of the payment topics.
         #[arg(long, default_value_t = 6)]
         partitions: i32,
-        #[arg(long, default_value_t = 1)]
-        replication_factor: i32,
+        /// [default: kafka.provisioning.replication_factor; -1: the broker's default]
+        #[arg(long)]
+        replication_factor: Option<i32>,
         #[command(flatten)]
         topics: TopicNames,
         /// The payment processor's dead-letter topic.
@@ -158,9 +186,10 @@ enum TopicsCommand {
         /// N, the number of retry topics (stages) of the group.
         #[arg(long, default_value_t = 3)]
         retry_stages: usize,
-        /// Partitions of each retry topic.
-        #[arg(long, default_value_t = 3)]
-        retry_partitions: i32,
+        /// Partitions of each retry topic [default: kafka.provisioning.partitions; -1: the
+        /// broker's default]. Dead-letter topics always take that default.
+        #[arg(long)]
+        retry_partitions: Option<i32>,
         /// The other consumer groups: their retry and dead-letter topics too.
         #[arg(long, value_delimiter = ',', default_value = "analytics,notifier")]
         other_groups: Vec<String>,
@@ -205,11 +234,23 @@ struct ContractOptions {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let kafka_settings = KafkaSettings {
-        bootstrap_servers: cli.bootstrap_servers.clone(),
-        ..Default::default()
+    let result = match CliSettings::load(&cli) {
+        Ok(settings) => run(cli.command, settings).await,
+        Err(e) => Err(e),
     };
-    let result = match cli.command {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("paystream: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, settings: CliSettings) -> anyhow::Result<()> {
+    let kafka_settings = settings.kafka;
+    let registry_url = settings.schema_registry.url;
+    match command {
         Command::Tail {
             topic,
             from_beginning,
@@ -225,7 +266,7 @@ async fn main() -> ExitCode {
                 idle_timeout: idle_timeout.map(Duration::from_secs),
                 read_uncommitted,
             };
-            tail(&kafka_settings, &cli.registry_url, &topic, options).await
+            tail(&kafka_settings, &registry_url, &topic, options).await
         }
         Command::Topics {
             command:
@@ -240,52 +281,53 @@ async fn main() -> ExitCode {
                     other_groups,
                 },
         } => {
+            let topics = topics.over(&settings.topics);
+            let mut kafka_settings = kafka_settings;
+            if let Some(replication) = replication_factor {
+                kafka_settings.provisioning.replication_factor = replication;
+            }
+            // Creating them is this command's whole purpose, whatever the services are told.
+            kafka_settings.provisioning.create_topics = true;
+            let retry_partitions = retry_partitions.unwrap_or(-1);
             let mut specs = vec![
-                TopicSpec::new(topics.requested_topic, partitions),
-                TopicSpec::new(topics.outcomes_topic, partitions),
-                TopicSpec::new(topics.stats_topic, partitions).compacted(),
-                TopicSpec::new(topics.notifications_topic, partitions),
-                TopicSpec::new(dlq_topic, 1),
+                TopicSpec::new(topics.payments_requested, partitions),
+                TopicSpec::new(topics.payments_outcomes, partitions),
+                TopicSpec::new(topics.analytics_payment_stats, partitions).compacted(),
+                TopicSpec::new(topics.notifications_sent, partitions),
+                TopicSpec::new(dlq_topic, -1),
             ];
             specs.extend(
                 (1..=retry_stages)
                     .map(|s| TopicSpec::new(format!("{group}.retry.{s}"), retry_partitions)),
             );
-            for other in other_groups {
-                specs.push(TopicSpec::new(format!("{other}.dlq"), 1));
+            // `--other-groups ''` names none.
+            for other in other_groups.into_iter().filter(|g| !g.is_empty()) {
+                specs.push(TopicSpec::new(format!("{other}.dlq"), -1));
                 specs.extend(
                     (1..=retry_stages)
                         .map(|s| TopicSpec::new(format!("{other}.retry.{s}"), retry_partitions)),
                 );
             }
-            create_topics(&kafka_settings, specs, replication_factor).await
+            create_topics(&kafka_settings, specs).await
         }
         Command::Schemas { command } => {
             let (contracts, register) = match command {
                 SchemasCommand::Check { contracts } => (contracts, false),
                 SchemasCommand::Register { contracts } => (contracts, true),
             };
+            let topics = contracts.topics.over(&settings.topics);
             let overrides = [
-                (
-                    "payments.requested.v1",
-                    contracts.topics.requested_topic.as_str(),
-                ),
-                (
-                    "payments.outcomes.v1",
-                    contracts.topics.outcomes_topic.as_str(),
-                ),
+                ("payments.requested.v1", topics.payments_requested.as_str()),
+                ("payments.outcomes.v1", topics.payments_outcomes.as_str()),
                 (
                     "analytics.payment-stats.v1",
-                    contracts.topics.stats_topic.as_str(),
+                    topics.analytics_payment_stats.as_str(),
                 ),
-                (
-                    "notifications.sent.v1",
-                    contracts.topics.notifications_topic.as_str(),
-                ),
+                ("notifications.sent.v1", topics.notifications_sent.as_str()),
             ];
             let level = contracts.compatibility.to_uppercase();
             let options = schemas::Options {
-                registry_url: &cli.registry_url,
+                registry_url: &registry_url,
                 dir: contracts.dir.as_deref(),
                 level: &level,
                 topic_overrides: &overrides,
@@ -296,15 +338,15 @@ async fn main() -> ExitCode {
                 schemas::check(&options).await
             }
         }
-        Command::Migrate { database_url } => migrate(database_url).await,
-        Command::Dlq { command } => dlq::run(command, &kafka_settings, &cli.registry_url).await,
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("paystream: {e:#}");
-            ExitCode::FAILURE
+        Command::Migrate { database_url } => {
+            let mut database = settings.database;
+            if let Some(url) = database_url {
+                database.url = url.into();
+            }
+            migrate(database).await
         }
+        Command::Dlq { command } => dlq::run(command, &kafka_settings, &registry_url).await,
+        Command::Trace(args) => trace::run(args).await,
     }
 }
 
@@ -407,33 +449,40 @@ async fn tail(
     }
 }
 
-async fn create_topics(
-    settings: &KafkaSettings,
-    specs: Vec<TopicSpec>,
-    replication: i32,
-) -> anyhow::Result<()> {
+async fn create_topics(settings: &KafkaSettings, specs: Vec<TopicSpec>) -> anyhow::Result<()> {
+    // -1 asks for the broker's default; 0 or less than -1 is a mistake, not a default.
+    let valid = |n: i32| n > 0 || n == -1;
     anyhow::ensure!(
-        specs.iter().all(|s| s.partitions > 0),
-        "--partitions must be positive"
+        specs.iter().all(|s| valid(s.partitions)) && valid(settings.provisioning.partitions),
+        "partitions must be positive, or -1 for the broker's default"
     );
-    anyhow::ensure!(replication > 0, "--replication-factor must be positive");
-    let specs: Vec<TopicSpec> = specs
-        .into_iter()
-        .map(|s| TopicSpec { replication, ..s })
-        .collect();
+    anyhow::ensure!(
+        valid(settings.provisioning.replication_factor),
+        "the replication factor must be positive, or -1 for the broker's default"
+    );
     kafka::ensure_topics(settings, &specs).await?;
+    let count = |n: i32| match n {
+        -1 => "the broker's default".to_string(),
+        n => n.to_string(),
+    };
     for s in &specs {
-        println!("topic {} ({} partitions)", s.name, s.partitions);
+        let partitions = if s.partitions > 0 {
+            s.partitions
+        } else {
+            settings.provisioning.partitions
+        };
+        println!(
+            "topic {} ({} partitions, replication factor {})",
+            s.name,
+            count(partitions),
+            count(settings.provisioning.replication_factor)
+        );
     }
     Ok(())
 }
 
-async fn migrate(database_url: String) -> anyhow::Result<()> {
-    let settings = DatabaseSettings {
-        url: database_url.into(),
-        max_connections: 1,
-        schema: None,
-    };
+async fn migrate(mut settings: DatabaseSettings) -> anyhow::Result<()> {
+    settings.max_connections = 1;
     let pool = paystream_core::db::connect(&settings).await?;
     paystream_core::db::migrate(&pool).await?;
     println!("migrations applied");

@@ -214,7 +214,9 @@ async fn undocumented_or_invalid_contracts_fail_the_check() {
 #[tokio::test]
 async fn the_shipped_contracts_register_and_check_clean() {
     let registry = spawn_registry().await;
-    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas");
+    // At run time: a test binary reused from a shared target dir may come from another checkout.
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    let shipped = Path::new(&manifest_dir).join("../../schemas");
     // The built-in copy (no --dir), then the source tree: the same schemas, nothing new.
     let out = paystream(&registry, &["schemas", "register"], None).await;
     assert!(out.status.success(), "{}", text(&out));

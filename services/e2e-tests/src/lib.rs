@@ -5,6 +5,7 @@
 //! the broker, the schema registry and Postgres started by `scripts/stack.sh up`. Tests can
 //! therefore run in parallel.
 
+pub mod jaeger;
 pub mod otlp;
 pub mod own_kafka;
 pub mod third_party;
@@ -650,8 +651,15 @@ pub async fn send_signal(pid: u32, signal: &str) -> anyhow::Result<()> {
 }
 
 /// The repository's root (scripts, README and the broker's configuration live there).
+///
+/// Read from the environment cargo and nextest give the test process, not baked in with
+/// `env!`: a test binary reused from a shared target dir may have been built in another
+/// checkout.
 pub fn repo_root() -> PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest_dir.join("../..")
 }
 
 /// A service binary run as a child process, logging JSON to its own file.

@@ -56,6 +56,9 @@ impl OwnKafka {
             .env("PAYSTREAM_BROKER_ADDR", &self.addr)
             .env("PAYSTREAM_CONTROLLER_ADDR", &self.controller_addr)
             .env("KAFKA_LOG_DIR", &self.log_dir)
+            // PLAINTEXT only: the stack's broker holds the TLS listeners' ports.
+            .env("PAYSTREAM_BROKER_SASL_SSL_ADDR", "")
+            .env("PAYSTREAM_BROKER_SSL_ADDR", "")
             .env("KAFKA_HEAP_OPTS", "-Xms128m -Xmx512m")
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))

@@ -10,6 +10,10 @@ use paystream_e2e_tests::repo_root;
 async fn preflight(env: &[(&str, String)]) -> anyhow::Result<(bool, String)> {
     let mut command = tokio::process::Command::new(repo_root().join("scripts/kafka.sh"));
     command.arg("preflight").kill_on_drop(true);
+    // The stack's broker holds the TLS listeners' ports; these brokers are never started.
+    command
+        .env("PAYSTREAM_BROKER_SASL_SSL_ADDR", "")
+        .env("PAYSTREAM_BROKER_SSL_ADDR", "");
     for (key, value) in env {
         command.env(key, value);
     }

@@ -223,8 +223,7 @@ async fn every_service_exposes_the_dashboard_series_and_they_move_under_load() -
     // Every series the dashboard and the alert rules query exists on some service.
     let mut served = names(&after_gateway);
     served.extend(names(&after_processor));
-    let root =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/helm/paystream/files");
+    let root = paystream_e2e_tests::repo_root().join("deploy/helm/paystream/files");
     let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
         root.join("grafana-dashboard.json"),
     )?)?;

@@ -2,6 +2,12 @@ use paystream_gateway::{Application, Settings};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Before telemetry: the verdict is the only line on stdout.
+    if paystream_core::config::check_requested() {
+        std::process::exit(paystream_core::config::report_check(
+            Settings::load_checked(),
+        ));
+    }
     let _telemetry = paystream_core::telemetry::init("gateway")?;
     let settings = Settings::load()?;
     let app = Application::build(settings).await?;

@@ -62,6 +62,11 @@ impl Settings {
     pub fn load() -> anyhow::Result<Self> {
         paystream_core::config::load(DEFAULTS)
     }
+
+    /// [`Self::load`] with the keys no setting reads (`--check-config`).
+    pub fn load_checked() -> anyhow::Result<paystream_core::config::Loaded<Self>> {
+        paystream_core::config::load_checked(DEFAULTS)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -165,6 +170,14 @@ impl Application {
         let pool = paystream_core::db::connect(&settings.database).await?;
         if settings.gateway.migrate_on_start {
             paystream_core::db::migrate(&pool).await?;
+        }
+        kafka::verify_connection(&settings.kafka).await?;
+        if !settings.kafka.provisioning.create_topics {
+            kafka::require_topics(
+                &settings.kafka,
+                std::slice::from_ref(&settings.topics.payments_requested),
+            )
+            .await?;
         }
         let timeout = settings.gateway.produce_timeout_ms.to_string();
         let mut props = kafka::IDEMPOTENT_PRODUCER.to_vec();

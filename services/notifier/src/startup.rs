@@ -54,7 +54,8 @@ pub struct NotifierSettings {
     pub smtp_timeout_ms: u64,
     /// Sender of the customer e-mails (`Name <address>` or a bare address).
     pub email_from: String,
-    /// Partitions of `notifications.sent.v1` when the service creates it.
+    /// Partitions of `notifications.sent.v1` when the service creates it; -1:
+    /// `kafka.provisioning.partitions`.
     pub receipts_topic_partitions: i32,
 }
 
@@ -68,7 +69,7 @@ impl Default for NotifierSettings {
             smtp_port: 2525,
             smtp_timeout_ms: 10_000,
             email_from: "Paystream <notifications@paystream.invalid>".into(),
-            receipts_topic_partitions: 3,
+            receipts_topic_partitions: -1,
         }
     }
 }

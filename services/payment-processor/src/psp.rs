@@ -1,7 +1,9 @@
 //! HTTP adapter toward the payment service provider.
 //!
 //! Every charge carries an idempotency key derived from the payment id, so a charge repeated
-//! after a crash or an aborted batch returns the PSP's first answer instead of charging twice.
+//! after a crash or an aborted batch returns the PSP's first answer instead of charging twice,
+//! and the W3C trace context of its `psp charge` span, so the PSP's spans join the payment's
+//! trace.
 
 use std::time::Duration;
 
@@ -104,9 +106,14 @@ impl PspClient {
 
     async fn charge_once(&self, payment: &PaymentRequested) -> Result<Charge, PspError> {
         let url = format!("{}/v1/charges", self.settings.url.trim_end_matches('/'));
+        // W3C `traceparent` of this `psp charge` span: the PSP's own span joins the payment's
+        // trace as its child.
+        let mut trace_context = reqwest::header::HeaderMap::new();
+        paystream_core::telemetry::inject_http_context(&mut trace_context);
         let response = self
             .http
             .post(url)
+            .headers(trace_context)
             .header(
                 "Idempotency-Key",
                 Self::idempotency_key(&payment.payment_id),

@@ -4,17 +4,18 @@
 //! raw override of a property paystream sets itself: an override could otherwise silently turn
 //! off idempotence, `acks=all` or `read_committed`.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Context;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::OwnedHeaders;
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::producer::{BaseProducer, DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::ClientConfig;
 
-use crate::config::KafkaSettings;
+use crate::config::{KafkaSettings, TopicProvisioning};
 
 /// Builds a client config from the shared settings plus the properties this client sets.
 /// Fails when `settings.properties` tries to override one of `ours`.
@@ -58,12 +59,13 @@ pub const TRANSACTIONAL_CONSUMER: &[(&str, &str)] = &[
     ("partition.assignment.strategy", "cooperative-sticky"),
 ];
 
-/// A topic paystream needs, with its partition count.
+/// A topic paystream needs: its partition count and the configs it cannot do without.
+/// Replication and the operator's topic configs come from [`TopicProvisioning`].
 #[derive(Debug, Clone)]
 pub struct TopicSpec {
     pub name: String,
+    /// -1: `kafka.provisioning.partitions` (whose -1 is the broker's `num.partitions`).
     pub partitions: i32,
-    pub replication: i32,
     pub config: Vec<(String, String)>,
 }
 
@@ -72,7 +74,6 @@ impl TopicSpec {
         Self {
             name: name.into(),
             partitions,
-            replication: 1,
             config: Vec::new(),
         }
     }
@@ -83,26 +84,59 @@ impl TopicSpec {
             .push(("cleanup.policy".to_string(), "compact".to_string()));
         self
     }
+
+    /// The topic to create: partitions, replication and configs resolved against `provisioning`
+    /// (the spec's own configs win: a compacted topic stays compacted).
+    fn resolve(&self, provisioning: &TopicProvisioning) -> ResolvedTopic {
+        let partitions = if self.partitions > 0 {
+            self.partitions
+        } else {
+            provisioning.partitions
+        };
+        let mut configs: BTreeMap<String, String> = provisioning.configs.clone();
+        configs.extend(self.config.iter().cloned());
+        (
+            partitions,
+            provisioning.replication_factor,
+            configs.into_iter().collect(),
+        )
+    }
 }
 
-/// Creates the topics that do not exist yet; existing topics are left alone.
+/// Partitions, replication factor and configs of a topic about to be created.
+type ResolvedTopic = (i32, i32, Vec<(String, String)>);
+
+/// Makes sure `topics` exist. Missing ones are created with `settings.provisioning` or, when
+/// creation is off (one owner creates topics in production), named in the error.
 pub async fn ensure_topics(settings: &KafkaSettings, topics: &[TopicSpec]) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = client_config(settings, &[])?
-        .create()
-        .context("creating the Kafka admin client")?;
-    let new_topics: Vec<NewTopic> = topics
+    let names: Vec<String> = topics.iter().map(|t| t.name.clone()).collect();
+    let missing = missing_topics(settings, &names).await?;
+    if missing.is_empty() {
+        return Ok(());
+    }
+    anyhow::ensure!(
+        settings.provisioning.create_topics,
+        "{} (kafka.provisioning.create_topics is off: create missing topics with `paystream \
+         topics create` or the Helm chart's topics job)",
+        describe_missing(&missing)
+    );
+    let resolved: Vec<(&str, ResolvedTopic)> = topics
         .iter()
-        .map(|t| {
-            t.config.iter().fold(
-                NewTopic::new(
-                    &t.name,
-                    t.partitions,
-                    TopicReplication::Fixed(t.replication),
-                ),
-                |nt, (k, v)| nt.set(k, v),
+        .filter(|t| missing.contains(&t.name))
+        .map(|t| (t.name.as_str(), t.resolve(&settings.provisioning)))
+        .collect();
+    let new_topics: Vec<NewTopic> = resolved
+        .iter()
+        .map(|(name, (partitions, replication, configs))| {
+            configs.iter().fold(
+                NewTopic::new(name, *partitions, TopicReplication::Fixed(*replication)),
+                |topic, (k, v)| topic.set(k, v),
             )
         })
         .collect();
+    let admin: AdminClient<DefaultClientContext> = client_config(settings, &[])?
+        .create()
+        .context("creating the Kafka admin client")?;
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let results = admin
         .create_topics(new_topics.iter(), &options)
@@ -115,6 +149,140 @@ pub async fn ensure_topics(settings: &KafkaSettings, topics: &[TopicSpec]) -> an
         }
     }
     Ok(())
+}
+
+/// Fails, naming them, when any of `topics` does not exist (topics a service reads or writes
+/// but never creates itself, such as the payment topics).
+pub async fn require_topics(settings: &KafkaSettings, topics: &[String]) -> anyhow::Result<()> {
+    let missing = missing_topics(settings, topics).await?;
+    anyhow::ensure!(
+        missing.is_empty(),
+        "{} (create missing topics with `paystream topics create` or the Helm chart's topics \
+         job)",
+        describe_missing(&missing)
+    );
+    Ok(())
+}
+
+/// Connects to the cluster and reads its metadata, so a wrong certificate or password stops a
+/// service at start-up with librdkafka's reason, not minutes later. An unreachable cluster is
+/// only a warning: the clients keep reconnecting, as they do after any broker outage.
+pub async fn verify_connection(settings: &KafkaSettings) -> anyhow::Result<()> {
+    match missing_topics(settings, &[]).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.is::<SecurityFailure>() => Err(e),
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "Kafka is not reachable yet; going on");
+            Ok(())
+        }
+    }
+}
+
+fn describe_missing(missing: &[String]) -> String {
+    match missing {
+        [one] => format!("topic `{one}` does not exist"),
+        many => format!("topics `{}` do not exist", many.join("`, `")),
+    }
+}
+
+/// Credentials or TLS refused: retrying cannot help, unlike an unreachable broker.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SecurityFailure(String);
+
+/// Which of `names` the cluster lacks, read through a throwaway client. Metadata is fetched
+/// off the reactor (it blocks), in short attempts between which the client's events are
+/// served: an authentication or TLS failure ends the wait at once with librdkafka's reason.
+async fn missing_topics(settings: &KafkaSettings, names: &[String]) -> anyhow::Result<Vec<String>> {
+    let probe: BaseProducer<ErrorCapture> = client_config(settings, &[])?
+        .create_with_context(ErrorCapture::default())
+        .context("creating the Kafka client")?;
+    let names = names.to_vec();
+    let described = format!(
+        "cannot connect to Kafka at {} (security.protocol {})",
+        settings.bootstrap_servers,
+        settings
+            .properties
+            .get("security.protocol")
+            .map_or("PLAINTEXT", String::as_str)
+    );
+    tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            match probe.client().fetch_metadata(None, Duration::from_secs(2)) {
+                Ok(metadata) => {
+                    let existing: std::collections::HashSet<&str> = metadata
+                        .topics()
+                        .iter()
+                        .filter(|t| t.error().is_none())
+                        .map(|t| t.name())
+                        .collect();
+                    return Ok(names
+                        .into_iter()
+                        .filter(|n| !existing.contains(n.as_str()))
+                        .collect());
+                }
+                Err(e) => {
+                    // Serves the error events that say why (they arrive through the poll).
+                    probe.poll(Duration::from_millis(100));
+                    let context = probe.context();
+                    if context.is_security_failure() {
+                        let reason = context.last().unwrap_or_else(|| e.to_string());
+                        return Err(SecurityFailure(format!("{described}: {reason}")).into());
+                    }
+                    if std::time::Instant::now() >= deadline {
+                        let reason = context.last().unwrap_or_else(|| e.to_string());
+                        anyhow::bail!("{described}: {reason}");
+                    }
+                }
+            }
+        }
+    })
+    .await
+    .context("fetching cluster metadata")?
+}
+
+/// A client context remembering librdkafka's client-level errors (the only place an
+/// authentication or TLS failure is reported: requests just time out). A security failure is
+/// kept over the "all brokers down" that follows it.
+#[derive(Default)]
+pub struct ErrorCapture {
+    last: std::sync::Mutex<Option<String>>,
+    security: std::sync::Mutex<Option<String>>,
+}
+
+impl ErrorCapture {
+    fn last(&self) -> Option<String> {
+        let security = self.security.lock().unwrap().clone();
+        security.or_else(|| self.last.lock().unwrap().clone())
+    }
+
+    /// Retrying cannot fix these: wrong credentials, an untrusted certificate, a TLS mismatch.
+    fn is_security_failure(&self) -> bool {
+        self.security.lock().unwrap().is_some()
+    }
+}
+
+impl rdkafka::producer::ProducerContext for ErrorCapture {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, _: &rdkafka::producer::DeliveryResult<'_>, _: ()) {}
+}
+
+impl ClientContext for ErrorCapture {
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(%error, reason, "Kafka client error");
+        let security = matches!(
+            error.rdkafka_error_code(),
+            Some(
+                RDKafkaErrorCode::Authentication
+                    | RDKafkaErrorCode::SaslAuthenticationFailed
+                    | RDKafkaErrorCode::SSL
+            )
+        );
+        let slot = if security { &self.security } else { &self.last };
+        *slot.lock().unwrap() = Some(reason.to_string());
+    }
 }
 
 /// Queues a record without blocking the reactor. When librdkafka's local queue is full the
@@ -222,6 +390,35 @@ mod tests {
         let c = client_config(&s, IDEMPOTENT_PRODUCER).unwrap();
         assert_eq!(c.get("acks"), Some("all"));
         assert_eq!(c.get("client.rack"), Some("a"));
+    }
+
+    #[test]
+    fn a_topic_keeps_its_own_partitions_and_configs_over_the_defaults() {
+        let provisioning = TopicProvisioning {
+            create_topics: true,
+            partitions: 4,
+            replication_factor: 3,
+            configs: BTreeMap::from([
+                ("cleanup.policy".to_string(), "delete".to_string()),
+                ("min.insync.replicas".to_string(), "2".to_string()),
+            ]),
+        };
+        let (partitions, replication, configs) = TopicSpec::new("stats", 6)
+            .compacted()
+            .resolve(&provisioning);
+        assert_eq!((partitions, replication), (6, 3));
+        assert_eq!(
+            configs,
+            vec![
+                ("cleanup.policy".to_string(), "compact".to_string()),
+                ("min.insync.replicas".to_string(), "2".to_string()),
+            ]
+        );
+        // Unset (-1) partitions take the default, which may itself be the broker's (-1).
+        assert_eq!(TopicSpec::new("retry", -1).resolve(&provisioning).0, 4);
+        let broker = TopicProvisioning::default();
+        assert_eq!(TopicSpec::new("retry", -1).resolve(&broker).0, -1);
+        assert_eq!(TopicSpec::new("retry", -1).resolve(&broker).1, -1);
     }
 
     #[test]

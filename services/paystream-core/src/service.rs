@@ -69,13 +69,45 @@ pub struct ServiceSettings<S> {
     pub own: S,
 }
 
+/// The sections every consumer-group service shares, read on their own: `ServiceSettings`
+/// flattens the service's sections in, and serde cannot say which keys a flattened struct
+/// ignored, so unknown keys are found by reading the two parts separately.
+#[derive(Deserialize)]
+#[allow(dead_code)] // read only to learn which keys it ignores
+struct SharedSections {
+    http: HttpSettings,
+    #[serde(default)]
+    consumer: LoopSettings,
+    #[serde(default)]
+    database: DatabaseSettings,
+    #[serde(default)]
+    kafka: KafkaSettings,
+    #[serde(default)]
+    schema_registry: SchemaRegistrySettings,
+    #[serde(default)]
+    topics: TopicSettings,
+}
+
 impl<S: DeserializeOwned> ServiceSettings<S> {
     /// Defaults → file → `PAYSTREAM_*` environment (see [`crate::config::load`]), then an
     /// unset transactional id gets its per-instance default.
     pub fn load(defaults: &str) -> anyhow::Result<Self> {
-        let mut settings: Self = crate::config::load(defaults)?;
+        Ok(Self::load_checked(defaults)?.warn_unknown())
+    }
+
+    /// [`Self::load`], with the keys that neither the shared sections nor the service's own
+    /// read.
+    pub fn load_checked(defaults: &str) -> anyhow::Result<crate::config::Loaded<Self>> {
+        use crate::config::{deserialize_tracking, read_sources, unknown_keys};
+        let raw = read_sources(defaults)?;
+        let (mut settings, _) = deserialize_tracking::<Self>(&raw)?;
+        let (_, shared_ignored) = deserialize_tracking::<SharedSections>(&raw)?;
+        let (_, own_ignored) = deserialize_tracking::<S>(&raw)?;
         default_transactional_id(&mut settings.consumer);
-        Ok(settings)
+        Ok(crate::config::Loaded {
+            settings,
+            unknown: unknown_keys(&raw, &[shared_ignored, own_ignored]),
+        })
     }
 }
 
@@ -132,9 +164,16 @@ impl<H: ServiceHandler> ConsumerService<H> {
         ServiceSettings::load(H::DEFAULTS)
     }
 
+    /// [`Self::load_settings`] with the keys no setting reads (`--check-config`).
+    pub fn load_settings_checked() -> anyhow::Result<crate::config::Loaded<ServiceSettings<H::Own>>>
+    {
+        ServiceSettings::load_checked(H::DEFAULTS)
+    }
+
     /// Connects to Postgres, builds the handler and the processing loop, and binds the health
     /// listener (port 0 binds an ephemeral port, see [`Self::port`]).
     pub async fn build(settings: ServiceSettings<H::Own>) -> anyhow::Result<Self> {
+        crate::kafka::verify_connection(&settings.kafka).await?;
         let pool = crate::db::connect(&settings.database).await?;
         let codec = Arc::new(AvroCodec::new(&settings.schema_registry.url));
         let handler = H::build(&settings, &pool, &codec).await?;

@@ -181,6 +181,55 @@ where
     }
 }
 
+/// Writes the current span's W3C trace context (`traceparent`, `tracestate`) into the headers
+/// of an outgoing HTTP request, so the service called continues this trace. Writes nothing
+/// when there is no sampled, exported span (no tracer installed).
+pub fn inject_http_context(headers: &mut axum::http::HeaderMap) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let cx = tracing::Span::current().context();
+    opentelemetry::global::get_text_map_propagator(|p| {
+        p.inject_context(&cx, &mut HttpHeaders(headers))
+    });
+}
+
+/// The W3C trace context an incoming HTTP request carries (empty when it has none): set it as
+/// the server span's parent before entering that span.
+pub fn extract_http_context(headers: &axum::http::HeaderMap) -> opentelemetry::Context {
+    opentelemetry::global::get_text_map_propagator(|p| p.extract(&HttpHeadersRef(headers)))
+}
+
+/// Makes `span`, a server span not yet entered, continue the trace an incoming HTTP request
+/// carries; a request without `traceparent` (or no tracer installed) leaves it a root.
+pub fn continue_http_trace(span: &tracing::Span, headers: &axum::http::HeaderMap) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    // Fails only when no OpenTelemetry layer is installed or the span was entered already.
+    let _ = span.set_parent(extract_http_context(headers));
+}
+
+struct HttpHeaders<'a>(&'a mut axum::http::HeaderMap);
+
+impl opentelemetry::propagation::Injector for HttpHeaders<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(value)) = (
+            axum::http::HeaderName::from_bytes(key.as_bytes()),
+            axum::http::HeaderValue::from_str(&value),
+        ) {
+            self.0.insert(name, value);
+        }
+    }
+}
+
+struct HttpHeadersRef<'a>(&'a axum::http::HeaderMap);
+
+impl opentelemetry::propagation::Extractor for HttpHeadersRef<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
 /// Formats an error with its whole cause chain on one line, for logs and problem details.
 pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut out = error.to_string();
@@ -213,5 +262,33 @@ mod tests {
             "the traces-specific variable wins"
         );
         assert!(otlp_protocol(Some("http/json"), None).is_err());
+    }
+
+    #[test]
+    fn http_headers_carry_the_trace_context_both_ways() {
+        use opentelemetry::trace::TraceContextExt as _;
+        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+        let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let mut incoming = axum::http::HeaderMap::new();
+        incoming.insert("traceparent", traceparent.parse().unwrap());
+        let cx = extract_http_context(&incoming);
+        let span = cx.span();
+        let ids = span.span_context();
+        assert_eq!(
+            ids.trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_eq!(ids.span_id().to_string(), "00f067aa0ba902b7");
+        assert!(ids.is_remote());
+
+        let mut outgoing = axum::http::HeaderMap::new();
+        opentelemetry::global::get_text_map_propagator(|p| {
+            p.inject_context(&cx, &mut HttpHeaders(&mut outgoing))
+        });
+        assert_eq!(outgoing["traceparent"], traceparent);
+        // Without a span or tracer there is nothing to propagate.
+        let mut none = axum::http::HeaderMap::new();
+        inject_http_context(&mut none);
+        assert!(none.get("traceparent").is_none());
     }
 }

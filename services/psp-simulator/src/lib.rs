@@ -15,7 +15,9 @@
 //! | `PUT /admin/config`    | Change any of the knobs at runtime ([`ConfigPatch`]).          |
 //! | `GET /health/live`, `GET /health/ready` | Always `200` while the process serves.        |
 //!
-//! Errors are `application/problem+json` with a stable `code` member.
+//! Errors are `application/problem+json` with a stable `code` member. `POST /v1/charges` runs
+//! in a SERVER span `charge` that continues the caller's W3C `traceparent`, so with
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` set the charge shows inside the payment's trace.
 //!
 //! # Charges and idempotency
 //!

@@ -51,4 +51,9 @@ impl Settings {
     pub fn load() -> anyhow::Result<Self> {
         paystream_core::config::load(DEFAULTS_TOML)
     }
+
+    /// [`Self::load`] with the keys no setting reads (`--check-config`).
+    pub fn load_checked() -> anyhow::Result<paystream_core::config::Loaded<Self>> {
+        paystream_core::config::load_checked(DEFAULTS_TOML)
+    }
 }

@@ -1,6 +1,6 @@
 {{/*
 A consumer group's StatefulSet (stable pod names, hence stable transactional ids) and its
-headless Service, the same shape as the payment processor's. Call with
+headless Service: the payment processor, analytics and the notifier. Call with
 (dict "root" $ "component" "analytics" "values" .Values.analytics); the component's ConfigMap
 is named like the component.
 */}}
@@ -20,7 +20,7 @@ spec:
   # transactional ids: a restarted pod fences the open transaction of its predecessor instead
   # of leaving it to the transaction timeout. No volumes: all state is in Kafka and Postgres.
   serviceName: {{ printf "%s-headless" $name }}
-  replicas: {{ $v.replicaCount }}
+  replicas: {{ $v.replicaCount | int64 }}
   podManagementPolicy: Parallel
   updateStrategy:
     type: RollingUpdate
@@ -33,7 +33,7 @@ spec:
       labels:
         {{- include "paystream.labels" $ctx | nindent 8 }}
       annotations:
-        {{- include "paystream.configChecksums" $root | nindent 8 }}
+        {{- include "paystream.configChecksums" $ctx | nindent 8 }}
         {{- with $v.podAnnotations }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
@@ -47,7 +47,11 @@ spec:
       securityContext:
         {{- toYaml $root.Values.podSecurityContext | nindent 8 }}
       # SIGTERM: the current batch is finished and committed, then the group is left.
-      terminationGracePeriodSeconds: {{ $v.terminationGracePeriodSeconds }}
+      terminationGracePeriodSeconds: {{ $v.terminationGracePeriodSeconds | int64 }}
+      {{- with include "paystream.configInitContainer" (dict "root" $root "resources" $v.resources) }}
+      initContainers:
+        {{- . | nindent 8 }}
+      {{- end }}
       containers:
         - name: {{ .component }}
           image: {{ include "paystream.image" $root | quote }}
@@ -55,7 +59,7 @@ spec:
           command: [{{ .component | quote }}]
           ports:
             - name: http
-              containerPort: {{ $v.port }}
+              containerPort: {{ $v.port | int64 }}
               protocol: TCP
           envFrom:
             - configMapRef:
@@ -73,6 +77,9 @@ spec:
             {{- with $v.extraEnv }}
             {{- toYaml . | nindent 12 }}
             {{- end }}
+          # Start-up connects to Postgres and Kafka, checks (or creates) the group's topics and
+          # registers schemas before /health/live answers; liveness waits for it.
+          {{- include "paystream.startupProbe" $v.startupProbe | nindent 10 }}
           # A fenced instance exits non-zero and the kubelet restarts it; the probes only see
           # whether the loop runs.
           livenessProbe:
@@ -96,7 +103,7 @@ spec:
           volumeMounts:
             {{- include "paystream.volumeMounts" $root | nindent 12 }}
       volumes:
-        {{- include "paystream.volumes" $root | nindent 8 }}
+        {{- include "paystream.volumes" (dict "root" $root "configSecret" (include "paystream.componentName" (dict "root" $root "component" "config"))) | nindent 8 }}
       {{- with $v.nodeSelector }}
       nodeSelector:
         {{- toYaml . | nindent 8 }}
@@ -131,7 +138,7 @@ spec:
     {{- include "paystream.selectorLabels" $ctx | nindent 4 }}
   ports:
     - name: http
-      port: {{ $v.port }}
+      port: {{ $v.port | int64 }}
       targetPort: http
       protocol: TCP
 {{- end }}

@@ -89,7 +89,8 @@ pub struct LoopSettings {
     /// (0: transient failures go straight to the dead-letter topic).
     #[serde(deserialize_with = "crate::config::list_or_csv")]
     pub retry_delays_ms: Vec<u64>,
-    /// Partitions of the retry and dead-letter topics the loop creates when they are missing.
+    /// Partitions of the retry and dead-letter topics the loop creates when they are missing;
+    /// -1: `kafka.provisioning.partitions`.
     pub retry_topic_partitions: i32,
     pub dlq_topic_partitions: i32,
     /// After a shutdown signal, how long the batch in flight may take to commit before it is
@@ -111,8 +112,8 @@ impl Default for LoopSettings {
             abort_backoff_max_ms: 10_000,
             dlq_topic: None,
             retry_delays_ms: vec![1_000, 10_000, 60_000],
-            retry_topic_partitions: 3,
-            dlq_topic_partitions: 1,
+            retry_topic_partitions: -1,
+            dlq_topic_partitions: -1,
             drain_timeout_ms: 20_000,
         }
     }
@@ -543,8 +544,12 @@ impl<H: Handler> ProcessingLoop<H> {
         Duration::from_secs(30)
     }
 
-    /// The retry and dead-letter topics, created when missing.
+    /// The retry and dead-letter topics, created when missing (or, with topic creation off,
+    /// checked like the input topics).
     async fn ensure_chain_topics(&self) -> anyhow::Result<()> {
+        if !self.kafka_settings.provisioning.create_topics {
+            kafka::require_topics(&self.kafka_settings, &self.topics).await?;
+        }
         let mut specs: Vec<TopicSpec> = self
             .policy
             .retry_topics()

@@ -5,7 +5,7 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use tracing::Span;
+use tracing::{Instrument as _, Span};
 
 use crate::decision::Rolls;
 use crate::error::ApiError;
@@ -18,16 +18,27 @@ const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-repl
 /// Keys longer than this are refused rather than stored.
 const MAX_KEY_LEN: usize = 255;
 
-#[tracing::instrument(
-    name = "charge",
-    skip_all,
-    fields(idempotency_key = tracing::field::Empty, payment.id = tracing::field::Empty)
-)]
+/// `POST /v1/charges`, in a SERVER span `charge` that continues the caller's W3C trace
+/// context (`traceparent`): the payment processor's `psp charge` span is its parent.
 pub(super) async fn create(
     State(state): State<SharedState>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    let span = tracing::info_span!(
+        "charge",
+        otel.kind = "server",
+        http.request.method = "POST",
+        url.path = "/v1/charges",
+        idempotency_key = tracing::field::Empty,
+        payment.id = tracing::field::Empty,
+    );
+    // Before the span is entered: its parent is fixed when it starts.
+    paystream_core::telemetry::continue_http_trace(&span, &headers);
+    charge(state, headers, body).instrument(span).await
+}
+
+async fn charge(state: SharedState, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
     Span::current().record("idempotency_key", key);
     // Parsed by hand rather than with `Json<_>` so every malformed body is a 400 and 422
