@@ -1,13 +1,13 @@
 //! The PSP simulator's fault mix for a run: set through `PUT /admin/config`, and put back as
 //! it was afterwards (the stack is shared; the next user should find it unchanged).
 
-use paystream_psp_simulator::{ConfigPatch, PspClient, SimulatorSettings};
+use paystream_psp_simulator::{ConfigPatch, SimulatorClient, SimulatorSettings};
 
 use crate::cli::PspArgs;
 
 /// The simulator's settings before a run, to restore.
 pub struct PspOverride {
-    client: PspClient,
+    client: SimulatorClient,
     before: Option<SimulatorSettings>,
     /// What the run ran with (for the report).
     pub during: Option<SimulatorSettings>,
@@ -17,7 +17,7 @@ impl PspOverride {
     /// Applies `args` (nothing when every flag is unset). When the simulator can't be reached
     /// the run goes on and the report says the mix is unknown.
     pub async fn apply(psp_url: &str, args: &PspArgs) -> anyhow::Result<Self> {
-        let client = PspClient::new(psp_url);
+        let client = SimulatorClient::new(psp_url);
         let patch = ConfigPatch {
             latency_ms: args.psp_latency_ms,
             latency_jitter_ms: None,

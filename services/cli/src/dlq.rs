@@ -166,7 +166,7 @@ pub async fn run(
                     Ok(v) => v,
                     Err(e) => json!({
                         "undecodable": e.to_string(),
-                        "base64": l.value.as_deref().map(paystream_core::processing::encode_base64),
+                        "base64": l.value.as_deref().map(crate::encode_base64),
                     }),
                 };
                 let mut out = summary(l);

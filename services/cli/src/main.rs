@@ -432,7 +432,7 @@ async fn tail(
             Ok(v) => v,
             Err(e) => json!({
                 "undecodable": e.to_string(),
-                "base64": message.payload().map(paystream_core::processing::encode_base64),
+                "base64": message.payload().map(encode_base64),
             }),
         };
         let line = json!({
@@ -447,6 +447,12 @@ async fn tail(
         println!("{line}");
         printed += 1;
     }
+}
+
+/// Bytes the CLI cannot decode, printed as standard base64.
+fn encode_base64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 async fn create_topics(settings: &KafkaSettings, specs: Vec<TopicSpec>) -> anyhow::Result<()> {

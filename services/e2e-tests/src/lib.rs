@@ -18,14 +18,15 @@ use std::time::Duration;
 use anyhow::Context;
 use paystream_core::avro::AvroCodec;
 use paystream_core::config::{
-    DatabaseSettings, HttpSettings, KafkaSettings, SchemaRegistrySettings, TopicSettings,
+    DatabaseSettings, HttpSettings, KafkaSettings, SchemaRegistrySettings, TopicProvisioning,
+    TopicSettings,
 };
 use paystream_core::headers::RecordHeaders;
 use paystream_core::kafka::{self, TopicSpec};
 use paystream_core::processing::{Faults, LoopSettings, LoopStats};
 use paystream_core::service::{ConsumerService, ServiceHandler, ServiceSettings};
 use paystream_core::shutdown::Shutdown;
-use paystream_psp_simulator::{ChargeFilter, ChargeRecord, PspClient};
+use paystream_psp_simulator::{ChargeFilter, ChargeRecord, SimulatorClient};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::producer::FutureProducer;
@@ -49,6 +50,16 @@ fn env_or(key: &str, default: &str) -> String {
 pub fn kafka_settings() -> KafkaSettings {
     KafkaSettings {
         bootstrap_servers: env_or("PAYSTREAM_KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
+        provisioning: test_provisioning(),
+        ..Default::default()
+    }
+}
+
+/// Topics the services create in a test get [`PARTITIONS`] partitions, whatever the broker's
+/// default: the harness's readers assign that many.
+pub fn test_provisioning() -> TopicProvisioning {
+    TopicProvisioning {
+        partitions: PARTITIONS,
         ..Default::default()
     }
 }
@@ -99,7 +110,7 @@ pub struct TestStack {
     pub database: DatabaseSettings,
     pub pool: PgPool,
     pub gateway_url: String,
-    pub psp: PspClient,
+    pub psp: SimulatorClient,
     pub http: reqwest::Client,
     shutdown: Shutdown,
 }
@@ -161,7 +172,7 @@ impl TestStack {
                 psp: Default::default(),
             })
             .await?;
-        let psp = PspClient::new(format!("http://127.0.0.1:{}", psp_app.port()));
+        let psp = SimulatorClient::new(format!("http://127.0.0.1:{}", psp_app.port()));
         tokio::spawn(psp_app.run_until_stopped(shutdown.clone()));
 
         let mut gateway_settings = gateway_settings(&database, &topics);
@@ -201,7 +212,7 @@ impl TestStack {
                 url: registry_url(),
             },
             topics: self.topics.clone(),
-            own: paystream_payment_processor::ProcessorSettings {
+            own: paystream_payment_processor::ProcessorSection {
                 psp: paystream_payment_processor::psp::PspSettings {
                     url: self.psp.base_url().to_string(),
                     ..Default::default()
@@ -298,6 +309,10 @@ impl TestStack {
             (
                 "PAYSTREAM_KAFKA__BOOTSTRAP_SERVERS".into(),
                 self.kafka.bootstrap_servers.clone(),
+            ),
+            (
+                "PAYSTREAM_KAFKA__PROVISIONING__PARTITIONS".into(),
+                self.kafka.provisioning.partitions.to_string(),
             ),
             ("PAYSTREAM_SCHEMA_REGISTRY__URL".into(), registry_url()),
             (
@@ -668,9 +683,6 @@ pub struct ServiceProcess {
     pub log_path: PathBuf,
 }
 
-/// A `payment-processor` child process wired to a [`TestStack`].
-pub type ProcessorProcess = ServiceProcess;
-
 impl ServiceProcess {
     /// Starts `binary` with `envs`; its output goes to `<temp>/<log_name>.log`.
     pub fn start(
@@ -990,6 +1002,8 @@ fn test_loop_settings<H: ServiceHandler>(group_id: String) -> LoopSettings {
         transactional_id: format!("{group_id}-0"),
         group_id,
         retry_delays_ms: TEST_RETRY_DELAYS_MS.to_vec(),
+        // Dead letters in one partition, read in order by the tests.
+        dlq_topic_partitions: 1,
         ..defaults.consumer
     }
 }
@@ -1509,6 +1523,11 @@ impl TestStack {
             (
                 "PAYSTREAM_CONSUMER__RETRY_DELAYS_MS".into(),
                 TEST_RETRY_DELAYS_MS.map(|d| d.to_string()).join(","),
+            ),
+            // Dead letters in one partition, read in order by the tests.
+            (
+                "PAYSTREAM_CONSUMER__DLQ_TOPIC_PARTITIONS".into(),
+                "1".into(),
             ),
         ]);
         env

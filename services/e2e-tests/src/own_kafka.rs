@@ -126,6 +126,7 @@ impl OwnKafka {
     pub fn settings(&self) -> KafkaSettings {
         let mut settings = KafkaSettings {
             bootstrap_servers: self.addr.clone(),
+            provisioning: crate::test_provisioning(),
             ..Default::default()
         };
         settings

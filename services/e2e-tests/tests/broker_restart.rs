@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use paystream_e2e_tests::own_kafka::OwnKafka;
-use paystream_e2e_tests::{payment_body, third_party, ProcessorProcess, TestStack};
+use paystream_e2e_tests::{payment_body, third_party, ServiceProcess, TestStack};
 use paystream_psp_simulator::ConfigPatch;
 use uuid::Uuid;
 
@@ -94,8 +94,7 @@ async fn broker_sigterm_and_sigkill_lose_and_double_nothing() -> anyhow::Result<
             ..Default::default()
         })
         .await?;
-    let mut processor =
-        ProcessorProcess::spawn(&stack, &format!("{}-0", stack.group_id), "restart")?;
+    let mut processor = ServiceProcess::spawn(&stack, &format!("{}-0", stack.group_id), "restart")?;
 
     let accepted = Arc::new(AtomicUsize::new(0));
     let load = tokio::spawn(steady_payments(stack.clone(), accepted.clone()));

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use paystream_e2e_tests::{payment_body, third_party, ProcessorProcess, TestStack};
+use paystream_e2e_tests::{payment_body, third_party, ServiceProcess, TestStack};
 use paystream_psp_simulator::ConfigPatch;
 
 async fn accept(stack: &TestStack, n: usize, merchant: &str) -> anyhow::Result<()> {
@@ -47,7 +47,7 @@ async fn a_zombie_is_fenced_and_its_open_transaction_never_becomes_visible() -> 
     let outcomes = stack.topics.payments_outcomes.clone();
     let tid = format!("{}-0", stack.group_id);
 
-    let mut zombie = ProcessorProcess::spawn(&stack, &tid, "zombie")?;
+    let mut zombie = ServiceProcess::spawn(&stack, &tid, "zombie")?;
     let open = wait_open_transaction(&stack, &outcomes).await?;
     // Frozen mid-transaction (a long GC pause, a partitioned host): alive, but silent.
     zombie.signal("STOP").await?;
@@ -55,7 +55,7 @@ async fn a_zombie_is_fenced_and_its_open_transaction_never_becomes_visible() -> 
 
     // Its replacement takes the same transactional id: InitProducerId bumps the epoch, which
     // fences the zombie and aborts its open transaction.
-    let mut successor = ProcessorProcess::spawn(&stack, &tid, "successor")?;
+    let mut successor = ServiceProcess::spawn(&stack, &tid, "successor")?;
     stack
         .wait_terminal(PAYMENTS, Duration::from_secs(120))
         .await?;
@@ -120,7 +120,7 @@ async fn an_open_transaction_of_a_killed_process_is_aborted_after_its_timeout() 
         TIMEOUT_MS.to_string(),
     )];
 
-    let mut killed = ProcessorProcess::spawn_with(
+    let mut killed = ServiceProcess::spawn_with(
         &stack,
         &format!("{}-killed", stack.group_id),
         "killed",
@@ -164,7 +164,7 @@ async fn an_open_transaction_of_a_killed_process_is_aborted_after_its_timeout() 
 
     // A new instance (another transactional id, the default timeout: at 300 ms a payment its
     // first batch outlasts 6 s) finishes the work: exactly once in the end.
-    let mut next = ProcessorProcess::spawn(&stack, &format!("{}-next", stack.group_id), "next")?;
+    let mut next = ServiceProcess::spawn(&stack, &format!("{}-next", stack.group_id), "next")?;
     stack
         .wait_terminal(PAYMENTS, Duration::from_secs(120))
         .await?;

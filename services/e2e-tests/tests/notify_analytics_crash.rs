@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use futures::{stream, StreamExt, TryStreamExt};
-use paystream_e2e_tests::{third_party, ProcessorProcess, TestStack};
+use paystream_e2e_tests::{third_party, ServiceProcess, TestStack};
 use paystream_psp_simulator::ConfigPatch;
 use serde_json::json;
 
@@ -33,8 +33,8 @@ impl Rng {
 async fn kill_repeatedly(
     name: &str,
     mut rng: Rng,
-    spawn: impl Fn(usize) -> anyhow::Result<ProcessorProcess>,
-) -> anyhow::Result<ProcessorProcess> {
+    spawn: impl Fn(usize) -> anyhow::Result<ServiceProcess>,
+) -> anyhow::Result<ServiceProcess> {
     for generation in 0..KILLS {
         let mut process = spawn(generation)?;
         let after = rng.between(1_000, 4_000);
@@ -78,7 +78,7 @@ async fn sigkilled_analytics_and_notifier_count_exactly_and_notify_once() -> any
     let analytics_txid = format!("{}-0", stack.analytics_group());
     let notifier_txid = format!("{}-0", stack.notifier_group());
     let analytics = kill_repeatedly("analytics", Rng(seed), |g| {
-        ProcessorProcess::spawn_binary(
+        ServiceProcess::spawn_binary(
             "analytics",
             stack.consumer_env(&stack.analytics_group(), &analytics_txid),
             &stack.analytics_group(),
@@ -87,7 +87,7 @@ async fn sigkilled_analytics_and_notifier_count_exactly_and_notify_once() -> any
         )
     });
     let notifier = kill_repeatedly("notifier", Rng(seed.rotate_left(17) | 1), |g| {
-        ProcessorProcess::spawn_binary(
+        ServiceProcess::spawn_binary(
             "notifier",
             stack.notifier_env(sink.port, &notifier_txid),
             &stack.notifier_group(),

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use futures::{stream, StreamExt, TryStreamExt};
 use paystream_core::headers;
-use paystream_e2e_tests::{payment_body, third_party, ProcessorProcess, TestStack};
+use paystream_e2e_tests::{payment_body, third_party, ServiceProcess, TestStack};
 use paystream_psp_simulator::ConfigPatch;
 use uuid::Uuid;
 
@@ -82,11 +82,11 @@ async fn two_instances_killed_at_random_lose_and_repeat_nothing() -> anyhow::Res
     eprintln!("chaos seed {seed}");
     let mut rng = Rng(seed);
     let names = ["a", "b"];
-    let mut runs: Vec<ProcessorProcess> = Vec::new();
+    let mut runs: Vec<ServiceProcess> = Vec::new();
     let mut live: [usize; 2] = [0, 0];
     for (slot, name) in names.iter().enumerate() {
         live[slot] = runs.len();
-        runs.push(ProcessorProcess::spawn(
+        runs.push(ServiceProcess::spawn(
             &stack,
             &format!("{}-{name}", stack.group_id),
             &format!("{name}0"),
@@ -113,7 +113,7 @@ async fn two_instances_killed_at_random_lose_and_repeat_nothing() -> anyhow::Res
         live[slot] = runs.len();
         // Restarted at once with the same transactional id: it fences its predecessor's
         // transaction, which the coordinator aborts.
-        runs.push(ProcessorProcess::spawn(
+        runs.push(ServiceProcess::spawn(
             &stack,
             &format!("{}-{}", stack.group_id, names[slot]),
             &format!("{}{}", names[slot], runs.len()),
@@ -210,7 +210,7 @@ async fn sigterm_under_load_commits_and_the_next_instance_reprocesses_nothing() 
     let ids = accept_payments(&stack, PAYMENTS, "m_term").await?;
 
     let tid = format!("{}-0", stack.group_id);
-    let mut first = ProcessorProcess::spawn(&stack, &tid, "first")?;
+    let mut first = ServiceProcess::spawn(&stack, &tid, "first")?;
     let deadline = Instant::now() + Duration::from_secs(90);
     while stack.terminal_payments().await?.len() < 50 {
         anyhow::ensure!(
@@ -252,7 +252,7 @@ async fn sigterm_under_load_commits_and_the_next_instance_reprocesses_nothing() 
 
     // The next instance picks up exactly where the first committed: nothing already applied
     // comes back to it.
-    let mut second = ProcessorProcess::spawn(&stack, &tid, "second")?;
+    let mut second = ServiceProcess::spawn(&stack, &tid, "second")?;
     let terminal = stack
         .wait_terminal(PAYMENTS, Duration::from_secs(120))
         .await?;

@@ -12,4 +12,4 @@ pub mod handler;
 pub mod psp;
 pub mod startup;
 
-pub use startup::{Application, ProcessorSettings, Settings};
+pub use startup::{Application, ProcessorSection, Settings};

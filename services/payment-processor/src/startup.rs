@@ -11,7 +11,7 @@ use crate::handler::PaymentHandler;
 use crate::psp::{PspClient, PspSettings};
 
 /// The payment processor's settings: the shared sections plus `[psp]`.
-pub type Settings = ServiceSettings<ProcessorSettings>;
+pub type Settings = ServiceSettings<ProcessorSection>;
 
 /// A payment processor instance: [`Application::build`], then
 /// [`Application::run_until_stopped`], which processes until shutdown (the current batch is
@@ -21,13 +21,13 @@ pub type Application = ConsumerService<PaymentHandler>;
 
 /// The processor's own settings sections.
 #[derive(Debug, Clone, Default, Deserialize)]
-pub struct ProcessorSettings {
+pub struct ProcessorSection {
     #[serde(default)]
     pub psp: PspSettings,
 }
 
 impl ServiceHandler for PaymentHandler {
-    type Own = ProcessorSettings;
+    type Own = ProcessorSection;
     const NAME: &'static str = "payment-processor";
     const DEFAULTS: &'static str = r#"
 [http]

@@ -3,9 +3,9 @@
 //!
 //! ```no_run
 //! # async fn example() -> anyhow::Result<()> {
-//! use paystream_psp_simulator::{ChargeFilter, ConfigPatch, PspClient};
+//! use paystream_psp_simulator::{ChargeFilter, ConfigPatch, SimulatorClient};
 //!
-//! let psp = PspClient::new("http://127.0.0.1:8090");
+//! let psp = SimulatorClient::new("http://127.0.0.1:8090");
 //! psp.set_config(&ConfigPatch { decline_rate: Some(0.0), ..Default::default() }).await?;
 //! // ... run the payment ...
 //! let charges = psp.charges(&ChargeFilter::payment("pay_123")).await?;
@@ -22,12 +22,12 @@ use crate::configuration::{ConfigPatch, SimulatorSettings};
 use crate::model::{ChargeFilter, ChargeRecord};
 
 #[derive(Debug, Clone)]
-pub struct PspClient {
+pub struct SimulatorClient {
     base_url: String,
     http: reqwest::Client,
 }
 
-impl PspClient {
+impl SimulatorClient {
     /// `base_url` is the simulator's root, e.g. `http://127.0.0.1:8090`.
     pub fn new(base_url: impl Into<String>) -> Self {
         Self::with_client(base_url, reqwest::Client::new())

@@ -1,7 +1,7 @@
 //! A simulated payment service provider (PSP) for the paystream dev stack and tests.
 //!
 //! The payment processor charges payments here through its HTTP adapter; tests count the
-//! charges it made (through [`PspClient`]) to prove each payment was charged exactly once.
+//! charges it made (through [`SimulatorClient`]) to prove each payment was charged exactly once.
 //! State is in memory: restarting the simulator forgets every charge.
 //!
 //! # HTTP API
@@ -66,12 +66,12 @@
 //! # Layout
 //!
 //! - [`configuration`]: [`Settings`], the knobs, runtime patches, compiled-in defaults.
-//! - [`model`]: the wire types shared by the server and [`PspClient`].
+//! - [`model`]: the wire types shared by the server and [`SimulatorClient`].
 //! - [`decision`]: the pure rules — triggers, rates, replay, conflict — unit tested.
 //! - [`ledger`]: the in-memory record of keys, calls and charges that applies decisions.
 //! - `routes` and `error`: the axum handlers and their problem+json errors.
 //! - [`startup`]: [`Application`] — bind, serve, graceful shutdown.
-//! - [`client`]: [`PspClient`], a typed client for other crates' tests.
+//! - [`client`]: [`SimulatorClient`], a typed client for other crates' tests.
 
 pub mod client;
 pub mod configuration;
@@ -82,7 +82,7 @@ pub mod model;
 mod routes;
 pub mod startup;
 
-pub use client::PspClient;
+pub use client::SimulatorClient;
 pub use configuration::{ConfigPatch, Settings, SimulatorSettings, DEFAULTS_TOML};
 pub use model::{
     ChargeFilter, ChargeRecord, ChargeRequest, ChargeResponse, ChargeStatus, RecordStatus,

@@ -1,4 +1,4 @@
-//! Wire types, shared by the server and [`crate::PspClient`].
+//! Wire types, shared by the server and [`crate::SimulatorClient`].
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

@@ -3,7 +3,7 @@
 use paystream_core::config::HttpSettings;
 use paystream_core::shutdown::Shutdown;
 use paystream_psp_simulator::{
-    Application, ChargeFilter, ChargeRecord, ConfigPatch, PspClient, RecordStatus, Settings,
+    Application, ChargeFilter, ChargeRecord, ConfigPatch, RecordStatus, Settings, SimulatorClient,
     SimulatorSettings,
 };
 use reqwest::StatusCode;
@@ -13,7 +13,7 @@ use uuid::Uuid;
 struct TestApp {
     base_url: String,
     http: reqwest::Client,
-    psp: PspClient,
+    psp: SimulatorClient,
     shutdown: Shutdown,
 }
 
@@ -44,7 +44,7 @@ async fn spawn_app_with(psp: SimulatorSettings) -> TestApp {
     tokio::spawn(app.run_until_stopped(shutdown.clone()));
     let http = reqwest::Client::new();
     TestApp {
-        psp: PspClient::with_client(&base_url, http.clone()),
+        psp: SimulatorClient::with_client(&base_url, http.clone()),
         base_url,
         http,
         shutdown,

@@ -40,7 +40,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use base64::Engine as _;
 use opentelemetry::trace::TraceContextExt as _;
 use rdkafka::consumer::{Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaError;
@@ -1245,11 +1244,6 @@ pub async fn event_output<T: Serialize>(
         }
     })?;
     Ok(Output::event(topic, key, bytes, event_id, schema.full_name))
-}
-
-/// Base64 helper re-exported for tools that print stored outputs.
-pub fn encode_base64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 #[cfg(test)]
