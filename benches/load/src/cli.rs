@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use paystream_core::config::KafkaSettings;
 
 use crate::workload::CurrencyMix;
 
@@ -107,6 +108,15 @@ pub struct Targets {
 }
 
 impl Targets {
+    /// Client settings for the broker under test (every Kafka client goes through
+    /// `paystream_core::kafka::client_config` with them).
+    pub fn kafka_settings(&self) -> KafkaSettings {
+        KafkaSettings {
+            bootstrap_servers: self.bootstrap_servers.clone(),
+            ..Default::default()
+        }
+    }
+
     /// Every end-to-end stage tracked: the outcome topic first (the target is judged on it),
     /// the requested topic (outbox relay done), then the extra ones.
     pub fn stages(&self) -> Vec<(String, String)> {

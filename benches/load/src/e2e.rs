@@ -15,10 +15,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
+use paystream_core::config::KafkaSettings;
+use paystream_core::kafka;
 use paystream_core::shutdown::Shutdown;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -131,7 +133,7 @@ impl E2eTracker {
     /// Subscribes to every stage's topic at its end offsets. Returns once the assignment is in
     /// place, so the run can start.
     pub async fn start(
-        bootstrap_servers: &str,
+        kafka: &KafkaSettings,
         stages: Vec<Stage>,
         run_id: &str,
         fetch_wait_ms: u32,
@@ -140,16 +142,24 @@ impl E2eTracker {
             !stages.is_empty() && stages.len() <= 64,
             "1 to 64 stages can be tracked"
         );
-        let consumer: StreamConsumer = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap_servers)
-            .set("group.id", format!("paystream-load-{run_id}"))
-            .set("isolation.level", "read_committed")
-            .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "false")
-            // Small fetch waits: the time a record takes to reach us is part of the measurement.
-            .set("fetch.wait.max.ms", fetch_wait_ms.to_string())
-            .create()
-            .context("creating the end-to-end consumer")?;
+        let (group, fetch_wait_ms) = (
+            format!("paystream-load-{run_id}"),
+            fetch_wait_ms.to_string(),
+        );
+        let consumer: StreamConsumer = kafka::client_config(
+            kafka,
+            &[
+                ("group.id", group.as_str()),
+                ("isolation.level", "read_committed"),
+                ("enable.auto.commit", "false"),
+                ("enable.partition.eof", "false"),
+                // Small fetch waits: the time a record takes to reach us is part of the
+                // measurement.
+                ("fetch.wait.max.ms", fetch_wait_ms.as_str()),
+            ],
+        )?
+        .create()
+        .context("creating the end-to-end consumer")?;
         let consumer = Arc::new(consumer);
         let topics: Vec<String> = stages.iter().map(|s| s.topic.clone()).collect();
         let c = consumer.clone();

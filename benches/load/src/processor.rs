@@ -192,7 +192,7 @@ impl Env<'_> {
         f: impl AsyncFnOnce(&Env) -> anyhow::Result<T>,
     ) -> anyhow::Result<T> {
         let scratch = Scratch::new();
-        let kafka_settings = kafka_settings(targets);
+        let kafka_settings = targets.kafka_settings();
         let database = DatabaseSettings {
             url: targets.database_url.clone().into(),
             max_connections: 10,
@@ -322,13 +322,6 @@ impl Env<'_> {
                 .push(tokio::spawn(app.run_until_stopped(self.stop.clone())));
         }
         Ok(processors)
-    }
-}
-
-fn kafka_settings(targets: &Targets) -> KafkaSettings {
-    KafkaSettings {
-        bootstrap_servers: targets.bootstrap_servers.clone(),
-        ..Default::default()
     }
 }
 
@@ -521,7 +514,7 @@ async fn steady(
         topic: env.scratch.outcomes.clone(),
     };
     let tracker = E2eTracker::start(
-        &env.targets.bootstrap_servers,
+        &env.targets.kafka_settings(),
         vec![stage],
         &env.scratch.id,
         env.targets.e2e_fetch_wait_ms,

@@ -110,7 +110,7 @@ pub async fn execute(
         true => None,
         false => Some(Arc::new(
             E2eTracker::start(
-                &targets.bootstrap_servers,
+                &targets.kafka_settings(),
                 spec.stages.clone(),
                 &run_id,
                 targets.e2e_fetch_wait_ms,

@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use clap::Parser;
-use paystream_core::config::KafkaSettings;
 use paystream_core::kafka::{self, TopicSpec};
 use paystream_core::shutdown::Shutdown;
 use paystream_load::cli::{Cli, ProcessorArgs, Targets};
@@ -20,10 +19,7 @@ fn targets() -> Targets {
 #[tokio::test]
 async fn tracker_matches_records_to_requests_by_key() {
     let targets = targets();
-    let settings = KafkaSettings {
-        bootstrap_servers: targets.bootstrap_servers.clone(),
-        ..Default::default()
-    };
+    let settings = targets.kafka_settings();
     let id = uuid::Uuid::new_v4().simple().to_string();
     let topic = format!("test-{id}.tracked");
     kafka::ensure_topics(&settings, &[TopicSpec::new(&topic, 3)])
@@ -56,7 +52,7 @@ async fn tracker_matches_records_to_requests_by_key() {
         name: "t".into(),
         topic: topic.clone(),
     };
-    let tracker = E2eTracker::start(&targets.bootstrap_servers, vec![stage], &id, 10)
+    let tracker = E2eTracker::start(&settings, vec![stage], &id, 10)
         .await
         .unwrap();
     let start = Instant::now();

@@ -162,11 +162,11 @@ pub async fn run(
             );
             let codec = AvroCodec::new(registry_url);
             for l in &letters {
-                let value = match codec.decode_json(l.value.as_deref()).await {
+                let value = match codec.decode_json(l.payload.as_deref()).await {
                     Ok(v) => v,
                     Err(e) => json!({
                         "undecodable": e.to_string(),
-                        "base64": l.value.as_deref().map(crate::encode_base64),
+                        "base64": l.payload.as_deref().map(crate::encode_base64),
                     }),
                 };
                 let mut out = summary(l);

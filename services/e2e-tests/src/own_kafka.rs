@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use paystream_core::config::KafkaSettings;
+use paystream_core::kafka;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
-use crate::{free_port, repo_root, send_signal};
+use crate::process::{free_port, repo_root, send_signal};
 
 pub struct OwnKafka {
     pub addr: String,
@@ -80,12 +81,13 @@ impl OwnKafka {
                 self.child = None;
                 anyhow::bail!("own broker exited with {status}; log: {}", self.log_tail());
             }
-            let addr = self.addr.clone();
+            let probe = KafkaSettings {
+                bootstrap_servers: self.addr.clone(),
+                ..Default::default()
+            };
             let ready = tokio::task::spawn_blocking(move || {
-                let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-                    .set("bootstrap.servers", &addr)
-                    .create()
-                    .ok()?;
+                let consumer: BaseConsumer =
+                    kafka::client_config(&probe, &[]).ok()?.create().ok()?;
                 let metadata = consumer.fetch_metadata(None, Duration::from_secs(2)).ok()?;
                 (!metadata.brokers().is_empty()).then_some(())
             })
@@ -126,7 +128,7 @@ impl OwnKafka {
     pub fn settings(&self) -> KafkaSettings {
         let mut settings = KafkaSettings {
             bootstrap_servers: self.addr.clone(),
-            provisioning: crate::test_provisioning(),
+            provisioning: crate::env::test_provisioning(),
             ..Default::default()
         };
         settings

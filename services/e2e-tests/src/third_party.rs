@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use serde::Deserialize;
 
-use crate::repo_root;
+use crate::process::repo_root;
 
 /// Records of a topic as counted by a third-party reader.
 #[derive(Debug, Deserialize)]

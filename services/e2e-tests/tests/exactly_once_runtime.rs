@@ -450,7 +450,7 @@ async fn poison_records_are_dead_lettered_without_calling_the_handler() -> anyho
         assert_eq!(letter.error_class(), Some("poison"), "{letter:?}");
         assert_eq!(letter.attempt(), 1);
     }
-    assert_eq!(letters[0].value.as_deref(), Some(&b"plain text"[..]));
+    assert_eq!(letters[0].payload.as_deref(), Some(&b"plain text"[..]));
     h.wait_effects(1).await?;
     let calls = h.calls();
     assert_eq!(calls.len(), 1, "only the good record reached the handler");

@@ -1,25 +1,33 @@
-//! Optional API-key authentication and the client identity every `/v1` request carries.
+//! Bearer-token authentication: optional API keys and the client identity every client `/v1`
+//! request carries, and the admin token of the merchant administration routes.
 //!
-//! Keys are configured as SHA-256 hashes (hex) per client id, so the configuration holds no
-//! usable secret. A presented key (`Authorization: Bearer <key>`) is hashed and compared with
-//! every configured hash in constant time; the matched entry's client id scopes idempotency
-//! keys, rate limits and payments. With authentication off every request is the anonymous
-//! client.
+//! API keys are configured as SHA-256 hashes (hex) per client id, so the configuration holds
+//! no usable secret. A presented key (`Authorization: Bearer <key>`) is hashed and compared
+//! with every configured hash in constant time; the matched entry's client id scopes
+//! idempotency keys, rate limits and payments. With authentication off every request is the
+//! anonymous client.
+//!
+//! The admin token ([`authorize_admin`]) is read from the same `Authorization: Bearer` header
+//! (the scheme in any case) and compared in constant time as well.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use anyhow::Context;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap};
 use axum::middleware::Next;
 use axum::response::Response;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 
-use crate::idempotency::ANONYMOUS_CLIENT;
 use crate::problem::ApiError;
-use crate::startup::AppState;
+
+/// The client of requests when authentication is off; every idempotency key, rate limit and
+/// payment lives in its client's namespace.
+pub const ANONYMOUS_CLIENT: &str = "anonymous";
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
@@ -101,7 +109,7 @@ impl ApiKeys {
     /// Compares the key's hash with every entry without an early exit, so the time taken does
     /// not tell which (or whether a) hash matched.
     fn find(&self, key: &str) -> Option<&str> {
-        let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+        let digest = sha256(key);
         let mut matched = 0u32; // entry index + 1; 0 = none
         for (i, (hash, _)) in self.entries.iter().enumerate() {
             let candidate = u32::try_from(i + 1).unwrap_or(u32::MAX);
@@ -112,6 +120,12 @@ impl ApiKeys {
     }
 }
 
+fn sha256(secret: &str) -> [u8; 32] {
+    Sha256::digest(secret.as_bytes()).into()
+}
+
+/// The token of `Authorization: Bearer <token>`: the scheme in any case (RFC 9110 §11.1),
+/// surrounding whitespace ignored; `None` when absent, empty or another scheme.
 fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
     let (scheme, token) = value.split_once(' ')?;
@@ -119,20 +133,33 @@ fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
-/// Middleware on `/v1` routes: attaches the [`ClientId`] or answers 401.
+/// Middleware on the client `/v1` routes: attaches the [`ClientId`] or answers 401.
 pub async fn authenticate(
-    State(state): State<AppState>,
+    State(keys): State<Arc<ApiKeys>>,
     mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let client = state
-        .api_keys
-        .client_of(request.headers())
-        .inspect_err(|_| {
-            crate::metrics::auth_failure();
-        })?;
+    let client = keys.client_of(request.headers()).inspect_err(|_| {
+        crate::metrics::auth_failure();
+    })?;
     request.extensions_mut().insert(client);
     Ok(next.run(request).await)
+}
+
+/// Checks `Authorization: Bearer <admin token>` on the merchant administration routes; 401
+/// (`ApiError::AdminUnauthorized`) otherwise. Without a configured token every admin call is
+/// refused. Digests are compared in constant time, so the comparison leaks neither the
+/// token's length nor a matching prefix through timing.
+pub fn authorize_admin(
+    expected: Option<&SecretString>,
+    headers: &HeaderMap,
+) -> Result<(), ApiError> {
+    let expected = expected.ok_or(ApiError::AdminUnauthorized)?;
+    let given = bearer_token(headers).ok_or(ApiError::AdminUnauthorized)?;
+    let same: bool = sha256(given)
+        .ct_eq(&sha256(expected.expose_secret()))
+        .into();
+    same.then_some(()).ok_or(ApiError::AdminUnauthorized)
 }
 
 #[cfg(test)]
@@ -179,6 +206,51 @@ mod tests {
         let mut basic = HeaderMap::new();
         basic.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic k1"));
         assert!(keys.client_of(&basic).is_err());
+    }
+
+    fn authorization(value: &'static str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static(value));
+        h
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive_and_token_trimmed() {
+        for value in ["Bearer k1", "bearer k1", "BEARER k1", "BeArEr   k1  "] {
+            assert_eq!(bearer_token(&authorization(value)), Some("k1"), "{value}");
+        }
+        for value in ["Basic k1", "Bearer", "Bearer   ", "Bearerk1", "k1"] {
+            assert_eq!(bearer_token(&authorization(value)), None, "{value}");
+        }
+        assert_eq!(bearer_token(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn admin_token_must_match_exactly() {
+        let token = SecretString::from("s3cret-admin");
+        let admin = |value| authorize_admin(Some(&token), &authorization(value));
+        assert!(admin("Bearer s3cret-admin").is_ok());
+        assert!(admin("bearer s3cret-admin").is_ok(), "scheme in any case");
+        for wrong in [
+            "Bearer s3cret",
+            "Bearer s3cret-admin2",
+            "Bearer S3CRET-ADMIN",
+            "Basic s3cret-admin",
+            "s3cret-admin",
+        ] {
+            assert!(
+                matches!(admin(wrong), Err(ApiError::AdminUnauthorized)),
+                "{wrong}"
+            );
+        }
+        assert!(matches!(
+            authorize_admin(Some(&token), &HeaderMap::new()),
+            Err(ApiError::AdminUnauthorized)
+        ));
+        assert!(
+            authorize_admin(None, &authorization("Bearer s3cret-admin")).is_err(),
+            "no configured token refuses every call"
+        );
     }
 
     #[test]

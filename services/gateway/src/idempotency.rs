@@ -9,13 +9,19 @@
 //! gets `422`. Requests refused before executing (bad key, bad body) store nothing. Keys
 //! expire after the configured retention, are then treated as never seen, and are deleted by
 //! the [`Purger`].
+//!
+//! A handler follows the protocol with two calls: [`begin`] takes the key and says what to do
+//! next ([`NextAction`]): replay a stored response, or execute the request through
+//! [`Processing::execute`], which runs its effects, stores the response under the key and
+//! commits.
 
 use std::time::Duration;
 
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use paystream_core::shutdown::Shutdown;
-use sqlx::PgPool;
+use serde::Serialize;
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::problem::{problem_response, ApiError};
@@ -23,9 +29,6 @@ use crate::problem::{problem_response, ApiError};
 pub const HEADER: &str = "idempotency-key";
 pub const REPLAYED_HEADER: &str = "idempotent-replayed";
 pub const MAX_KEY_LEN: usize = 255;
-
-/// The client of requests when authentication is off; every key lives in its client's namespace.
-pub const ANONYMOUS_CLIENT: &str = "anonymous";
 
 /// Reads the key. Accepts the structured-field string the draft specifies (`"abc"`, with `\"`
 /// and `\\` escapes) and, like Stripe, the bare value (`abc`). 1–255 characters, printable ASCII.
@@ -83,6 +86,17 @@ pub struct StoredResponse {
 }
 
 impl StoredResponse {
+    /// The `500` problem stored for a request whose execution failed deterministically.
+    fn failed(request_fingerprint: String, error: anyhow::Error) -> Self {
+        let (status, body) = ApiError::Internal(error).status_and_body();
+        StoredResponse {
+            request_fingerprint,
+            response_status: status.as_u16() as i16,
+            response_body: body,
+            payment_id: None,
+        }
+    }
+
     /// The HTTP response: JSON for a success (with `Location` of the payment), problem+json
     /// otherwise. The first answer and every replay are rendered by this one function.
     pub fn render(self) -> Result<Response, ApiError> {
@@ -114,10 +128,125 @@ impl StoredResponse {
     }
 }
 
+/// What the handler does next with a request whose key [`begin`] took.
+pub enum NextAction {
+    /// No unexpired response is stored under the key: execute the request with
+    /// [`Processing::execute`].
+    StartProcessing(Processing),
+    /// The same request was answered under this key before: send this (replayed) response.
+    ReturnSavedResponse(Response),
+}
+
+/// A request that holds its key: the transaction that owns the key's advisory lock, until
+/// [`Processing::execute`] commits it (or dropping it rolls it back, storing nothing).
+pub struct Processing {
+    tx: Transaction<'static, Postgres>,
+    client: String,
+    key: String,
+    fingerprint: String,
+}
+
+/// Takes `key` of `client` for the request with `fingerprint` and decides what happens next:
+/// `409` while another request holds the key, the stored response again when the same request
+/// was answered under it, `422` when another request was, otherwise
+/// [`NextAction::StartProcessing`].
+pub async fn begin(
+    pool: &PgPool,
+    client: &str,
+    key: &str,
+    fingerprint: &str,
+) -> Result<NextAction, ApiError> {
+    // Held until commit or rollback: a concurrent request with this key gets 409 meanwhile.
+    let mut tx = pool.begin().await?;
+    if !try_lock(&mut tx, client, key).await? {
+        crate::metrics::idempotency_in_flight_conflict();
+        return Err(ApiError::IdempotencyKeyInFlight(key.to_string()));
+    }
+    if let Some(stored) = lookup(&mut tx, client, key).await? {
+        // End the transaction here, releasing the key's lock. A dropped sqlx transaction rolls
+        // back only when its connection is next used, so the lock would outlive the response
+        // and the client's next retry (on another connection) would get a spurious 409.
+        tx.rollback().await?;
+        return stored
+            .replay(key, fingerprint)
+            .map(NextAction::ReturnSavedResponse);
+    }
+    Ok(NextAction::StartProcessing(Processing {
+        tx,
+        client: client.to_string(),
+        key: key.to_string(),
+        fingerprint: fingerprint.to_string(),
+    }))
+}
+
+impl Processing {
+    /// Executes the request and finishes the protocol; returns the response stored under the
+    /// key (render it with [`StoredResponse::render`]).
+    ///
+    /// `effects` run in a savepoint of the key's transaction, so a failure that would happen
+    /// again on every retry can be rolled back while its error response is still stored under
+    /// the key (Stripe stores the result of every request that started executing, errors
+    /// included). Success is stored as `202 Accepted` with `effects`' answer, pointing at
+    /// `payment_id`; a deterministic database refusal as a `500` problem. Transient (or
+    /// unknown) failures store nothing and are returned: a retry with the key may succeed.
+    pub async fn execute<T: Serialize>(
+        mut self,
+        payment_id: Uuid,
+        retention_hours: i64,
+        effects: impl AsyncFnOnce(&mut PgConnection) -> anyhow::Result<T>,
+    ) -> Result<StoredResponse, ApiError> {
+        let mut execution = sqlx::Acquire::begin(&mut *self.tx).await?;
+        let stored = match effects(&mut execution).await {
+            Ok(accepted) => {
+                execution.commit().await?;
+                StoredResponse {
+                    request_fingerprint: self.fingerprint,
+                    response_status: StatusCode::ACCEPTED.as_u16() as i16,
+                    response_body: serde_json::to_value(accepted).map_err(anyhow::Error::from)?,
+                    payment_id: Some(payment_id),
+                }
+            }
+            Err(e) if is_deterministic_failure(&e) => {
+                execution.rollback().await?;
+                tracing::error!(error = %format!("{e:#}"), "payment failed while executing; the error is stored under its key");
+                StoredResponse::failed(self.fingerprint, e)
+            }
+            Err(e) => {
+                // As in `begin`: release the key now. A failed rollback leaves a broken
+                // connection that the pool discards; the error that matters is `e`.
+                let _ = execution.rollback().await;
+                let _ = self.tx.rollback().await;
+                return Err(match e.downcast::<sqlx::Error>() {
+                    Ok(db) => db.into(),
+                    Err(other) => ApiError::Internal(other),
+                });
+            }
+        };
+        store(
+            &mut self.tx,
+            &self.client,
+            &self.key,
+            &stored,
+            retention_hours,
+        )
+        .await?;
+        self.tx.commit().await?;
+        Ok(stored)
+    }
+}
+
+/// A database refusal that the same request would meet again (constraint or data error).
+fn is_deterministic_failure(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<sqlx::Error>()
+        .and_then(|e| e.as_database_error())
+        .and_then(|db| db.code())
+        .is_some_and(|code| code.starts_with("22") || code.starts_with("23"))
+}
+
 /// Takes the key's transaction-scoped advisory lock without waiting; false when another
 /// request holds it. The lock id hashes schema, client and key (length-prefixed, so no two
 /// pairs collide by concatenation); a 64-bit hash collision would only cost a spurious 409.
-pub async fn try_lock(
+async fn try_lock(
     conn: &mut sqlx::PgConnection,
     client: &str,
     key: &str,
@@ -133,7 +262,7 @@ pub async fn try_lock(
 }
 
 /// The unexpired response stored under `key`, if any.
-pub async fn lookup(
+async fn lookup(
     conn: &mut sqlx::PgConnection,
     client: &str,
     key: &str,
@@ -151,7 +280,7 @@ pub async fn lookup(
 
 /// Stores the response under `key` inside the caller's transaction, which holds the key's lock
 /// ([`try_lock`]) and found no unexpired entry ([`lookup`]); an expired one is overwritten.
-pub async fn store(
+async fn store(
     conn: &mut sqlx::PgConnection,
     client: &str,
     key: &str,
@@ -324,5 +453,73 @@ mod tests {
             "application/problem+json"
         );
         assert_eq!(r.headers()[REPLAYED_HEADER], "true");
+    }
+
+    /// A database error with an SQLSTATE code, as Postgres reports it.
+    #[derive(Debug)]
+    struct DbError(&'static str);
+
+    impl std::fmt::Display for DbError {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "SQLSTATE {}", self.0)
+        }
+    }
+
+    impl std::error::Error for DbError {}
+
+    impl sqlx::error::DatabaseError for DbError {
+        fn message(&self) -> &str {
+            self.0
+        }
+        fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
+            Some(self.0.into())
+        }
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            sqlx::error::ErrorKind::Other
+        }
+    }
+
+    fn db_error(code: &'static str) -> anyhow::Error {
+        sqlx::Error::Database(Box::new(DbError(code))).into()
+    }
+
+    #[test]
+    fn only_data_and_constraint_errors_are_stored() {
+        for stored in ["22001", "22P02", "23505", "23514"] {
+            assert!(is_deterministic_failure(&db_error(stored)), "{stored}");
+        }
+        for retried in ["08006", "40001", "40P01", "53300", "57P01", "XX000"] {
+            assert!(!is_deterministic_failure(&db_error(retried)), "{retried}");
+        }
+        assert!(!is_deterministic_failure(&sqlx::Error::PoolTimedOut.into()));
+        assert!(!is_deterministic_failure(&anyhow::anyhow!(
+            "not a database error"
+        )));
+    }
+
+    #[test]
+    fn a_failed_execution_is_stored_as_an_internal_error() {
+        let stored = StoredResponse::failed("fp".into(), db_error("23505"));
+        assert_eq!(stored.request_fingerprint, "fp");
+        assert_eq!(stored.response_status, 500);
+        assert_eq!(stored.payment_id, None);
+        assert_eq!(
+            stored.response_body,
+            serde_json::json!({
+                "type": "https://paystream.dev/problems/internal-error",
+                "title": "Internal server error",
+                "status": 500,
+                "detail": "internal error",
+            })
+        );
     }
 }

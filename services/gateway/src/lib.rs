@@ -4,19 +4,25 @@
 //! Postgres transaction) and answered `202 Accepted`; the [`outbox`] relay then produces its
 //! `PaymentRequested` event to Kafka. Everything with side effects happens downstream.
 //!
-//! Modules:
-//! - [`startup`]: settings, [`Application::build`] / [`Application::run_until_stopped`].
-//! - [`routes`]: HTTP handlers grouped by resource (payments, health) and the OpenAPI
-//!   document generated from their annotations.
+//! Modules (each imports only modules listed after it, except [`startup`], which wires them all;
+//! no two modules import each other):
+//! - [`startup`]: [`Application::build`] / [`Application::run_until_stopped`]: the router and
+//!   its layers, the background tasks, graceful shutdown.
+//! - [`routes`]: HTTP handlers grouped by resource (payments, analytics, merchants, health,
+//!   metrics), the request-body helpers and the OpenAPI document generated from their
+//!   annotations; its module documentation lists every route.
+//! - [`state`]: the handlers' shared [`state::AppState`]; [`settings`]: [`Settings`].
+//! - [`idempotency`]: Idempotency-Key parsing and the protocol of a keyed request
+//!   ([`idempotency::begin`] → [`idempotency::NextAction`]): the per-key lock, stored
+//!   responses, replay, and the purge of expired keys.
 //! - [`domain`]: the request body and its validation; [`currencies`]: ISO 4217.
-//! - [`idempotency`]: Idempotency-Key parsing, the per-key lock, stored responses, replay and
-//!   the purge of expired keys.
-//! - [`auth`]: optional API-key authentication and the client id of a request;
-//!   [`rate_limit`]: per-client token buckets.
+//! - [`rate_limit`]: per-client token buckets; [`auth`]: bearer tokens: optional API-key
+//!   authentication with the client id of a request, and the admin token.
 //! - [`outbox`]: the relay that publishes committed outbox rows to Kafka, parking rows that can
 //!   never be published.
-//! - [`metrics`]: Prometheus metrics and the `/metrics` route.
-//! - [`problem`]: errors as `application/problem+json`.
+//! - [`problem`]: [`problem::ApiError`], every error of every route as
+//!   `application/problem+json`.
+//! - [`metrics`]: Prometheus metrics (the `/metrics` route is in [`routes`]).
 
 pub mod auth;
 pub mod currencies;
@@ -27,7 +33,10 @@ pub mod outbox;
 pub mod problem;
 pub mod rate_limit;
 pub mod routes;
+pub mod settings;
 pub mod startup;
+pub mod state;
 
 pub use rate_limit::RateLimitSettings;
-pub use startup::{Application, GatewaySettings, Settings};
+pub use settings::{GatewaySettings, Settings};
+pub use startup::Application;

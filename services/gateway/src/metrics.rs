@@ -1,17 +1,16 @@
-//! The gateway's metrics: named events that each count one thing with stable labels, the HTTP
-//! middleware that records every request by route template and status, and the `/metrics`
-//! route, which also samples the outbox backlog from Postgres at scrape time.
+//! The gateway's metrics: named events that each count one thing with stable labels, the
+//! outbox backlog gauges, the HTTP middleware that records every request by route template and
+//! status, and the exposition document. The `/metrics` route itself (`routes::metrics`)
+//! samples the backlog and answers with [`exposition`]. This module imports no other module of
+//! the gateway, so every module can record into it without an import cycle.
 
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request};
 use axum::http::{header, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use paystream_core::metrics as core_metrics;
-
-use crate::outbox;
-use crate::startup::AppState;
 
 pub const IDEMPOTENT_REPLAYS: &str = "gateway_idempotent_replays_total";
 pub const IDEMPOTENCY_CONFLICTS: &str = "gateway_idempotency_in_flight_conflicts_total";
@@ -140,23 +139,15 @@ pub async fn track(request: Request, next: Next) -> Response {
     response
 }
 
-/// Prometheus metrics of this process.
-#[utoipa::path(
-    get,
-    path = "/metrics",
-    tag = "operations",
-    responses((status = 200, description = "Prometheus text exposition format", content_type = "text/plain", body = String))
-)]
-pub async fn render(State(state): State<AppState>) -> Response {
-    // A scrape must not fail because Postgres does: the gauges then keep their last value.
-    match outbox::backlog(&state.pool).await {
-        Ok(backlog) => {
-            metrics::gauge!(OUTBOX_BACKLOG).set(backlog.pending as f64);
-            metrics::gauge!(OUTBOX_OLDEST_AGE).set(backlog.oldest_age_seconds);
-            metrics::gauge!(OUTBOX_PARKED_ROWS).set(backlog.parked as f64);
-        }
-        Err(e) => tracing::warn!(error = %e, "sampling the outbox backlog failed"),
-    }
+/// Sets the outbox gauges, sampled from Postgres at scrape time.
+pub fn outbox_backlog(pending: i64, oldest_age_seconds: f64, parked: i64) {
+    metrics::gauge!(OUTBOX_BACKLOG).set(pending as f64);
+    metrics::gauge!(OUTBOX_OLDEST_AGE).set(oldest_age_seconds);
+    metrics::gauge!(OUTBOX_PARKED_ROWS).set(parked as f64);
+}
+
+/// The process's metrics in the Prometheus text exposition format.
+pub fn exposition() -> Response {
     let mut response = core_metrics::render().into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,

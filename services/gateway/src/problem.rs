@@ -25,7 +25,7 @@ pub struct ParsePosition {
     pub column: usize,
 }
 
-/// Everything the gateway can answer with besides success.
+/// Everything the gateway can answer with besides success, on every route.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("the Idempotency-Key header is required")]
@@ -45,12 +45,20 @@ pub enum ApiError {
     IdempotencyKeyReused(String),
     #[error("a request with Idempotency-Key `{0}` is still being processed; retry later")]
     IdempotencyKeyInFlight(String),
+    /// A client route without a valid API key (authentication enabled).
     #[error("a valid API key is required (Authorization: Bearer <key>)")]
     Unauthorized,
+    /// A merchant administration route without the admin token.
+    #[error("a valid admin bearer token is required")]
+    AdminUnauthorized,
+    #[error("invalid query: {0}")]
+    InvalidQuery(String),
     #[error("too many requests; retry after {} s", retry_after_secs(*.0))]
     RateLimited(Duration),
     #[error("payment `{0}` not found")]
     PaymentNotFound(String),
+    #[error("merchant `{0}` not found")]
+    MerchantNotFound(String),
     #[error("no resource at `{0}`")]
     RouteNotFound(String),
     #[error("method {0} is not allowed on `{1}`")]
@@ -129,6 +137,8 @@ impl ApiError {
                 "unauthorized",
                 "Authentication required",
             ),
+            AdminUnauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
+            InvalidQuery(_) => (StatusCode::BAD_REQUEST, "invalid-query", "Invalid query"),
             RateLimited(_) => (
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate-limited",
@@ -138,6 +148,11 @@ impl ApiError {
                 StatusCode::NOT_FOUND,
                 "payment-not-found",
                 "Payment not found",
+            ),
+            MerchantNotFound(_) => (
+                StatusCode::NOT_FOUND,
+                "merchant-not-found",
+                "Merchant not found",
             ),
             RouteNotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
             MethodNotAllowed(..) => (
@@ -189,6 +204,14 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// A failure answered with 500 whatever its cause, also a transient database error (which
+    /// `?` on an `sqlx::Error` answers with 503): the merchant and analytics routes answer so.
+    pub fn internal(e: impl Into<anyhow::Error>) -> Self {
+        ApiError::Internal(e.into())
+    }
+}
+
 impl From<sqlx::Error> for ApiError {
     /// A database that cannot be reached (pool exhausted, connection lost, server shutting
     /// down, serialization conflict) is worth a retry: 503. Anything else is a bug: 500.
@@ -235,10 +258,15 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
-        if let ApiError::Unauthorized = self {
+        let challenge = match &self {
+            ApiError::Unauthorized => Some("Bearer realm=\"paystream\""),
+            ApiError::AdminUnauthorized => Some("Bearer"),
+            _ => None,
+        };
+        if let Some(challenge) = challenge {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"paystream\""),
+                HeaderValue::from_static(challenge),
             );
         }
         response
@@ -282,5 +310,59 @@ mod tests {
             body["type"],
             "https://paystream.dev/problems/malformed-json"
         );
+    }
+
+    #[test]
+    fn merchant_and_analytics_problems_keep_their_bodies() {
+        let cases = [
+            (
+                ApiError::AdminUnauthorized,
+                401,
+                serde_json::json!({
+                    "type": "https://paystream.dev/problems/unauthorized",
+                    "title": "Unauthorized",
+                    "status": 401,
+                    "detail": "a valid admin bearer token is required",
+                }),
+            ),
+            (
+                ApiError::MerchantNotFound("m_1".into()),
+                404,
+                serde_json::json!({
+                    "type": "https://paystream.dev/problems/merchant-not-found",
+                    "title": "Merchant not found",
+                    "status": 404,
+                    "detail": "merchant `m_1` not found",
+                }),
+            ),
+            (
+                ApiError::InvalidQuery("`granularity` must be minute or day".into()),
+                400,
+                serde_json::json!({
+                    "type": "https://paystream.dev/problems/invalid-query",
+                    "title": "Invalid query",
+                    "status": 400,
+                    "detail": "invalid query: `granularity` must be minute or day",
+                }),
+            ),
+        ];
+        for (error, status, expected) in cases {
+            let (s, body) = error.status_and_body();
+            assert_eq!((s.as_u16(), &body), (status, &expected));
+        }
+    }
+
+    #[test]
+    fn each_unauthorized_names_its_challenge() {
+        let client = ApiError::Unauthorized.into_response();
+        assert_eq!(
+            client.headers()[header::WWW_AUTHENTICATE],
+            "Bearer realm=\"paystream\""
+        );
+        let admin = ApiError::AdminUnauthorized.into_response();
+        assert_eq!(admin.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(admin.headers()[header::WWW_AUTHENTICATE], "Bearer");
+        assert_eq!(admin.headers()[header::CONTENT_TYPE], PROBLEM_JSON);
+        assert!(admin.headers().get(header::RETRY_AFTER).is_none());
     }
 }

@@ -6,7 +6,7 @@
 //! number is bounded by the configured clients (plus the anonymous one).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::{Request, State};
@@ -17,7 +17,6 @@ use tokio::time::Instant;
 
 use crate::auth::ClientId;
 use crate::problem::ApiError;
-use crate::startup::AppState;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
@@ -89,14 +88,14 @@ impl RateLimiter {
     }
 }
 
-/// Middleware on `/v1` routes, after [`crate::auth::authenticate`].
+/// Middleware on the client `/v1` routes, after [`crate::auth::authenticate`].
 pub async fn limit(
-    State(state): State<AppState>,
+    State(limiter): State<Arc<RateLimiter>>,
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
     if let Some(client) = request.extensions().get::<ClientId>() {
-        state.rate_limiter.check(client.as_str()).map_err(|wait| {
+        limiter.check(client.as_str()).map_err(|wait| {
             crate::metrics::rate_limited(client.as_str());
             ApiError::RateLimited(wait)
         })?;

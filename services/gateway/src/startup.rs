@@ -1,4 +1,5 @@
-//! Settings and application wiring.
+//! Application wiring: the router with its layers, the background tasks, serving and
+//! graceful shutdown.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,15 +11,10 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use paystream_core::avro::AvroCodec;
-use paystream_core::config::{
-    DatabaseSettings, HttpSettings, KafkaSettings, SchemaRegistrySettings, TopicSettings,
-};
 use paystream_core::events::PAYMENT_REQUESTED_SCHEMA;
 use paystream_core::kafka;
 use paystream_core::shutdown::Shutdown;
 use rdkafka::producer::{FutureProducer, Producer};
-use serde::Deserialize;
-use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tower_http::trace::TraceLayer;
@@ -27,129 +23,14 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::auth::{self, ApiKeys, AuthSettings};
+use crate::auth::{self, ApiKeys};
 use crate::idempotency::Purger;
 use crate::outbox::OutboxRelay;
 use crate::problem::ApiError;
-use crate::rate_limit::{self, RateLimitSettings, RateLimiter};
+use crate::rate_limit::{self, RateLimiter};
 use crate::routes;
-
-const DEFAULTS: &str = r#"
-[http]
-host = "127.0.0.1"
-port = 8080
-"#;
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct Settings {
-    pub http: HttpSettings,
-    #[serde(default)]
-    pub gateway: GatewaySettings,
-    #[serde(default)]
-    pub database: DatabaseSettings,
-    #[serde(default)]
-    pub kafka: KafkaSettings,
-    #[serde(default)]
-    pub schema_registry: SchemaRegistrySettings,
-    #[serde(default)]
-    pub topics: TopicSettings,
-    /// Bearer token of the admin endpoints (`PAYSTREAM_ADMIN_TOKEN`); unset: they refuse all.
-    #[serde(default)]
-    pub admin_token: Option<secrecy::SecretString>,
-}
-
-impl Settings {
-    pub fn load() -> anyhow::Result<Self> {
-        paystream_core::config::load(DEFAULTS)
-    }
-
-    /// [`Self::load`] with the keys no setting reads (`--check-config`).
-    pub fn load_checked() -> anyhow::Result<paystream_core::config::Loaded<Self>> {
-        paystream_core::config::load_checked(DEFAULTS)
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default)]
-pub struct GatewaySettings {
-    /// How long an Idempotency-Key is remembered (the published retention).
-    pub idempotency_retention_hours: i64,
-    /// How often expired idempotency keys are deleted.
-    pub idempotency_purge_interval_secs: u64,
-    pub max_amount_minor: i64,
-    pub max_body_bytes: usize,
-    /// A request not answered within this time gets 503 and stores nothing.
-    pub request_timeout_ms: u64,
-    /// Run the outbox relay in this process (replicas may leave it to others).
-    pub outbox_relay_enabled: bool,
-    /// The relay also polls, so rows committed by another replica (or before a crash) go out.
-    pub outbox_poll_interval_ms: u64,
-    pub outbox_batch_size: i64,
-    /// Bound on how long the broker may take to acknowledge a produced record.
-    pub produce_timeout_ms: u64,
-    /// How long shutdown waits for the producer to deliver what it still holds.
-    pub shutdown_flush_timeout_ms: u64,
-    /// Run the migrations at start-up (the local stack migrates with `paystream migrate`).
-    pub migrate_on_start: bool,
-    pub auth: AuthSettings,
-    pub rate_limit: RateLimitSettings,
-}
-
-impl Default for GatewaySettings {
-    fn default() -> Self {
-        Self {
-            idempotency_retention_hours: 24,
-            idempotency_purge_interval_secs: 300,
-            max_amount_minor: 100_000_000,
-            max_body_bytes: 64 * 1024,
-            request_timeout_ms: 10_000,
-            outbox_relay_enabled: true,
-            outbox_poll_interval_ms: 250,
-            outbox_batch_size: 200,
-            produce_timeout_ms: 10_000,
-            shutdown_flush_timeout_ms: 5_000,
-            migrate_on_start: false,
-            auth: AuthSettings::default(),
-            rate_limit: RateLimitSettings::default(),
-        }
-    }
-}
-
-impl GatewaySettings {
-    fn check(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(
-            (1..=i64::from(i32::MAX)).contains(&self.idempotency_retention_hours),
-            "gateway.idempotency_retention_hours must be positive"
-        );
-        anyhow::ensure!(
-            self.max_amount_minor > 0,
-            "gateway.max_amount_minor must be positive"
-        );
-        anyhow::ensure!(
-            self.outbox_batch_size > 0,
-            "gateway.outbox_batch_size must be positive"
-        );
-        anyhow::ensure!(
-            self.request_timeout_ms > 0 && self.idempotency_purge_interval_secs > 0,
-            "gateway.request_timeout_ms and idempotency_purge_interval_secs must be positive"
-        );
-        Ok(())
-    }
-}
-
-/// Shared state of the HTTP handlers.
-#[derive(Clone)]
-pub struct AppState {
-    pub pool: PgPool,
-    pub settings: Arc<Settings>,
-    pub producer: FutureProducer,
-    pub outbox_wakeup: Arc<Notify>,
-    pub http: reqwest::Client,
-    pub api_keys: Arc<ApiKeys>,
-    pub rate_limiter: Arc<RateLimiter>,
-    /// The OpenAPI document, serialised once.
-    pub openapi: Bytes,
-}
+use crate::settings::Settings;
+use crate::state::AppState;
 
 pub struct Application {
     listener: TcpListener,
@@ -228,8 +109,6 @@ impl Application {
                 .timeout(Duration::from_secs(2))
                 .build()
                 .context("building the HTTP client")?,
-            api_keys,
-            rate_limiter,
             openapi: Bytes::from(
                 openapi
                     .to_json()
@@ -242,13 +121,10 @@ impl Application {
             .method_not_allowed_fallback(routes::method_not_allowed)
             // Innermost first: rate limiting needs the client that authentication found.
             .route_layer(middleware::from_fn_with_state(
-                state.clone(),
+                rate_limiter,
                 rate_limit::limit,
             ))
-            .route_layer(middleware::from_fn_with_state(
-                state.clone(),
-                auth::authenticate,
-            ))
+            .route_layer(middleware::from_fn_with_state(api_keys, auth::authenticate))
             // Merged after the client layers: the admin API authenticates with its own token.
             .merge(admin)
             .layer(middleware::from_fn_with_state(request_timeout, time_limit))
@@ -349,7 +225,7 @@ fn operations_api() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(routes::health::live))
         .routes(routes!(routes::health::ready))
-        .routes(routes!(crate::metrics::render))
+        .routes(routes!(routes::metrics::render))
         .routes(routes!(routes::openapi))
 }
 
@@ -399,39 +275,5 @@ mod tracing_opentelemetry_span {
         });
         let _ = span.set_parent(parent);
         span
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn gateway_settings_come_from_the_environment() {
-        // Env is process-global: only this test of the crate sets PAYSTREAM_* variables.
-        let hash = "5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8";
-        let vars = [
-            ("PAYSTREAM_GATEWAY__AUTH__ENABLED", "true"),
-            ("PAYSTREAM_GATEWAY__AUTH__API_KEYS__ACME", hash),
-            ("PAYSTREAM_GATEWAY__RATE_LIMIT__REQUESTS_PER_SECOND", "50"),
-            ("PAYSTREAM_GATEWAY__RATE_LIMIT__BURST", "7"),
-            ("PAYSTREAM_GATEWAY__REQUEST_TIMEOUT_MS", "1500"),
-        ];
-        for (k, v) in vars {
-            std::env::set_var(k, v);
-        }
-        let settings = Settings::load();
-        for (k, _) in vars {
-            std::env::remove_var(k);
-        }
-        let gateway = settings.unwrap().gateway;
-        assert!(gateway.auth.enabled);
-        assert_eq!(gateway.auth.api_keys["acme"], hash);
-        assert_eq!(gateway.rate_limit.requests_per_second, 50.0);
-        assert_eq!(gateway.rate_limit.burst, 7);
-        assert_eq!(gateway.request_timeout_ms, 1500);
-        assert_eq!(gateway.idempotency_retention_hours, 24);
-        assert!(ApiKeys::from_settings(&gateway.auth).is_ok());
-        gateway.check().unwrap();
     }
 }

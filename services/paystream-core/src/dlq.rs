@@ -12,25 +12,32 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::KafkaSettings;
-use crate::headers::{self, RecordHeaders};
+use crate::headers;
 use crate::kafka;
+use crate::record::Record;
 use crate::retry;
 
-/// One record of a dead-letter topic.
+/// One record of a dead-letter topic: the record itself (derefs to [`Record`]) and what the
+/// retry chain's headers say about it.
 #[derive(Debug, Clone)]
-pub struct DeadLetter {
-    pub topic: String,
-    pub partition: i32,
-    pub offset: i64,
-    pub timestamp_ms: Option<i64>,
-    pub key: Option<Vec<u8>>,
-    pub value: Option<Vec<u8>>,
-    pub headers: RecordHeaders,
+pub struct DeadLetter(pub Record);
+
+impl std::ops::Deref for DeadLetter {
+    type Target = Record;
+
+    fn deref(&self) -> &Record {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for DeadLetter {
+    fn deref_mut(&mut self) -> &mut Record {
+        &mut self.0
+    }
 }
 
 impl DeadLetter {
@@ -159,15 +166,7 @@ fn read_blocking(
         };
         let m = message?;
         last_seen = Instant::now();
-        let letter = DeadLetter {
-            topic: m.topic().to_string(),
-            partition: m.partition(),
-            offset: m.offset(),
-            timestamp_ms: m.timestamp().to_millis(),
-            key: m.key().map(<[u8]>::to_vec),
-            value: m.payload().map(<[u8]>::to_vec),
-            headers: RecordHeaders::from_kafka(m.headers()),
-        };
+        let letter = DeadLetter(Record::from_message(&m));
         if ends
             .get(&letter.partition)
             .is_some_and(|end| letter.offset + 1 >= *end)
@@ -244,7 +243,7 @@ pub async fn replay(
             &producer,
             &target,
             letter.key.as_deref(),
-            letter.value.as_deref(),
+            letter.payload.as_deref(),
             headers.to_kafka(),
         )
         .await?;
@@ -276,6 +275,7 @@ pub async fn replay(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::headers::RecordHeaders;
 
     fn letter(group: &str, class: &str, ts: i64, replays: u32) -> DeadLetter {
         let mut h = RecordHeaders::default();
@@ -285,15 +285,15 @@ mod tests {
         if replays > 0 {
             h.set(headers::REPLAY_COUNT, replays.to_string());
         }
-        DeadLetter {
+        DeadLetter(Record {
             topic: "g.dlq".into(),
             partition: 0,
             offset: ts,
             timestamp_ms: Some(ts),
             key: None,
-            value: None,
+            payload: None,
             headers: h,
-        }
+        })
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! - [`kafka`]: librdkafka client construction, topic admin and error classification.
 //! - [`headers`]: record header names and W3C trace-context propagation through Kafka.
 //! - [`metrics`]: the process-wide Prometheus recorder and the shared HTTP metric names.
+//! - [`record`]: the consumed [`record::Record`] and the produced [`record::Output`].
 //! - [`processing`]: the transactional consume-transform-produce loop with an idempotent
 //!   consumer (applied event ids recorded in Postgres alongside the effects).
 //! - [`retry`]: the retry-topic chain and dead-letter routing, with their headers.
@@ -27,6 +28,7 @@ pub mod headers;
 pub mod kafka;
 pub mod metrics;
 pub mod processing;
+pub mod record;
 pub mod retry;
 pub mod service;
 pub mod shutdown;

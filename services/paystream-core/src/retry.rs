@@ -17,7 +17,7 @@
 use std::time::Duration;
 
 use crate::headers::{self, RecordHeaders};
-use crate::processing::{Output, Record};
+use crate::record::{Output, Record};
 
 /// How a record's processing failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

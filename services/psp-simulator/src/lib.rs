@@ -69,7 +69,8 @@
 //! - [`model`]: the wire types shared by the server and [`SimulatorClient`].
 //! - [`decision`]: the pure rules — triggers, rates, replay, conflict — unit tested.
 //! - [`ledger`]: the in-memory record of keys, calls and charges that applies decisions.
-//! - `routes` and `error`: the axum handlers and their problem+json errors.
+//! - `state`: what every handler shares — the ledger behind its lock and the knobs.
+//! - `routes` and `error`: the router, the axum handlers and their problem+json errors.
 //! - [`startup`]: [`Application`] — bind, serve, graceful shutdown.
 //! - [`client`]: [`SimulatorClient`], a typed client for other crates' tests.
 
@@ -81,6 +82,7 @@ pub mod ledger;
 pub mod model;
 mod routes;
 pub mod startup;
+mod state;
 
 pub use client::SimulatorClient;
 pub use configuration::{ConfigPatch, Settings, SimulatorSettings, DEFAULTS_TOML};

@@ -651,7 +651,7 @@ mod tests {
         SchemaCompatibility::can_read(writer, reader) == Ok(Compatibility::Full)
     }
 
-    /// The evolutions the issue names, each checked at every level:
+    /// The common Avro evolutions, each checked at every level against Confluent's verdict:
     /// (name, old, new, compatible per level in `Level::ALL` order).
     fn evolutions() -> Vec<(&'static str, Schema, Schema, [bool; 7])> {
         let base = record(r#"{"name":"id","type":"string"}"#);

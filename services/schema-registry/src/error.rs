@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use crate::routes::registry_json;
+use crate::response::registry_json;
 use crate::schema::SchemaError;
 
 #[derive(Debug, thiserror::Error)]

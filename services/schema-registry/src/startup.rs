@@ -5,9 +5,10 @@ use paystream_core::shutdown::Shutdown;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 
-use crate::routes::{router, AppState};
+use crate::configuration::Settings;
+use crate::routes::router;
+use crate::state::AppState;
 use crate::store::Store;
-use crate::Settings;
 
 /// A built registry: migrated database, bound listener. [`Application::run_until_stopped`]
 /// serves it.

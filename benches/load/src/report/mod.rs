@@ -25,7 +25,8 @@ use crate::run::RunResult;
 pub use criterion::read_criterion;
 use plots::Line;
 
-/// The targets, recorded (never asserted).
+/// The throughput and latency targets the report compares against (docs/performance.md):
+/// recorded beside each measurement, never asserted.
 pub const GATEWAY_TARGET_PER_S: f64 = 5_000.0;
 pub const GATEWAY_HALF_RATE_P99_MS: f64 = 20.0;
 pub const E2E_TARGET_RATE: f64 = 1_000.0;

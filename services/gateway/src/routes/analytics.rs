@@ -10,9 +10,8 @@ use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::problem::Problem;
-use crate::routes::merchants::{internal, ResourceError};
-use crate::startup::AppState;
+use crate::problem::{ApiError, Problem};
+use crate::state::AppState;
 
 /// Longest range one query may span, per granularity (bounds the answer's size).
 fn max_range(granularity: &str) -> Duration {
@@ -60,14 +59,12 @@ struct BucketView {
     latency_ms: serde_json::Value,
 }
 
-fn parse_time(field: &str, value: Option<&str>) -> Result<Option<DateTime<Utc>>, ResourceError> {
+fn parse_time(field: &str, value: Option<&str>) -> Result<Option<DateTime<Utc>>, ApiError> {
     value
         .map(|v| {
             DateTime::parse_from_rfc3339(v)
                 .map(|t| t.with_timezone(&Utc))
-                .map_err(|e| {
-                    ResourceError::InvalidQuery(format!("`{field}` must be RFC 3339: {e}"))
-                })
+                .map_err(|e| ApiError::InvalidQuery(format!("`{field}` must be RFC 3339: {e}")))
         })
         .transpose()
 }
@@ -95,23 +92,21 @@ pub async fn merchant_stats(
     State(state): State<AppState>,
     Path(merchant_id): Path<String>,
     query: Result<Query<StatsQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Response, ResourceError> {
-    let Query(query) = query.map_err(|e| ResourceError::InvalidQuery(e.body_text()))?;
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::InvalidQuery(e.body_text()))?;
     let granularity = query.granularity.as_deref().unwrap_or("minute");
     if !matches!(granularity, "minute" | "day") {
-        return Err(ResourceError::InvalidQuery(
+        return Err(ApiError::InvalidQuery(
             "`granularity` must be minute or day".into(),
         ));
     }
     let to = parse_time("to", query.to.as_deref())?.unwrap_or_else(Utc::now);
     let from = parse_time("from", query.from.as_deref())?.unwrap_or(to - Duration::hours(24));
     if from >= to {
-        return Err(ResourceError::InvalidQuery(
-            "`from` must be before `to`".into(),
-        ));
+        return Err(ApiError::InvalidQuery("`from` must be before `to`".into()));
     }
     if to - from > max_range(granularity) {
-        return Err(ResourceError::InvalidQuery(format!(
+        return Err(ApiError::InvalidQuery(format!(
             "a {granularity} query spans at most {} days",
             max_range(granularity).num_days()
         )));
@@ -130,7 +125,7 @@ pub async fn merchant_stats(
     .bind(to)
     .fetch_all(&state.pool)
     .await
-    .map_err(internal)?;
+    .map_err(ApiError::internal)?;
     let buckets: Vec<BucketView> = buckets
         .into_iter()
         .map(|b| BucketView {

@@ -1,4 +1,4 @@
-//! Liveness and readiness.
+//! Liveness and readiness: `GET /health/live`, `GET /health/ready`.
 
 use std::time::Duration;
 
@@ -9,7 +9,7 @@ use axum::Json;
 use rdkafka::producer::Producer;
 use serde_json::json;
 
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// The process is up.
 #[utoipa::path(get, path = "/health/live", tag = "operations",

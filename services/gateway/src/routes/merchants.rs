@@ -5,95 +5,18 @@
 
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
+use crate::auth::authorize_admin;
 use crate::domain::{check_id, is_plain_email};
-use crate::problem::{problem_response, ApiError, FieldError, Problem, PROBLEM_TYPE_BASE};
-use crate::routes::payments::read_request;
-use crate::startup::AppState;
+use crate::problem::{ApiError, FieldError, Problem};
+use crate::routes::request::read_request;
+use crate::state::AppState;
 
 const MAX_URL_LEN: usize = 2048;
-
-/// Errors of the merchant and analytics endpoints beyond the common ones.
-#[derive(Debug, thiserror::Error)]
-pub enum ResourceError {
-    #[error("a valid admin bearer token is required")]
-    Unauthorized,
-    #[error("merchant `{0}` not found")]
-    MerchantNotFound(String),
-    #[error("invalid query: {0}")]
-    InvalidQuery(String),
-    #[error(transparent)]
-    Api(#[from] ApiError),
-}
-
-impl IntoResponse for ResourceError {
-    fn into_response(self) -> Response {
-        let (status, slug, title) = match &self {
-            ResourceError::Api(_) => {
-                let ResourceError::Api(e) = self else {
-                    unreachable!()
-                };
-                return e.into_response();
-            }
-            ResourceError::Unauthorized => {
-                (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized")
-            }
-            ResourceError::MerchantNotFound(_) => (
-                StatusCode::NOT_FOUND,
-                "merchant-not-found",
-                "Merchant not found",
-            ),
-            ResourceError::InvalidQuery(_) => {
-                (StatusCode::BAD_REQUEST, "invalid-query", "Invalid query")
-            }
-        };
-        let body = serde_json::json!({
-            "type": format!("{PROBLEM_TYPE_BASE}{slug}"),
-            "title": title,
-            "status": status.as_u16(),
-            "detail": self.to_string(),
-        });
-        let mut response = problem_response(status, &body);
-        if status == StatusCode::UNAUTHORIZED {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        response
-    }
-}
-
-pub(crate) fn internal(e: impl Into<anyhow::Error>) -> ResourceError {
-    ResourceError::Api(ApiError::Internal(e.into()))
-}
-
-/// Checks `Authorization: Bearer <admin token>`. Without a configured token every admin call
-/// is refused. Digests are compared so the comparison does not leak the token's length or a
-/// matching prefix through timing.
-fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ResourceError> {
-    let Some(expected) = &state.settings.admin_token else {
-        return Err(ResourceError::Unauthorized);
-    };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or(ResourceError::Unauthorized)?;
-    let a = Sha256::digest(given.trim().as_bytes());
-    let b = Sha256::digest(expected.expose_secret().as_bytes());
-    let same = a
-        .iter()
-        .zip(b.iter())
-        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-        == 0;
-    same.then_some(()).ok_or(ResourceError::Unauthorized)
-}
 
 /// A fresh webhook signing secret: `whsec_` and 32 random bytes in hex.
 fn new_secret() -> String {
@@ -177,8 +100,8 @@ pub async fn put(
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Response, ResourceError> {
-    authorize(&state, &headers)?;
+) -> Result<Response, ApiError> {
+    authorize_admin(state.settings.admin_token.as_ref(), &headers)?;
     let body: MerchantBody = read_request(body, state.settings.gateway.max_body_bytes).await?;
     validate(&id, &body)?;
     #[derive(sqlx::FromRow)]
@@ -201,7 +124,7 @@ pub async fn put(
     .bind(new_secret())
     .fetch_one(&state.pool)
     .await
-    .map_err(internal)?;
+    .map_err(ApiError::internal)?;
     if !created {
         // The secret is shown once: on creation (and rotation), not on later updates.
         view.webhook_secret = None;
@@ -232,8 +155,8 @@ pub async fn rotate_secret(
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
-) -> Result<Response, ResourceError> {
-    authorize(&state, &headers)?;
+) -> Result<Response, ApiError> {
+    authorize_admin(state.settings.admin_token.as_ref(), &headers)?;
     let view: Option<MerchantView> = sqlx::query_as(&format!(
         "UPDATE merchants SET webhook_secret = $2, updated_at = now() WHERE merchant_id = $1
          RETURNING {COLUMNS}, webhook_secret"
@@ -242,8 +165,8 @@ pub async fn rotate_secret(
     .bind(new_secret())
     .fetch_optional(&state.pool)
     .await
-    .map_err(internal)?;
-    let view = view.ok_or(ResourceError::MerchantNotFound(id.clone()))?;
+    .map_err(ApiError::internal)?;
+    let view = view.ok_or(ApiError::MerchantNotFound(id.clone()))?;
     tracing::info!(merchant_id = %id, "webhook secret rotated");
     Ok(axum::Json(view).into_response())
 }
@@ -265,15 +188,15 @@ pub async fn get(
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
-) -> Result<Response, ResourceError> {
-    authorize(&state, &headers)?;
+) -> Result<Response, ApiError> {
+    authorize_admin(state.settings.admin_token.as_ref(), &headers)?;
     let view: Option<MerchantView> = sqlx::query_as(&format!(
         "SELECT {COLUMNS}, NULL::text AS webhook_secret FROM merchants WHERE merchant_id = $1"
     ))
     .bind(&id)
     .fetch_optional(&state.pool)
     .await
-    .map_err(internal)?;
-    let view = view.ok_or(ResourceError::MerchantNotFound(id))?;
+    .map_err(ApiError::internal)?;
+    let view = view.ok_or(ApiError::MerchantNotFound(id))?;
     Ok(axum::Json(view).into_response())
 }

@@ -1,9 +1,25 @@
 //! HTTP handlers, grouped by resource, and the OpenAPI document generated from them.
+//!
+//! Every route (wired into the router by `startup`):
+//! - client API (API key when authentication is on, rate-limited, time-limited):
+//!   [`payments`]: `POST /v1/payments`, `GET /v1/payments/{id}`;
+//!   [`analytics`]: `GET /v1/analytics/merchants/{id}/stats`.
+//! - admin API (admin bearer token, time-limited): [`merchants`]: `PUT /v1/merchants/{id}`,
+//!   `GET /v1/merchants/{id}`, `POST /v1/merchants/{id}/rotate-secret`.
+//! - operations (no authentication, rate limit or time limit): [`health`]: `GET /health/live`,
+//!   `GET /health/ready`; [`metrics`]: `GET /metrics`; this module: `GET /openapi.json`.
+//! - any other path: `404` ([`not_found`]); a known path with another method: `405`
+//!   ([`method_not_allowed`]).
+//!
+//! [`request`] holds the body helpers the handlers share. Every handler answers errors with
+//! [`ApiError`] (problem+json).
 
 pub mod analytics;
 pub mod health;
 pub mod merchants;
+pub mod metrics;
 pub mod payments;
+pub mod request;
 
 use axum::extract::State;
 use axum::http::header;
@@ -12,7 +28,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::Modify;
 
 use crate::problem::ApiError;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 pub async fn not_found(uri: axum::http::Uri) -> ApiError {
     ApiError::RouteNotFound(uri.path().chars().take(256).collect())

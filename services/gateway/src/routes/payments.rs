@@ -3,7 +3,7 @@
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use chrono::{DateTime, Utc};
@@ -15,10 +15,11 @@ use uuid::Uuid;
 
 use crate::auth::ClientId;
 use crate::domain::{PaymentRequest, PaymentRequestBody};
-use crate::idempotency::{self, StoredResponse};
+use crate::idempotency::{self, NextAction};
 use crate::outbox;
-use crate::problem::{ApiError, FieldError, ParsePosition, Problem};
-use crate::startup::AppState;
+use crate::problem::{ApiError, Problem};
+use crate::routes::request::{read_request, require_json};
+use crate::state::AppState;
 
 /// A payment as the API shows it: the `202` answer (stored and replayed under its
 /// Idempotency-Key) and `GET /v1/payments/{id}`.
@@ -37,46 +38,6 @@ pub struct PaymentView {
     pub failure_reason: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
-}
-
-fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
-    let is_json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|mime| {
-            let mime = mime.trim().to_ascii_lowercase();
-            mime == "application/json"
-                || (mime.starts_with("application/") && mime.ends_with("+json"))
-        });
-    is_json.then_some(()).ok_or(ApiError::UnsupportedMediaType)
-}
-
-/// Reads and parses a JSON body within the configured size limit.
-pub(crate) async fn read_request<T: serde::de::DeserializeOwned>(
-    body: Body,
-    limit: usize,
-) -> Result<T, ApiError> {
-    let bytes = axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| ApiError::PayloadTooLarge(limit))?;
-    serde_json::from_slice(&bytes).map_err(|e| {
-        if e.is_data() {
-            // Well-formed JSON of the wrong shape: unknown, missing or mistyped fields.
-            ApiError::Validation(vec![FieldError {
-                field: "body".into(),
-                message: e.to_string(),
-            }])
-        } else {
-            ApiError::MalformedJson {
-                position: ParsePosition {
-                    line: e.line(),
-                    column: e.column(),
-                },
-                message: e.to_string(),
-            }
-        }
-    })
 }
 
 /// Accept a payment for asynchronous execution.
@@ -124,76 +85,25 @@ pub async fn create(
         .map_err(ApiError::Validation)?;
     let fingerprint = request.fingerprint();
 
-    // Held until commit or rollback: a concurrent request with this key gets 409 meanwhile.
-    let mut tx = state.pool.begin().await?;
-    if !idempotency::try_lock(&mut tx, client.as_str(), &key).await? {
-        crate::metrics::idempotency_in_flight_conflict();
-        return Err(ApiError::IdempotencyKeyInFlight(key));
-    }
-    if let Some(stored) = idempotency::lookup(&mut tx, client.as_str(), &key).await? {
-        // End the transaction here, releasing the key's lock. A dropped sqlx transaction rolls
-        // back only when its connection is next used, so the lock would outlive the response
-        // and the client's next retry (on another connection) would get a spurious 409.
-        tx.rollback().await?;
-        return stored.replay(&key, &fingerprint);
-    }
-
+    let processing =
+        match idempotency::begin(&state.pool, client.as_str(), &key, &fingerprint).await? {
+            NextAction::ReturnSavedResponse(saved) => return Ok(saved),
+            NextAction::StartProcessing(processing) => processing,
+        };
     let payment_id = Uuid::now_v7();
     tracing::Span::current().record("payment.id", tracing::field::display(payment_id));
-    // The effects run in a savepoint, so a failure that would happen again on every retry can
-    // be rolled back while its error response is still stored under the key (Stripe stores
-    // the result of every request that started executing, errors included).
-    let mut execution = sqlx::Acquire::begin(&mut *tx).await?;
-    let stored = match accept(&state, &mut execution, &client, payment_id, &request).await {
-        Ok(accepted) => {
-            execution.commit().await?;
-            StoredResponse {
-                request_fingerprint: fingerprint,
-                response_status: StatusCode::ACCEPTED.as_u16() as i16,
-                response_body: serde_json::to_value(accepted).map_err(anyhow::Error::from)?,
-                payment_id: Some(payment_id),
-            }
-        }
-        Err(e) if is_deterministic_failure(&e) => {
-            execution.rollback().await?;
-            tracing::error!(error = %format!("{e:#}"), "payment failed while executing; the error is stored under its key");
-            let (status, body) = ApiError::Internal(e).status_and_body();
-            StoredResponse {
-                request_fingerprint: fingerprint,
-                response_status: status.as_u16() as i16,
-                response_body: body,
-                payment_id: None,
-            }
-        }
-        // Transient (or unknown) failures store nothing: a retry with the key may succeed.
-        Err(e) => {
-            // As above: release the key now. A failed rollback leaves a broken connection that
-            // the pool discards; the error that matters is `e`.
-            let _ = execution.rollback().await;
-            let _ = tx.rollback().await;
-            return Err(match e.downcast::<sqlx::Error>() {
-                Ok(db) => db.into(),
-                Err(other) => ApiError::Internal(other),
-            });
-        }
-    };
     let retention = state.settings.gateway.idempotency_retention_hours;
-    idempotency::store(&mut tx, client.as_str(), &key, &stored, retention).await?;
-    tx.commit().await?;
+    let stored = processing
+        .execute(payment_id, retention, async |conn| {
+            accept(&state, conn, &client, payment_id, &request).await
+        })
+        .await?;
     if stored.payment_id.is_some() {
         state.outbox_wakeup.notify_one();
         crate::metrics::payment_accepted();
         tracing::info!(%payment_id, merchant_id = %request.merchant_id, "payment accepted");
     }
     stored.render()
-}
-
-/// A database refusal that the same request would meet again (constraint or data error).
-fn is_deterministic_failure(e: &anyhow::Error) -> bool {
-    e.downcast_ref::<sqlx::Error>()
-        .and_then(|e| e.as_database_error())
-        .and_then(|db| db.code())
-        .is_some_and(|code| code.starts_with("22") || code.starts_with("23"))
 }
 
 /// Writes the payment and its outbox event.

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::processing::Record;
+use crate::record::Record;
 use crate::retry;
 
 /// A partition held back at `offset` until `due_at_ms`.

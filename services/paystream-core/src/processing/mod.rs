@@ -43,7 +43,6 @@ use async_trait::async_trait;
 use opentelemetry::trace::TraceContextExt as _;
 use rdkafka::consumer::{Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use serde::de::DeserializeOwned;
@@ -55,11 +54,12 @@ use uuid::Uuid;
 
 use crate::avro::AvroCodec;
 use crate::config::KafkaSettings;
-use crate::events::EVENT_ID_NAMESPACE;
-use crate::headers::{self, RecordHeaders};
+use crate::headers;
 use crate::kafka::{self, ErrorClass, TopicSpec};
 use crate::retry::{self, Destination, Failure, FailureClass, RetryPolicy};
 use crate::shutdown::Shutdown;
+// Handlers name them through this module: what they receive and what they return.
+pub use crate::record::{Output, Record};
 use hold::{HeldPartitions, HeldRecord};
 use instruments::Outcome;
 
@@ -135,96 +135,6 @@ impl LoopSettings {
                 .collect(),
             self.dlq_topic(),
         )
-    }
-}
-
-/// A consumed record, owned.
-#[derive(Debug, Clone)]
-pub struct Record {
-    pub topic: String,
-    pub partition: i32,
-    pub offset: i64,
-    pub timestamp_ms: Option<i64>,
-    pub key: Option<Vec<u8>>,
-    pub payload: Option<Vec<u8>>,
-    pub headers: RecordHeaders,
-}
-
-impl Record {
-    fn from_message<M: Message>(m: &M) -> Self {
-        Self {
-            topic: m.topic().to_string(),
-            partition: m.partition(),
-            offset: m.offset(),
-            timestamp_ms: m.timestamp().to_millis(),
-            key: m.key().map(<[u8]>::to_vec),
-            payload: m.payload().map(<[u8]>::to_vec),
-            headers: RecordHeaders::from_kafka(m.headers()),
-        }
-    }
-
-    pub fn key_str(&self) -> String {
-        self.key
-            .as_deref()
-            .map(|k| String::from_utf8_lossy(k).into_owned())
-            .unwrap_or_default()
-    }
-
-    /// The event id from the `event_id` header; records without one (foreign producers) get
-    /// an id derived from their position, which is just as stable across redeliveries.
-    pub fn event_id(&self) -> Uuid {
-        self.headers
-            .get(headers::EVENT_ID)
-            .and_then(|v| Uuid::parse_str(v).ok())
-            .unwrap_or_else(|| {
-                let position = format!("{}/{}/{}", self.topic, self.partition, self.offset);
-                Uuid::new_v5(&EVENT_ID_NAMESPACE, position.as_bytes())
-            })
-    }
-}
-
-/// A record a handler wants produced in the same transaction as its input's offset.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Output {
-    pub topic: String,
-    #[serde(with = "base64_bytes")]
-    pub key: Option<Vec<u8>>,
-    #[serde(with = "base64_bytes")]
-    pub value: Option<Vec<u8>>,
-    pub headers: RecordHeaders,
-}
-
-impl Output {
-    /// An event output: UTF-8 key, Avro value, and the event id header.
-    pub fn event(topic: &str, key: &str, value: Vec<u8>, event_id: Uuid, event_type: &str) -> Self {
-        let mut headers = RecordHeaders::default();
-        headers.set(headers::EVENT_ID, event_id.to_string());
-        headers.set(headers::EVENT_TYPE, event_type);
-        Self {
-            topic: topic.to_string(),
-            key: Some(key.as_bytes().to_vec()),
-            value: Some(value),
-            headers,
-        }
-    }
-}
-
-mod base64_bytes {
-    use base64::engine::general_purpose::STANDARD;
-    use base64::Engine as _;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
-        match v {
-            Some(b) => s.serialize_some(&STANDARD.encode(b)),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
-        Option::<String>::deserialize(d)?
-            .map(|s| STANDARD.decode(s).map_err(serde::de::Error::custom))
-            .transpose()
     }
 }
 
@@ -1249,6 +1159,7 @@ pub async fn event_output<T: Serialize>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::headers::RecordHeaders;
 
     fn record(topic: &str, partition: i32, offset: i64) -> Record {
         Record {

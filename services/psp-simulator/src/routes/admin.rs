@@ -6,7 +6,7 @@ use axum::Json;
 
 use crate::configuration::{ConfigPatch, SimulatorSettings};
 use crate::error::ApiError;
-use crate::startup::SharedState;
+use crate::state::SharedState;
 
 pub(super) async fn get_config(State(state): State<SharedState>) -> Json<SimulatorSettings> {
     Json(state.knobs())

@@ -11,7 +11,7 @@ use crate::decision::Rolls;
 use crate::error::ApiError;
 use crate::ledger::Answer;
 use crate::model::{ChargeFilter, ChargeRecord, ChargeRequest};
-use crate::startup::SharedState;
+use crate::state::SharedState;
 
 const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");

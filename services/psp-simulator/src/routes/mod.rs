@@ -1,4 +1,9 @@
-//! HTTP handlers, one module per resource.
+//! HTTP handlers, one module per resource. Every route [`router`] serves:
+//!
+//! - [`charges`]: `POST /v1/charges`; `GET /charges` (`?merchant_id=`, `?payment_id=`) and
+//!   `DELETE /charges`.
+//! - [`admin`]: `GET /admin/config` and `PUT /admin/config`.
+//! - [`health`]: `GET /health/live` and `GET /health/ready`.
 
 mod admin;
 mod charges;
@@ -7,7 +12,7 @@ mod health;
 use axum::routing::{get, post};
 use axum::Router;
 
-use crate::startup::SharedState;
+use crate::state::SharedState;
 
 pub(crate) fn router(state: SharedState) -> Router {
     Router::new()

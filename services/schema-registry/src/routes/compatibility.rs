@@ -6,11 +6,12 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use serde::Serialize;
 
-use super::subjects::SchemaRequest;
-use super::{query_flag, registry_json, ApiPath, AppState, RegistryJson};
+use super::{query_flag, ApiPath, RegistryJson, SchemaRequest};
 use crate::compatibility::{self, Level, Previous};
 use crate::error::ApiError;
+use crate::response::registry_json;
 use crate::schema::{is_valid_subject, parse_avro, ParsedSchema, VersionSpec};
+use crate::state::AppState;
 use crate::store::SubjectVersion;
 
 #[derive(Serialize)]

@@ -6,10 +6,12 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
 
-use super::{query_flag, registry_json, ApiPath, AppState, RegistryJson};
+use super::{query_flag, ApiPath, RegistryJson};
 use crate::compatibility::Level;
 use crate::error::ApiError;
+use crate::response::registry_json;
 use crate::schema::is_valid_subject;
+use crate::state::AppState;
 
 /// What `GET` and `DELETE` answer.
 #[derive(Serialize)]

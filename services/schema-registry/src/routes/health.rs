@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-use super::AppState;
+use crate::state::AppState;
 
 /// `GET /health/live`.
 pub async fn live() -> Response {

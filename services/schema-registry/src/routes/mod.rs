@@ -1,5 +1,21 @@
 //! The HTTP API, grouped by resource as in Confluent's REST reference, plus the extractors
 //! that turn malformed input into Confluent-style errors (never axum's plain-text rejections).
+//!
+//! Every route [`router`] serves, by handler module:
+//!
+//! - `GET /` (here): `{}`, as Confluent answers it.
+//! - [`subjects`]: `GET /subjects`; `POST`, `DELETE /subjects/{subject}`; `GET`, `POST
+//!   /subjects/{subject}/versions`; `GET`, `DELETE /subjects/{subject}/versions/{version}`;
+//!   `GET /subjects/{subject}/versions/{version}/schema`.
+//! - [`schemas`]: `GET /schemas/types`; `GET /schemas/ids/{id}`, `/schemas/ids/{id}/schema`,
+//!   `/schemas/ids/{id}/versions`, `/schemas/ids/{id}/subjects`.
+//! - [`compatibility`]: `POST /compatibility/subjects/{subject}/versions` and
+//!   `POST /compatibility/subjects/{subject}/versions/{version}`.
+//! - [`config`]: `GET`, `PUT`, `DELETE /config` and `/config/{subject}`.
+//! - [`health`]: `GET /health/live`, `GET /health/ready`.
+//!
+//! Anything else is answered Confluent-style: `404` for an unknown path, `405` for an unknown
+//! method on a known one.
 
 mod compatibility;
 mod config;
@@ -12,20 +28,19 @@ use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::Deserialize;
 use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
 use crate::error::ApiError;
-use crate::schema::SchemaType;
-use crate::store::{Listing, Store};
-
-/// Confluent's response content type; its clients also send it as the request content type.
-pub const REGISTRY_CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
+use crate::response::{registry_json, REGISTRY_CONTENT_TYPE};
+use crate::schema::{ParsedSchema, SchemaError, SchemaType};
+use crate::state::AppState;
+use crate::store::Listing;
 
 /// Request content types Confluent's resources consume.
 const ACCEPTED_CONTENT_TYPES: [&str; 4] = [
@@ -34,11 +49,6 @@ const ACCEPTED_CONTENT_TYPES: [&str; 4] = [
     "application/json",
     "application/octet-stream",
 ];
-
-#[derive(Clone)]
-pub struct AppState {
-    pub store: Store,
-}
 
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -110,27 +120,6 @@ async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
 }
 
-/// `value` as JSON with the registry's content type.
-pub fn registry_json<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Response {
-    match serde_json::to_vec(value) {
-        Ok(body) => raw_registry_body(status, body),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot serialize a response body");
-            StatusCode::INTERNAL_SERVER_ERROR.into_response()
-        }
-    }
-}
-
-/// A body that is already JSON (a stored schema), with the registry's content type.
-pub fn raw_registry_body(status: StatusCode, body: impl Into<axum::body::Body>) -> Response {
-    let mut response = (status, body.into()).into_response();
-    response.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static(REGISTRY_CONTENT_TYPE),
-    );
-    response
-}
-
 /// Path parameters, percent-decoded, with undecodable input reported Confluent-style.
 pub struct ApiPath<T>(pub T);
 
@@ -168,6 +157,26 @@ where
             .await
             .map_err(|e| ApiError::BadRequest(e.body_text()))?;
         parse_json(&bytes).map(Self)
+    }
+}
+
+/// The body of `POST /subjects/{subject}/versions` and `POST /subjects/{subject}`. Fields
+/// this registry does not use (`metadata`, `ruleSet`, `id`, `version`) are ignored.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SchemaRequest {
+    schema: String,
+    schema_type: Option<String>,
+    references: Option<Vec<serde_json::Value>>,
+}
+
+impl SchemaRequest {
+    pub fn parse(&self) -> Result<ParsedSchema, SchemaError> {
+        let schema_type = SchemaType::parse(self.schema_type.as_deref())?;
+        if self.references.as_ref().is_some_and(|r| !r.is_empty()) {
+            return Err(SchemaError::ReferencesUnsupported);
+        }
+        ParsedSchema::parse(schema_type, &self.schema)
     }
 }
 

@@ -5,9 +5,11 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use serde::Serialize;
 
-use super::{non_avro, query_flag, raw_registry_body, registry_json, ApiPath, AppState};
+use super::{non_avro, query_flag, ApiPath};
 use crate::error::ApiError;
+use crate::response::{raw_registry_body, registry_json};
 use crate::schema::{parse_schema_id, SchemaType};
+use crate::state::AppState;
 use crate::store::StoredSchema;
 
 #[derive(Serialize)]

@@ -3,35 +3,14 @@
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use super::{
-    listing, page, query_flag, query_value, raw_registry_body, registry_json, ApiPath, AppState,
-    RegistryJson,
-};
+use super::{listing, page, query_flag, query_value, ApiPath, RegistryJson, SchemaRequest};
 use crate::error::ApiError;
-use crate::schema::{is_valid_subject, ParsedSchema, SchemaError, SchemaType, VersionSpec};
+use crate::response::{raw_registry_body, registry_json};
+use crate::schema::{is_valid_subject, VersionSpec};
+use crate::state::AppState;
 use crate::store::{DeleteOutcome, Listing, RegisterOutcome, SubjectVersion, VersionDeleteOutcome};
-
-/// The body of `POST /subjects/{subject}/versions` and `POST /subjects/{subject}`. Fields
-/// this registry does not use (`metadata`, `ruleSet`, `id`, `version`) are ignored.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SchemaRequest {
-    schema: String,
-    schema_type: Option<String>,
-    references: Option<Vec<serde_json::Value>>,
-}
-
-impl SchemaRequest {
-    pub fn parse(&self) -> Result<ParsedSchema, SchemaError> {
-        let schema_type = SchemaType::parse(self.schema_type.as_deref())?;
-        if self.references.as_ref().is_some_and(|r| !r.is_empty()) {
-            return Err(SchemaError::ReferencesUnsupported);
-        }
-        ParsedSchema::parse(schema_type, &self.schema)
-    }
-}
 
 /// A subject version as Confluent returns it; `schemaType` only when not AVRO.
 #[derive(Serialize)]

@@ -1,0 +1,24 @@
+//! The state every HTTP handler shares.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use rdkafka::producer::FutureProducer;
+use sqlx::PgPool;
+use tokio::sync::Notify;
+
+use crate::settings::Settings;
+
+/// Shared state of the HTTP handlers. The authentication and rate-limit middleware carry their
+/// own state (`ApiKeys`, `RateLimiter`), so neither module depends on this one.
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub settings: Arc<Settings>,
+    pub producer: FutureProducer,
+    /// Woken after a commit that wrote outbox rows, so the relay publishes them at once.
+    pub outbox_wakeup: Arc<Notify>,
+    pub http: reqwest::Client,
+    /// The OpenAPI document, serialised once.
+    pub openapi: Bytes,
+}
