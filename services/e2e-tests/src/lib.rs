@@ -33,7 +33,9 @@ pub use db::{count, PaymentsLock};
 pub use env::{database_url, kafka_settings, registry_url, test_provisioning};
 pub use fakes::{SmtpMessage, SmtpSink, WebhookDelivery, WebhookReceiver};
 pub use http::{content_type, expect_problem, json_post};
-pub use process::{free_port, repo_root, send_signal, workspace_binary, ServiceProcess};
+pub use process::{
+    free_port, kafka_tool, repo_root, send_signal, workspace_binary, ServiceProcess,
+};
 pub use stack::gateway::gateway_settings;
 pub use stack::{
     init_test_logs, payment_body, require_api_keys, DecodedRecord, GatewayHandle, RawRecord,

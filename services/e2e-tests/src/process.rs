@@ -169,3 +169,20 @@ impl ServiceProcess {
             .collect())
     }
 }
+
+/// Runs one of Apache Kafka's own tools against the stack's broker (`scripts/kafka-tool NAME
+/// ARGS...`, e.g. `topics --describe`, `configs --alter`, `transactions list`) and returns
+/// what it printed; a non-zero exit is an error carrying its stderr.
+pub async fn kafka_tool(args: &[&str]) -> anyhow::Result<String> {
+    let output = tokio::process::Command::new(repo_root().join("scripts/kafka-tool"))
+        .args(args)
+        .output()
+        .await?;
+    anyhow::ensure!(
+        output.status.success(),
+        "kafka-tool {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8(output.stdout)?)
+}

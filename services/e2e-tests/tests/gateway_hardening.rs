@@ -7,6 +7,7 @@ use paystream_e2e_tests::{
     count, expect_problem, gateway_settings, json_post, payment_body, require_api_keys,
     GatewayHandle, PaymentsLock, TestStack,
 };
+use paystream_gateway::rate_limit::PerIpLimitSettings;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -335,6 +336,112 @@ async fn each_client_has_its_own_token_bucket() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A client whose connections come from `ip` (any 127.0.0.0/8 address works on Linux).
+fn client_from(ip: [u8; 4]) -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from(ip))
+        .build()?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guessing_api_keys_from_one_address_gets_429() -> anyhow::Result<()> {
+    // A low limit refilled slowly, so the counts below do not depend on timing.
+    let stack = TestStack::spawn_with(|s| {
+        // The per-client limit is out of the way: wrong keys never reach it.
+        s.gateway.rate_limit.requests_per_second = 100.0;
+        s.gateway.rate_limit.burst = 100;
+        s.gateway.rate_limit.per_ip = PerIpLimitSettings {
+            requests_per_second: 0.1,
+            burst: 3,
+        };
+        require_api_keys(s, &[("acme", "acme-secret")]);
+    })
+    .await?;
+    let guesser = client_from([127, 0, 0, 1])?;
+    let get = |http: &reqwest::Client, secret: &str| {
+        http.get(format!(
+            "{}/v1/payments/{}",
+            stack.gateway_url,
+            Uuid::new_v4()
+        ))
+        .bearer_auth(secret)
+        .send()
+    };
+    let mut statuses = Vec::new();
+    for i in 0..10 {
+        let r = get(&guesser, &format!("guess-{i}")).await?;
+        statuses.push(r.status().as_u16());
+        if r.status() == 429 {
+            let retry_after: u64 = r.headers()["retry-after"].to_str()?.parse()?;
+            assert!(retry_after >= 1, "Retry-After {retry_after}");
+            expect_problem(r, 429, "rate-limited").await?;
+            break;
+        }
+        expect_problem(r, 401, "unauthorized").await?;
+    }
+    assert_eq!(
+        statuses,
+        [401, 401, 401, 429],
+        "wrong keys draw from the address's bucket"
+    );
+    // The address stays limited whatever key it presents; another address is not affected.
+    assert_eq!(get(&guesser, "acme-secret").await?.status(), 429);
+    let other = client_from([127, 0, 0, 2])?;
+    assert_eq!(get(&other, "acme-secret").await?.status(), 404);
+
+    let metrics = other
+        .get(format!("{}/metrics", stack.gateway_url))
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(
+        metrics.contains("gateway_auth_failures_total 3\n"),
+        "refused before authentication: {metrics}"
+    );
+    assert!(
+        metrics.contains(r#"gateway_rate_limited_total{client="(per-ip)"} 2"#),
+        "{metrics}"
+    );
+    stack.teardown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_authentication_each_address_has_its_own_bucket() -> anyhow::Result<()> {
+    // The per-client limit alone (the per-address one off), as the anonymous client.
+    let stack = TestStack::spawn_with(|s| {
+        s.gateway.rate_limit.requests_per_second = 0.1;
+        s.gateway.rate_limit.burst = 3;
+        s.gateway.rate_limit.per_ip.requests_per_second = 0.0;
+    })
+    .await?;
+    let get = |http: &reqwest::Client| {
+        http.get(format!(
+            "{}/v1/payments/{}",
+            stack.gateway_url,
+            Uuid::new_v4()
+        ))
+        .send()
+    };
+    let noisy = client_from([127, 0, 0, 1])?;
+    let quiet = client_from([127, 0, 0, 2])?;
+    for _ in 0..3 {
+        assert_eq!(get(&noisy).await?.status(), 404, "within the burst");
+    }
+    expect_problem(get(&noisy).await?, 429, "rate-limited").await?;
+    for _ in 0..3 {
+        assert_eq!(
+            get(&quiet).await?.status(),
+            404,
+            "another address has its own bucket"
+        );
+    }
+    expect_problem(get(&quiet).await?, 429, "rate-limited").await?;
+    stack.teardown().await;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_request_times_out_with_503_and_stores_nothing() -> anyhow::Result<()> {
     let stack = TestStack::spawn_with(|s| s.gateway.request_timeout_ms = 1000).await?;
@@ -391,20 +498,7 @@ async fn shutdown_stops_accepting_finishes_in_flight_requests_and_publishes_them
     gateway.shutdown.cancel();
 
     // New connections are refused while the request is still in flight.
-    let fresh = reqwest::Client::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while fresh
-        .get(format!("{}/health/live", gateway.url))
-        .send()
-        .await
-        .is_ok()
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "still accepting after shutdown"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    gateway.wait_refusing(Duration::from_secs(5)).await?;
     assert!(!in_flight.is_finished());
 
     lock.release().await?;

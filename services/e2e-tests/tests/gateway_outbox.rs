@@ -293,3 +293,118 @@ async fn rows_that_can_never_be_published_are_parked_and_the_rest_flows() -> any
     stack.teardown().await;
     Ok(())
 }
+
+/// Shutdown with a backlog much larger than one batch: the relay settles the batch in flight
+/// (published on the broker *and* marked in the table) and stops, leaving the rest of the
+/// backlog in the table; a later start publishes it. Nothing is lost, nothing is doubled.
+///
+/// To act while a batch is in flight the test holds `LOCK TABLE outbox IN SHARE MODE`: the
+/// relay's `SELECT … FOR UPDATE` passes, its records are produced and acknowledged, and its
+/// `UPDATE … SET published_at` waits for the lock. Shutdown is signalled then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shutdown_with_a_backlog_settles_the_batch_in_flight_and_leaves_the_rest(
+) -> anyhow::Result<()> {
+    const BACKLOG: usize = 150;
+    const BATCH: i64 = 10;
+    // The stack's own gateway does not relay: the backlog waits for the gateway under test.
+    let stack = TestStack::spawn_with(|s| s.gateway.outbox_relay_enabled = false).await?;
+    let mut ids = HashSet::new();
+    for i in 0..BACKLOG {
+        let body = payment_body("m_backlog", &format!("c_{i}"), 100 + i as i64);
+        ids.insert(stack.accept_payment(&body).await?.to_string());
+    }
+    assert_eq!(unpublished(&stack).await?, BACKLOG as i64);
+
+    let mut lock = stack.pool.begin().await?;
+    sqlx::query("LOCK TABLE outbox IN SHARE MODE")
+        .execute(&mut *lock)
+        .await?;
+    let mut settings = gateway_settings(&stack.database, &stack.topics);
+    settings.gateway.outbox_batch_size = BATCH;
+    let gateway = GatewayHandle::spawn(settings).await?;
+    // The relay's first batch is acknowledged by the broker and waits to be marked published.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while sqlx::query_scalar::<_, i64>(
+        "SELECT count(*) FROM pg_locks
+         WHERE NOT granted AND relation = to_regclass(current_schema() || '.outbox')",
+    )
+    .fetch_one(&stack.pool)
+    .await?
+        < 1
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the relay never reached the outbox lock"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    gateway.shutdown.cancel();
+    // The listener is closed once serving stopped, which is when the relay is told to stop.
+    gateway.wait_refusing(Duration::from_secs(10)).await?;
+    lock.commit().await?;
+    // Only guards against hanging; how fast the gateway stops is not what is asserted.
+    tokio::time::timeout(Duration::from_secs(120), gateway.task)
+        .await
+        .map_err(|_| anyhow::anyhow!("gateway did not stop"))???;
+
+    let published: Vec<String> = sqlx::query_scalar(
+        "SELECT message_key FROM outbox WHERE published_at IS NOT NULL ORDER BY id",
+    )
+    .fetch_all(&stack.pool)
+    .await?;
+    let left = unpublished(&stack).await?;
+    eprintln!(
+        "backlog shutdown: {} rows published, {left} left in the outbox",
+        published.len()
+    );
+    assert!(
+        left > 0,
+        "shutdown waited for the whole backlog of {BACKLOG} rows to drain"
+    );
+    assert!(
+        published.len() >= BATCH as usize,
+        "the batch in flight was marked published"
+    );
+    assert_eq!(published.len() + left as usize, BACKLOG);
+
+    // The broker holds exactly the rows marked published, each once.
+    let topic = &stack.topics.payments_requested;
+    let records = stack.read_all(topic, Duration::from_secs(3)).await?;
+    let mut on_topic: Vec<String> = records.iter().map(|r| r.key.clone()).collect();
+    on_topic.sort();
+    let mut marked = published.clone();
+    marked.sort();
+    assert_eq!(
+        on_topic, marked,
+        "records on the topic = rows marked published"
+    );
+
+    // Nothing lost: the next start publishes the rest.
+    let restarted = GatewayHandle::spawn(gateway_settings(&stack.database, &stack.topics)).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while unpublished(&stack).await? > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the rest of the backlog was not published after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    restarted.stop(Duration::from_secs(60)).await?;
+    let records = stack.read_all(topic, Duration::from_secs(3)).await?;
+    let mut per_key: HashMap<String, usize> = HashMap::new();
+    for record in &records {
+        *per_key.entry(record.key.clone()).or_default() += 1;
+    }
+    assert_eq!(
+        per_key.keys().cloned().collect::<HashSet<_>>(),
+        ids,
+        "every accepted payment reached the topic"
+    );
+    assert!(
+        per_key.values().all(|&n| n == 1),
+        "no row published twice: {per_key:?}"
+    );
+    stack.teardown().await;
+    Ok(())
+}

@@ -12,7 +12,9 @@ use std::time::Duration;
 use paystream_core::config::KafkaSettings;
 use paystream_core::kafka::{self, TopicSpec};
 use paystream_e2e_tests::third_party::confluent_read_committed;
-use paystream_e2e_tests::{kafka_settings, payment_body, repo_root, workspace_binary, TestStack};
+use paystream_e2e_tests::{
+    kafka_settings, kafka_tool, payment_body, repo_root, workspace_binary, TestStack,
+};
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -66,24 +68,17 @@ async fn scram_user(mechanism: &str) -> anyhow::Result<(String, String)> {
         &Uuid::new_v4().simple().to_string()[..12]
     );
     let password = Uuid::new_v4().simple().to_string();
-    let output = tokio::process::Command::new(repo_root().join("scripts/kafka-tool"))
-        .args([
-            "configs",
-            "--alter",
-            "--entity-type",
-            "users",
-            "--entity-name",
-            &user,
-            "--add-config",
-            &format!("{mechanism}=[iterations=8192,password={password}]"),
-        ])
-        .output()
-        .await?;
-    anyhow::ensure!(
-        output.status.success(),
-        "kafka-configs failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    kafka_tool(&[
+        "configs",
+        "--alter",
+        "--entity-type",
+        "users",
+        "--entity-name",
+        &user,
+        "--add-config",
+        &format!("{mechanism}=[iterations=8192,password={password}]"),
+    ])
+    .await?;
     Ok((user, password))
 }
 

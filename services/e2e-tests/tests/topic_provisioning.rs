@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use paystream_core::config::TopicProvisioning;
 use paystream_core::kafka::{self, TopicSpec};
-use paystream_e2e_tests::{kafka_settings, repo_root, TestStack};
+use paystream_e2e_tests::{kafka_settings, kafka_tool, TestStack};
 use uuid::Uuid;
 
 fn unique(name: &str) -> String {
@@ -17,16 +17,7 @@ fn unique(name: &str) -> String {
 
 /// `kafka-topics --describe` of one topic, as Kafka prints it.
 async fn describe(topic: &str) -> anyhow::Result<String> {
-    let output = tokio::process::Command::new(repo_root().join("scripts/kafka-tool"))
-        .args(["topics", "--describe", "--topic", topic])
-        .output()
-        .await?;
-    anyhow::ensure!(
-        output.status.success(),
-        "kafka-topics --describe: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Ok(String::from_utf8(output.stdout)?)
+    kafka_tool(&["topics", "--describe", "--topic", topic]).await
 }
 
 #[tokio::test]

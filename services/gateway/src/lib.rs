@@ -16,7 +16,7 @@
 //!   ([`idempotency::begin`] → [`idempotency::NextAction`]): the per-key lock, stored
 //!   responses, replay, and the purge of expired keys.
 //! - [`domain`]: the request body and its validation; [`currencies`]: ISO 4217.
-//! - [`rate_limit`]: per-client token buckets; [`auth`]: bearer tokens: optional API-key
+//! - [`rate_limit`]: token buckets per address (before authentication) and per client; [`auth`]: bearer tokens: optional API-key
 //!   authentication with the client id of a request, and the admin token.
 //! - [`outbox`]: the relay that publishes committed outbox rows to Kafka, parking rows that can
 //!   never be published.

@@ -125,13 +125,23 @@ impl OutboxRelay {
         }
     }
 
-    /// Publishes until `shutdown`, then makes one last pass so committed rows go out now
-    /// rather than at the next start.
+    /// Publishes until `shutdown`. Shutdown is honoured between batches, also while working
+    /// through a backlog: the batch in flight is settled (acknowledged and marked in its own
+    /// transaction) and the rest of the backlog stays in the table for another replica or the
+    /// next start. Otherwise (idle, or backing off after a failure) it makes one last pass so
+    /// rows committed during shutdown go out now rather than at the next start.
     pub async fn run(self, shutdown: Shutdown) {
         let mut backoff = self.poll_interval;
         loop {
             match self.publish_batch().await {
-                Ok(n) if n as i64 == self.batch_size => continue,
+                Ok(n) if n as i64 == self.batch_size => {
+                    if shutdown.is_cancelled() {
+                        tracing::info!(
+                            "outbox relay stopping with a backlog; the remaining rows stay for the next start"
+                        );
+                        return;
+                    }
+                }
                 Ok(_) => {
                     backoff = self.poll_interval;
                     tokio::select! {

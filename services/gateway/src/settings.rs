@@ -125,6 +125,10 @@ mod tests {
             ("PAYSTREAM_GATEWAY__AUTH__API_KEYS__ACME", hash),
             ("PAYSTREAM_GATEWAY__RATE_LIMIT__REQUESTS_PER_SECOND", "50"),
             ("PAYSTREAM_GATEWAY__RATE_LIMIT__BURST", "7"),
+            (
+                "PAYSTREAM_GATEWAY__RATE_LIMIT__PER_IP__REQUESTS_PER_SECOND",
+                "20",
+            ),
             ("PAYSTREAM_GATEWAY__REQUEST_TIMEOUT_MS", "1500"),
         ];
         for (k, v) in vars {
@@ -139,6 +143,8 @@ mod tests {
         assert_eq!(gateway.auth.api_keys["acme"], hash);
         assert_eq!(gateway.rate_limit.requests_per_second, 50.0);
         assert_eq!(gateway.rate_limit.burst, 7);
+        assert_eq!(gateway.rate_limit.per_ip.requests_per_second, 20.0);
+        assert_eq!(gateway.rate_limit.per_ip.burst, 800, "the default");
         assert_eq!(gateway.request_timeout_ms, 1500);
         assert_eq!(gateway.idempotency_retention_hours, 24);
         assert!(ApiKeys::from_settings(&gateway.auth).is_ok());

@@ -1,6 +1,7 @@
 //! Application wiring: the router with its layers, the background tasks, serving and
 //! graceful shutdown.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,6 +49,7 @@ impl Application {
         crate::metrics::install()?;
         let api_keys = Arc::new(ApiKeys::from_settings(&settings.gateway.auth)?);
         let rate_limiter = Arc::new(RateLimiter::new(&settings.gateway.rate_limit)?);
+        let address_limiter = Arc::new(RateLimiter::per_ip(&settings.gateway.rate_limit)?);
         let pool = paystream_core::db::connect(&settings.database).await?;
         if settings.gateway.migrate_on_start {
             paystream_core::db::migrate(&pool).await?;
@@ -119,14 +121,19 @@ impl Application {
         let router = api
             .fallback(routes::not_found)
             .method_not_allowed_fallback(routes::method_not_allowed)
-            // Innermost first: rate limiting needs the client that authentication found.
+            // Innermost first: the per-client limit needs the client that authentication found.
             .route_layer(middleware::from_fn_with_state(
                 rate_limiter,
-                rate_limit::limit,
+                rate_limit::limit_client,
             ))
             .route_layer(middleware::from_fn_with_state(api_keys, auth::authenticate))
             // Merged after the client layers: the admin API authenticates with its own token.
             .merge(admin)
+            // Before any authentication (client and admin), so failed logins count too.
+            .layer(middleware::from_fn_with_state(
+                address_limiter,
+                rate_limit::limit_address,
+            ))
             .layer(middleware::from_fn_with_state(request_timeout, time_limit))
             // The handler reads the body itself and enforces the limit with a problem answer.
             .layer(DefaultBodyLimit::disable())
@@ -165,7 +172,11 @@ impl Application {
             .relay
             .map(|relay| tokio::spawn(relay.run(background.clone())));
         let purger = tokio::spawn(self.purger.run(background.clone()));
-        let served = axum::serve(self.listener, self.router)
+        // The peer address is what the per-address rate limit keys on.
+        let app = self
+            .router
+            .into_make_service_with_connect_info::<SocketAddr>();
+        let served = axum::serve(self.listener, app)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .await
             .context("serving HTTP");

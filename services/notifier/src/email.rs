@@ -8,26 +8,24 @@ use std::time::Duration;
 use lettre::message::header::ContentType;
 use lettre::message::Mailbox;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use paystream_core::currency::format_minor;
 use paystream_core::events::{OutcomeStatus, PaymentOutcome};
 
 use crate::webhook::SendError;
 
-const SUBJECT_SUCCEEDED: &str = "Your payment of {amount} {currency} to {merchant} succeeded";
-const SUBJECT_FAILED: &str = "Your payment of {amount} {currency} to {merchant} failed";
+// `{amount}` is the amount with its currency code, in the currency's own decimals
+// ("19.99 EUR", "1999 JPY", "1.999 KWD"): `paystream_core::currency::format_minor`.
+const SUBJECT_SUCCEEDED: &str = "Your payment of {amount} to {merchant} succeeded";
+const SUBJECT_FAILED: &str = "Your payment of {amount} to {merchant} failed";
 const BODY: &str = "Hello,
 
-your payment {payment_id} of {amount} {currency} to {merchant} {status_text}.
+your payment {payment_id} of {amount} to {merchant} {status_text}.
 {reason_line}
 Reference: {payment_id}
 
 -- 
 Paystream, on behalf of {merchant}
 ";
-
-/// Formats minor units with two decimals (the common case; the template is informational).
-fn amount(minor: i64) -> String {
-    format!("{}.{:02}", minor / 100, (minor % 100).abs())
-}
 
 fn fill(template: &str, values: &[(&str, &str)]) -> String {
     values.iter().fold(template.to_string(), |s, (k, v)| {
@@ -37,7 +35,7 @@ fn fill(template: &str, values: &[(&str, &str)]) -> String {
 
 /// Subject and text body of the outcome e-mail.
 pub fn render(outcome: &PaymentOutcome) -> (String, String) {
-    let amount = amount(outcome.amount_minor);
+    let amount = format_minor(outcome.amount_minor, &outcome.currency);
     let (subject, status_text, reason_line) = match outcome.status {
         OutcomeStatus::Succeeded => (SUBJECT_SUCCEEDED, "succeeded", String::new()),
         OutcomeStatus::Failed => (
@@ -51,7 +49,6 @@ pub fn render(outcome: &PaymentOutcome) -> (String, String) {
     };
     let values = [
         ("amount", amount.as_str()),
-        ("currency", outcome.currency.as_str()),
         ("merchant", outcome.merchant_id.as_str()),
         ("payment_id", outcome.payment_id.as_str()),
         ("status_text", status_text),
@@ -155,5 +152,32 @@ mod tests {
         assert!(body.contains("Reason: expired_card"));
         assert!(!body.contains('{'), "every placeholder filled: {body}");
         assert_eq!(message_id("e-1"), "<e-1.outcome@paystream.invalid>");
+    }
+
+    #[test]
+    fn renders_the_amount_in_the_currency_s_minor_unit() {
+        let outcome = |amount_minor, currency: &str| PaymentOutcome {
+            event_id: "e-1".into(),
+            payment_id: "p-1".into(),
+            merchant_id: "m_1".into(),
+            customer_id: "c_1".into(),
+            amount_minor,
+            currency: currency.into(),
+            status: OutcomeStatus::Succeeded,
+            failure_reason: None,
+            psp_charge_id: None,
+            requested_at: 0,
+            decided_at: 0,
+        };
+        // JPY has no minor unit: 1999 minor units are 1999 yen, not 19.99.
+        let (subject, body) = render(&outcome(1999, "JPY"));
+        assert_eq!(subject, "Your payment of 1999 JPY to m_1 succeeded");
+        assert!(
+            body.contains("payment p-1 of 1999 JPY to m_1 succeeded."),
+            "{body}"
+        );
+        // KWD has three decimals.
+        let (subject, _) = render(&outcome(1999, "KWD"));
+        assert_eq!(subject, "Your payment of 1.999 KWD to m_1 succeeded");
     }
 }

@@ -285,6 +285,33 @@ impl ClientContext for ErrorCapture {
     }
 }
 
+/// Seeks `positions` and fails unless every partition moved. librdkafka answers a seek with
+/// `Ok` and reports each partition's failure (e.g. one revoked meanwhile) inside the returned
+/// list; a caller that only checks the `Result` consumes on from a position never moved, and
+/// its next commit skips what it meant to re-read. Blocking: call it off the reactor.
+pub fn seek_exactly<C: rdkafka::consumer::Consumer<X>, X: rdkafka::consumer::ConsumerContext>(
+    consumer: &C,
+    positions: rdkafka::TopicPartitionList,
+    timeout: Duration,
+) -> Result<(), KafkaError> {
+    let sought = consumer.seek_partitions(positions, timeout)?;
+    partition_errors(&sought, "seeking")
+}
+
+/// The first per-partition error of a list librdkafka returned, as the call's error.
+pub fn partition_errors(list: &rdkafka::TopicPartitionList, what: &str) -> Result<(), KafkaError> {
+    for elem in list.elements() {
+        if let Err(e) = elem.error() {
+            return Err(KafkaError::Seek(format!(
+                "{what} {} [{}]: {e}",
+                elem.topic(),
+                elem.partition()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Queues a record without blocking the reactor. When librdkafka's local queue is full the
 /// caller waits for it to drain (backpressure) instead of piling up more work.
 pub async fn enqueue(

@@ -7,6 +7,7 @@
 //! - [`telemetry`]: `tracing` subscriber (JSON or human logs) and the OTLP trace exporter.
 //! - [`shutdown`]: the shutdown token every run loop selects on, and the OS signal hook.
 //! - [`db`]: the Postgres pool (optionally pinned to one schema) and the sqlx migrator.
+//! - [`currency`]: the ISO 4217 table (codes, minor-unit exponents) and amounts for people.
 //! - [`events`]: the event contracts (Rust mirrors of `schemas/*.avsc`) and deterministic ids.
 //! - [`avro`]: Confluent wire-format Avro encoding/decoding against a Schema Registry.
 //! - [`kafka`]: librdkafka client construction, topic admin and error classification.
@@ -21,6 +22,7 @@
 
 pub mod avro;
 pub mod config;
+pub mod currency;
 pub mod db;
 pub mod dlq;
 pub mod events;

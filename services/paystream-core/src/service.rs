@@ -39,11 +39,56 @@ pub fn instance_name() -> String {
         .unwrap_or_else(|| "local".into())
 }
 
-/// Gives an unset transactional id its default, `<group>-<instance name>`: stable across
-/// restarts of the same instance, so a restart fences its predecessor.
-pub fn default_transactional_id(consumer: &mut LoopSettings) {
-    if consumer.transactional_id.is_empty() {
-        consumer.transactional_id = format!("{}-{}", consumer.group_id, instance_name());
+/// How many instances of one group may share a host before start-up gives up.
+const MAX_INSTANCES_PER_HOST: u32 = 64;
+
+/// The per-instance transactional id an instance with none configured holds for its lifetime:
+/// `<group>-<instance name>`, or `-2`, `-3`… after it when other live instances on the same
+/// host (two processes, a scaled compose service) hold the first ones. Two instances with one
+/// id would fence each other in a loop.
+///
+/// Each id is claimed with a session-level Postgres advisory lock on a connection of its own,
+/// released when the process dies: a restarted instance takes the lowest free id again, the
+/// one its crashed predecessor held, so it still fences that predecessor's zombie producer.
+pub struct TransactionalIdClaim {
+    pub transactional_id: String,
+    // Holds the advisory lock; dropping it (or the process dying) releases the id.
+    _connection: sqlx::PgConnection,
+}
+
+impl TransactionalIdClaim {
+    pub async fn take(pool: &PgPool, group_id: &str) -> anyhow::Result<Self> {
+        let base = format!("{group_id}-{}", instance_name());
+        let mut connection = pool
+            .acquire()
+            .await
+            .context("a connection to hold the transactional id's claim")?
+            .detach();
+        for n in 1..=MAX_INSTANCES_PER_HOST {
+            let candidate = if n == 1 {
+                base.clone()
+            } else {
+                format!("{base}-{n}")
+            };
+            let claimed: bool = sqlx::query_scalar(
+                "SELECT pg_try_advisory_lock(hashtext('paystream.transactional_id'), \
+                 hashtext($1))",
+            )
+            .bind(&candidate)
+            .fetch_one(&mut connection)
+            .await
+            .context("claiming a transactional id")?;
+            if claimed {
+                return Ok(Self {
+                    transactional_id: candidate,
+                    _connection: connection,
+                });
+            }
+        }
+        anyhow::bail!(
+            "{MAX_INSTANCES_PER_HOST} instances of group {group_id} already run on this host \
+             (each holds a transactional id `{base}[-N]`); set consumer.transactional_id"
+        )
     }
 }
 
@@ -89,8 +134,9 @@ struct SharedSections {
 }
 
 impl<S: DeserializeOwned> ServiceSettings<S> {
-    /// Defaults → file → `PAYSTREAM_*` environment (see [`crate::config::load`]), then an
-    /// unset transactional id gets its per-instance default.
+    /// Defaults → file → `PAYSTREAM_*` environment (see [`crate::config::load`]). An unset
+    /// transactional id stays unset: the instance claims one when it is built
+    /// ([`TransactionalIdClaim`]).
     pub fn load(defaults: &str) -> anyhow::Result<Self> {
         Ok(Self::load_checked(defaults)?.warn_unknown())
     }
@@ -100,10 +146,9 @@ impl<S: DeserializeOwned> ServiceSettings<S> {
     pub fn load_checked(defaults: &str) -> anyhow::Result<crate::config::Loaded<Self>> {
         use crate::config::{deserialize_tracking, read_sources, unknown_keys};
         let raw = read_sources(defaults)?;
-        let (mut settings, _) = deserialize_tracking::<Self>(&raw)?;
+        let (settings, _) = deserialize_tracking::<Self>(&raw)?;
         let (_, shared_ignored) = deserialize_tracking::<SharedSections>(&raw)?;
         let (_, own_ignored) = deserialize_tracking::<S>(&raw)?;
-        default_transactional_id(&mut settings.consumer);
         Ok(crate::config::Loaded {
             settings,
             unknown: unknown_keys(&raw, &[shared_ignored, own_ignored]),
@@ -153,6 +198,9 @@ pub struct ConsumerService<H: Handler> {
     processing: ProcessingLoop<H>,
     listener: TcpListener,
     port: u16,
+    transactional_id: String,
+    // The instance's claim on its default transactional id, held while it lives.
+    _claim: Option<TransactionalIdClaim>,
 }
 
 impl<H: ServiceHandler> ConsumerService<H> {
@@ -175,17 +223,32 @@ impl<H: ServiceHandler> ConsumerService<H> {
     pub async fn build(settings: ServiceSettings<H::Own>) -> anyhow::Result<Self> {
         crate::kafka::verify_connection(&settings.kafka).await?;
         let pool = crate::db::connect(&settings.database).await?;
+        let mut consumer = settings.consumer.clone();
+        let claim = if consumer.transactional_id.is_empty() {
+            let claim = TransactionalIdClaim::take(&pool, &consumer.group_id).await?;
+            consumer.transactional_id = claim.transactional_id.clone();
+            Some(claim)
+        } else {
+            None
+        };
         let codec = Arc::new(AvroCodec::new(&settings.schema_registry.url));
         let handler = H::build(&settings, &pool, &codec).await?;
+        let transactional_id = consumer.transactional_id.clone();
         let processing = ProcessingLoop::new(
             &settings.kafka,
-            settings.consumer.clone(),
+            consumer,
             H::input_topics(&settings),
             pool,
             codec,
             handler,
         )?;
-        Self::bind(H::NAME, &settings.http, processing).await
+        Self::bind(
+            H::NAME,
+            &settings.http,
+            processing,
+            (transactional_id, claim),
+        )
+        .await
     }
 }
 
@@ -195,6 +258,7 @@ impl<H: Handler> ConsumerService<H> {
         name: &'static str,
         http: &HttpSettings,
         processing: ProcessingLoop<H>,
+        (transactional_id, claim): (String, Option<TransactionalIdClaim>),
     ) -> anyhow::Result<Self> {
         crate::metrics::install()?;
         let listener = TcpListener::bind(http.address())
@@ -206,7 +270,14 @@ impl<H: Handler> ConsumerService<H> {
             processing,
             listener,
             port,
+            transactional_id,
+            _claim: claim,
         })
+    }
+
+    /// The transactional id this instance produces with (configured, or claimed at build).
+    pub fn transactional_id(&self) -> &str {
+        &self.transactional_id
     }
 
     /// Port of the health endpoints.
@@ -332,8 +403,8 @@ name = "w"
         assert_eq!(settings.widget.timeout_ms, 250, "reached through Deref");
         assert_eq!(settings.own.widget.name, "w");
         assert!(
-            settings.consumer.transactional_id.starts_with("widgets-"),
-            "per-instance default: {}",
+            settings.consumer.transactional_id.is_empty(),
+            "claimed per instance at build, not defaulted at load: {}",
             settings.consumer.transactional_id
         );
     }

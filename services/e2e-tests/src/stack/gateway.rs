@@ -163,6 +163,26 @@ pub struct GatewayHandle {
 }
 
 impl GatewayHandle {
+    /// Waits until the gateway refuses new connections (its listener closes when serving
+    /// stops); fails after `timeout`, a bound against hanging, not a measurement.
+    pub async fn wait_refusing(&self, timeout: Duration) -> anyhow::Result<()> {
+        let fresh = reqwest::Client::new();
+        let deadline = tokio::time::Instant::now() + timeout;
+        while fresh
+            .get(format!("{}/health/live", self.url))
+            .send()
+            .await
+            .is_ok()
+        {
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "still accepting after shutdown"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
     pub async fn spawn(settings: paystream_gateway::Settings) -> anyhow::Result<Self> {
         let app = paystream_gateway::Application::build(settings).await?;
         let url = format!("http://127.0.0.1:{}", app.port());

@@ -698,8 +698,7 @@ impl<H: Handler> ProcessingLoop<H> {
         let timeout = self.call_timeout();
         let seek = positions.clone();
         // Seeking also discards what librdkafka already fetched past the held record.
-        if let Err(e) = blocking(move || consumer.seek_partitions(seek, timeout).map(|_| ())).await
-        {
+        if let Err(e) = blocking(move || kafka::seek_exactly(&*consumer, seek, timeout)).await {
             // Not held after all: the caller rewinds these partitions with the others, and a
             // partition left paused here would never be resumed.
             if let Err(resume) = self.consumer.resume(&positions) {
@@ -1063,6 +1062,9 @@ impl<H: Handler> ProcessingLoop<H> {
         blocking(move || {
             let assignment = consumer.assignment()?;
             let committed = consumer.committed_offsets(assignment, timeout)?;
+            // A partition whose committed offset could not be read must not fall back to the
+            // batch's start or the log's beginning as if nothing were committed.
+            kafka::partition_errors(&committed, "reading the committed offset of")?;
             let mut seek = TopicPartitionList::new();
             for elem in committed.elements() {
                 let key = (elem.topic().to_string(), elem.partition());
@@ -1076,7 +1078,7 @@ impl<H: Handler> ProcessingLoop<H> {
                 seek.add_partition_offset(&key.0, key.1, offset)?;
             }
             if seek.count() > 0 {
-                consumer.seek_partitions(seek, timeout)?;
+                kafka::seek_exactly(&*consumer, seek, timeout)?;
             }
             Ok(())
         })
