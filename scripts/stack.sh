@@ -60,6 +60,14 @@ if [[ -z ${PAYSTREAM_ADMIN_TOKEN:-} ]]; then
   DEV_ADMIN_TOKEN_DEFAULTED=1
   export PAYSTREAM_ADMIN_TOKEN=dev-admin-token
 fi
+# The key sealing merchants' webhook secrets at rest (secrets.encryption_key), read by the
+# gateway and the notifier only (given to them in up). A fixed, well-known key for the dev stack
+# only: base64 of `dev-only-paystream-secrets-key!!`.
+if [[ -z ${PAYSTREAM_SECRETS__ENCRYPTION_KEY:-} ]]; then
+  DEV_ENCRYPTION_KEY_DEFAULTED=1
+fi
+SECRETS_ENCRYPTION_KEY="${PAYSTREAM_SECRETS__ENCRYPTION_KEY:-ZGV2LW9ubHktcGF5c3RyZWFtLXNlY3JldHMta2V5ISE=}"
+unset PAYSTREAM_SECRETS__ENCRYPTION_KEY
 
 log() { printf '[stack] %s\n' "$*" >&2; }
 die() { printf '[stack] error: %s\n' "$*" >&2; exit 1; }
@@ -334,6 +342,7 @@ up() {
   start_service psp-simulator psp-simulator "$PSP_ADDR"
   # The local stack serves one anonymous client (benchmarks, demos): no rate limit unless asked.
   PAYSTREAM_GATEWAY__RATE_LIMIT__REQUESTS_PER_SECOND="${PAYSTREAM_GATEWAY__RATE_LIMIT__REQUESTS_PER_SECOND:-0}" \
+    PAYSTREAM_SECRETS__ENCRYPTION_KEY="$SECRETS_ENCRYPTION_KEY" \
     start_service gateway gateway "$GATEWAY_ADDR"
   PAYSTREAM_PSP__URL="http://$PSP_ADDR" start_service payment-processor payment-processor "$PROCESSOR_ADDR"
   start_smtp_sink
@@ -341,6 +350,7 @@ up() {
   # The notifier mails through the local sink and may call webhook receivers on this machine.
   PAYSTREAM_NOTIFIER__SMTP_HOST="${SMTP_ADDR%:*}" PAYSTREAM_NOTIFIER__SMTP_PORT="${SMTP_ADDR##*:}" \
     PAYSTREAM_NOTIFIER__ALLOW_LOOPBACK_TARGETS="${PAYSTREAM_NOTIFIER__ALLOW_LOOPBACK_TARGETS:-true}" \
+    PAYSTREAM_SECRETS__ENCRYPTION_KEY="$SECRETS_ENCRYPTION_KEY" \
     start_service notifier notifier "$NOTIFIER_ADDR"
   wait_for psp-simulator 60 http_ok "http://$PSP_ADDR/health/ready"
   wait_for gateway 60 http_ok "http://$GATEWAY_ADDR/health/ready"
@@ -349,6 +359,9 @@ up() {
   wait_for notifier 60 http_ok "http://$NOTIFIER_ADDR/health/ready"
   if [[ -n ${DEV_ADMIN_TOKEN_DEFAULTED:-} ]]; then
     log "PAYSTREAM_ADMIN_TOKEN was unset: the gateway's admin API uses the dev token 'dev-admin-token'"
+  fi
+  if [[ -n ${DEV_ENCRYPTION_KEY_DEFAULTED:-} ]]; then
+    log "PAYSTREAM_SECRETS__ENCRYPTION_KEY was unset: webhook secrets are sealed with the well-known dev key"
   fi
   log "stack is up in $((SECONDS - started))s: gateway http://$GATEWAY_ADDR, registry http://$REGISTRY_ADDR, broker $BROKER_ADDR (Apache Kafka), Postgres $PG_HOST:$PG_PORT, PSP http://$PSP_ADDR, Jaeger query API http://$JAEGER_QUERY_ADDR (paystream trace <payment id>)"
 }

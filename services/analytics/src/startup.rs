@@ -54,6 +54,8 @@ port = 8083
 
 [consumer]
 group_id = "analytics"
+# A new group backfills the statistics from every retained record.
+start_from = "earliest"
 "#;
 
     fn input_topics(settings: &Settings) -> Vec<String> {

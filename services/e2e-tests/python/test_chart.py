@@ -84,6 +84,19 @@ def test_pods_roll_when_a_chart_secret_they_use_changes():
     assert changed(base, after, "secret") == METRICS_COMPONENTS
     after = checksums(render("dev", "gateway.adminToken=rotated"))
     assert changed(base, after, "secret") == {"gateway"}
+    after = checksums(render("dev", "secrets.encryptionKey=bm90LWEtcmVhbC1rZXktbm90LWEtcmVhbC1rZXktISE="))
+    assert changed(base, after, "secret") == {"gateway", "notifier"}
+
+
+@pytest.mark.parametrize("values_set", ["dev", "production"])
+def test_only_the_gateway_and_the_notifier_hold_the_encryption_key(values_set):
+    docs = render(values_set)
+    holders = set()
+    for kind, name, component, template in workloads(docs):
+        for container in template["spec"]["containers"]:
+            if any(e["name"] == "PAYSTREAM_SECRETS__ENCRYPTION_KEY" for e in container.get("env") or []):
+                holders.add(component)
+    assert holders == {"gateway", "notifier"}
 
 
 def test_every_configmap_a_pod_loads_is_hashed():

@@ -8,7 +8,8 @@ config file the chart mounts (the config init container's script run here) — a
 at start-up and names every key that no setting of that service reads. So every PAYSTREAM_*
 variable a deployment sets must be read by the service receiving it, and the settings a
 container cannot do without (its listen address, where Postgres, Kafka, the registry, the PSP
-and the SMTP relay are) must be set, not left to the compiled-in loopback defaults.
+and the SMTP relay are) must be set, not left to the compiled-in loopback defaults (or, for the key sealing webhook
+secrets, unset: the gateway and the notifier refuse to start without it).
 
 The binaries come from PAYSTREAM_BIN_DIR (scripts/test.sh sets it), else the cargo target dir.
 """
@@ -38,10 +39,10 @@ OUTSIDE_CONFIG = {
 # What a service in a container cannot leave to its compiled-in defaults (loopback addresses).
 CONNECTIONS = ["database.url", "kafka.bootstrap_servers", "schema_registry.url"]
 REQUIRED = {
-    "gateway": ["http.host"] + CONNECTIONS,
+    "gateway": ["http.host", "secrets.encryption_key"] + CONNECTIONS,
     "payment-processor": ["http.host", "psp.url"] + CONNECTIONS,
     "analytics": ["http.host"] + CONNECTIONS,
-    "notifier": ["http.host", "notifier.smtp_host"] + CONNECTIONS,
+    "notifier": ["http.host", "notifier.smtp_host", "secrets.encryption_key"] + CONNECTIONS,
     "psp-simulator": ["http.host"],
     "schema-registry": ["http.host", "database.url"],
 }

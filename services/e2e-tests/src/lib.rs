@@ -39,5 +39,6 @@ pub use process::{
 pub use stack::gateway::gateway_settings;
 pub use stack::{
     init_test_logs, payment_body, require_api_keys, DecodedRecord, GatewayHandle, RawRecord,
-    TestStack, WindowTotals, PARTITIONS, TEST_ADMIN_TOKEN, TEST_RETRY_DELAYS_MS,
+    TestStack, WindowTotals, PARTITIONS, TEST_ADMIN_TOKEN, TEST_ENCRYPTION_KEY,
+    TEST_RETRY_DELAYS_MS,
 };

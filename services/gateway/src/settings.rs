@@ -30,6 +30,9 @@ pub struct Settings {
     /// Bearer token of the admin endpoints (`PAYSTREAM_ADMIN_TOKEN`); unset: they refuse all.
     #[serde(default)]
     pub admin_token: Option<secrecy::SecretString>,
+    /// `[secrets]`: the key sealing merchants' webhook secrets at rest (required).
+    #[serde(default)]
+    pub secrets: paystream_core::secrets::SecretsSettings,
 }
 
 impl Settings {
@@ -65,6 +68,9 @@ pub struct GatewaySettings {
     pub shutdown_flush_timeout_ms: u64,
     /// Run the migrations at start-up (the local stack migrates with `paystream migrate`).
     pub migrate_on_start: bool,
+    /// After `POST /v1/merchants/{id}/rotate-secret`, how long the replaced webhook secret
+    /// still signs next to the new one (`v1=<new>,v1=<previous>`); 0: replaced at once.
+    pub webhook_secret_overlap_secs: i64,
     pub auth: AuthSettings,
     pub rate_limit: RateLimitSettings,
 }
@@ -83,6 +89,7 @@ impl Default for GatewaySettings {
             produce_timeout_ms: 10_000,
             shutdown_flush_timeout_ms: 5_000,
             migrate_on_start: false,
+            webhook_secret_overlap_secs: 24 * 3600,
             auth: AuthSettings::default(),
             rate_limit: RateLimitSettings::default(),
         }
@@ -107,6 +114,10 @@ impl GatewaySettings {
             self.request_timeout_ms > 0 && self.idempotency_purge_interval_secs > 0,
             "gateway.request_timeout_ms and idempotency_purge_interval_secs must be positive"
         );
+        anyhow::ensure!(
+            (0..=30 * 24 * 3600).contains(&self.webhook_secret_overlap_secs),
+            "gateway.webhook_secret_overlap_secs must be between 0 and 30 days"
+        );
         Ok(())
     }
 }
@@ -130,6 +141,10 @@ mod tests {
                 "20",
             ),
             ("PAYSTREAM_GATEWAY__REQUEST_TIMEOUT_MS", "1500"),
+            (
+                "PAYSTREAM_SECRETS__ENCRYPTION_KEY",
+                "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+            ),
         ];
         for (k, v) in vars {
             std::env::set_var(k, v);
@@ -138,7 +153,9 @@ mod tests {
         for (k, _) in vars {
             std::env::remove_var(k);
         }
-        let gateway = settings.unwrap().gateway;
+        let settings = settings.unwrap();
+        assert!(paystream_core::secrets::SecretBox::from_settings(&settings.secrets).is_ok());
+        let gateway = settings.gateway;
         assert!(gateway.auth.enabled);
         assert_eq!(gateway.auth.api_keys["acme"], hash);
         assert_eq!(gateway.rate_limit.requests_per_second, 50.0);
@@ -147,6 +164,11 @@ mod tests {
         assert_eq!(gateway.rate_limit.per_ip.burst, 800, "the default");
         assert_eq!(gateway.request_timeout_ms, 1500);
         assert_eq!(gateway.idempotency_retention_hours, 24);
+        assert_eq!(
+            gateway.webhook_secret_overlap_secs,
+            24 * 3600,
+            "the default"
+        );
         assert!(ApiKeys::from_settings(&gateway.auth).is_ok());
         gateway.check().unwrap();
     }

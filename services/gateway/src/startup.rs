@@ -46,6 +46,7 @@ pub struct Application {
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         settings.gateway.check()?;
+        let secrets = paystream_core::secrets::SecretBox::from_settings(&settings.secrets)?;
         crate::metrics::install()?;
         let api_keys = Arc::new(ApiKeys::from_settings(&settings.gateway.auth)?);
         let rate_limiter = Arc::new(RateLimiter::new(&settings.gateway.rate_limit)?);
@@ -54,6 +55,7 @@ impl Application {
         if settings.gateway.migrate_on_start {
             paystream_core::db::migrate(&pool).await?;
         }
+        routes::merchants::seal_plaintext_secrets(&pool, &secrets).await?;
         kafka::verify_connection(&settings.kafka).await?;
         if !settings.kafka.provisioning.create_topics {
             kafka::require_topics(
@@ -107,6 +109,7 @@ impl Application {
             settings: settings.clone(),
             producer: producer.clone(),
             outbox_wakeup,
+            secrets,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(2))
                 .build()

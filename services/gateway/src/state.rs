@@ -19,6 +19,8 @@ pub struct AppState {
     /// Woken after a commit that wrote outbox rows, so the relay publishes them at once.
     pub outbox_wakeup: Arc<Notify>,
     pub http: reqwest::Client,
+    /// Seals merchants' webhook secrets before they are stored.
+    pub secrets: paystream_core::secrets::SecretBox,
     /// The OpenAPI document, serialised once.
     pub openapi: Bytes,
 }

@@ -23,6 +23,15 @@ impl Channel {
             Channel::Email => "email",
         }
     }
+
+    /// The channel named `s` ([`Channel::as_str`]).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "webhook" => Some(Channel::Webhook),
+            "email" => Some(Channel::Email),
+            _ => None,
+        }
+    }
 }
 
 /// What the ledger says to do for one (event, channel).

@@ -3,6 +3,10 @@
 //!
 //! A receiver recomputes the MAC over the raw body it received, compares in constant time and
 //! rejects a `t` older than its tolerance (5 minutes recommended), which bounds replays.
+//!
+//! The header may carry several `v1` (`t=…,v1=<current>,v1=<previous>`): during the overlap
+//! window after a secret rotation, one per valid secret. A receiver accepts when any `v1`
+//! matches its secret, so it keeps accepting with the old secret until it switches.
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -27,8 +31,18 @@ fn mac(secret: &str, timestamp: i64, body: &[u8]) -> HmacSha256 {
 
 /// The `Paystream-Signature` value for `body` signed at `timestamp` (unix seconds).
 pub fn sign(secret: &str, timestamp: i64, body: &[u8]) -> String {
-    let digest = mac(secret, timestamp, body).finalize().into_bytes();
-    format!("t={timestamp},v1={}", hex::encode(digest))
+    sign_all(&[secret], timestamp, body)
+}
+
+/// The `Paystream-Signature` value with one `v1` per secret, in order (current first).
+pub fn sign_all(secrets: &[&str], timestamp: i64, body: &[u8]) -> String {
+    let mut header = format!("t={timestamp}");
+    for secret in secrets {
+        let digest = mac(secret, timestamp, body).finalize().into_bytes();
+        header.push_str(",v1=");
+        header.push_str(&hex::encode(digest));
+    }
+    header
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -101,6 +115,21 @@ mod tests {
         assert_eq!(
             verify(SECRET, "v1=abcd", body, 0, 300),
             Err(VerifyError::Malformed)
+        );
+    }
+
+    #[test]
+    fn during_a_rotation_both_secrets_verify() {
+        let body = br#"{"id":"e1"}"#;
+        let header = sign_all(&["whsec_new", "whsec_old"], 1_700_000_000, body);
+        assert_eq!(header.matches(",v1=").count(), 2, "{header}");
+        assert!(header.starts_with(&sign("whsec_new", 1_700_000_000, body)));
+        for secret in ["whsec_new", "whsec_old"] {
+            assert_eq!(verify(secret, &header, body, 1_700_000_000, 300), Ok(()));
+        }
+        assert_eq!(
+            verify("whsec_other", &header, body, 1_700_000_000, 300),
+            Err(VerifyError::Mismatch)
         );
     }
 

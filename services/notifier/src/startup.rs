@@ -27,6 +27,9 @@ pub type Application = ConsumerService<NotifierHandler>;
 pub struct NotifierSection {
     #[serde(default)]
     pub notifier: NotifierSettings,
+    /// `[secrets]`: the key opening merchants' sealed webhook secrets (required).
+    #[serde(default)]
+    pub secrets: paystream_core::secrets::SecretsSettings,
 }
 
 const DEFAULTS: &str = r#"
@@ -36,6 +39,10 @@ port = 8084
 
 [consumer]
 group_id = "notifier"
+# Side effects (webhooks, e-mails): a new group starts from the end of the outcomes topic, so
+# enabling the notifier does not notify every retained outcome. Backfill on purpose with
+# PAYSTREAM_CONSUMER__START_FROM=earliest on the new group's first start.
+start_from = "latest"
 # A record may wait up to webhook_timeout_ms + smtp_timeout_ms (15 s) on slow receivers; ten
 # of them fit well inside the transaction timeout, so a batch is never timed out by the broker.
 batch_max_records = 10
@@ -85,6 +92,7 @@ impl ServiceHandler for NotifierHandler {
 
     async fn build(settings: &Settings, pool: &PgPool, codec: &AvroCodec) -> anyhow::Result<Self> {
         let n = &settings.notifier;
+        let secrets = paystream_core::secrets::SecretBox::from_settings(&settings.secrets)?;
         kafka::ensure_topics(
             &settings.kafka,
             &[TopicSpec::new(
@@ -103,6 +111,7 @@ impl ServiceHandler for NotifierHandler {
             .context("registering the NotificationSent schema")?;
         Ok(NotifierHandler {
             pool: pool.clone(),
+            secrets,
             webhooks: WebhookClient::new(
                 TargetPolicy {
                     allow_loopback: n.allow_loopback_targets,
@@ -117,6 +126,7 @@ impl ServiceHandler for NotifierHandler {
                 &n.email_from,
             )?,
             receipts_topic: settings.topics.notifications_sent.clone(),
+            retry: settings.consumer.retry_policy(),
         })
     }
 }

@@ -102,7 +102,8 @@ impl WebhookClient {
         Ok(Self { http, policy })
     }
 
-    /// POSTs `body` to `url`, signed with `secret` at the current time. The request carries
+    /// POSTs `body` to `url`, signed with each of `secrets` (current first; the previous one
+    /// too during a rotation's overlap window) at the current time. The request carries
     /// the payment's trace context, so a traced receiver continues the same trace.
     #[tracing::instrument(name = "webhook send", skip_all, fields(
         otel.kind = "client", http.request.method = "POST", event.id = %event_id,
@@ -110,7 +111,7 @@ impl WebhookClient {
     pub async fn send(
         &self,
         url: &str,
-        secret: &str,
+        secrets: &[&str],
         event_id: &str,
         body: Vec<u8>,
     ) -> Result<(), SendError> {
@@ -119,7 +120,7 @@ impl WebhookClient {
         self.policy
             .check_url(&url)
             .map_err(|e| SendError::Permanent(e.to_string()))?;
-        let signature = signature::sign(secret, Utc::now().timestamp(), &body);
+        let signature = signature::sign_all(secrets, Utc::now().timestamp(), &body);
         let mut trace = paystream_core::headers::RecordHeaders::default();
         trace.inject_current_context();
         let mut request = self
@@ -197,7 +198,7 @@ mod tests {
         let refused = client(false)
             .send(
                 &format!("http://localhost:{port}/h"),
-                "whsec_x",
+                &["whsec_x"],
                 "e1",
                 b"{}".to_vec(),
             )
@@ -210,7 +211,7 @@ mod tests {
         let ok = client(true)
             .send(
                 &format!("http://localhost:{port}/h"),
-                "whsec_x",
+                &["whsec_x"],
                 "e1",
                 b"{}".to_vec(),
             )
@@ -231,7 +232,7 @@ mod tests {
             let result = client(true)
                 .send(
                     &format!("http://127.0.0.1:{port}/h"),
-                    "whsec_x",
+                    &["whsec_x"],
                     "e1",
                     b"{}".to_vec(),
                 )
@@ -243,7 +244,7 @@ mod tests {
         }
         // https is spoken (rustls): a closed port is a transport failure, worth a retry.
         let https = client(true)
-            .send("https://127.0.0.1:1/h", "whsec_x", "e1", b"{}".to_vec())
+            .send("https://127.0.0.1:1/h", &["whsec_x"], "e1", b"{}".to_vec())
             .await;
         assert!(matches!(https, Err(SendError::Transient(_))), "{https:?}");
     }

@@ -36,6 +36,8 @@ port = 8082
 
 [consumer]
 group_id = "payment-processor"
+# A new group reads every retained request: a payment is never skipped.
+start_from = "earliest"
 "#;
 
     fn input_topics(settings: &Settings) -> Vec<String> {

@@ -52,6 +52,8 @@ pub const TRANSACTIONAL_CONSUMER: &[(&str, &str)] = &[
     ("enable.auto.commit", "false"),
     // Positions are committed through the producer's transaction, never by the consumer.
     ("enable.auto.offset.store", "false"),
+    // A partition with nothing committed is read from its start; a group configured to start
+    // from the end commits its input partitions' ends before it joins (`consumer.start_from`).
     ("auto.offset.reset", "earliest"),
     ("enable.partition.eof", "false"),
     // Incremental rebalancing: a joining or leaving instance only moves the partitions that

@@ -32,6 +32,7 @@ pub mod metrics;
 pub mod processing;
 pub mod record;
 pub mod retry;
+pub mod secrets;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;

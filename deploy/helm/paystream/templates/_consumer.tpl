@@ -74,6 +74,9 @@ spec:
             - name: PAYSTREAM_CONSUMER__TRANSACTIONAL_ID
               value: {{ printf "%s-$(POD_NAME)" $v.groupId | quote }}
             {{- include "paystream.commonEnv" $root | nindent 12 }}
+            {{- if eq .component "notifier" }}
+            {{- include "paystream.secretsEnv" $root | nindent 12 }}
+            {{- end }}
             {{- with $v.extraEnv }}
             {{- toYaml . | nindent 12 }}
             {{- end }}

@@ -300,6 +300,27 @@ PAYSTREAM_CONFIG_FILE when there is a config file. Call with the root context.
 Environment shared by the services that use Postgres and Kafka: the database URL from its
 Secret and the config file. Call with the root context.
 */}}
+{{/*
+The key sealing webhook secrets at rest: PAYSTREAM_SECRETS__ENCRYPTION_KEY from the chart's
+Secret or an existing one. The gateway and the notifier only.
+*/}}
+{{- define "paystream.encryptionKey" -}}
+{{- required "set secrets.encryptionKey or secrets.existingSecret" .Values.secrets.encryptionKey }}
+{{- end }}
+
+{{- define "paystream.secretsEnv" -}}
+- name: PAYSTREAM_SECRETS__ENCRYPTION_KEY
+  valueFrom:
+    secretKeyRef:
+      {{- if .Values.secrets.existingSecret }}
+      name: {{ .Values.secrets.existingSecret }}
+      key: {{ .Values.secrets.existingSecretKey }}
+      {{- else }}
+      name: {{ include "paystream.componentName" (dict "root" . "component" "secrets") }}
+      key: encryption-key
+      {{- end }}
+{{- end }}
+
 {{- define "paystream.commonEnv" -}}
 - name: PAYSTREAM_DATABASE__URL
   valueFrom:
@@ -490,6 +511,9 @@ chart's Secrets they use. Call with (dict "root" $ "component" "gateway").
 {{- end }}
 {{- if eq .component "gateway" }}
 {{- $secrets = print $secrets "\n---\n" (toJson (pick $root.Values.gateway "adminToken" "adminTokenExistingSecret" "adminTokenExistingSecretKey")) }}
+{{- end }}
+{{- if or (eq .component "gateway") (eq .component "notifier") }}
+{{- $secrets = print $secrets "\n---\n" (toJson $root.Values.secrets) }}
 {{- end }}
 {{- end }}
 checksum/config: {{ $config | sha256sum }}

@@ -1,5 +1,6 @@
 //! [`SmtpSink`]: the mail server the notifier sends to.
 
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use paystream_core::shutdown::Shutdown;
@@ -13,11 +14,19 @@ pub struct SmtpMessage {
     pub data: String,
 }
 
+/// What the sink answers to `RCPT TO` (250 unless told otherwise), and how often it refused.
+#[derive(Default)]
+struct RcptAnswer {
+    code: AtomicU16,
+    refused: AtomicU64,
+}
+
 /// A real SMTP server (RFC 5321 subset: EHLO/HELO, MAIL, RCPT, DATA, RSET, NOOP, QUIT) that
 /// keeps every message it accepted.
 #[derive(Clone)]
 pub struct SmtpSink {
     messages: Arc<std::sync::Mutex<Vec<SmtpMessage>>>,
+    rcpt: Arc<RcptAnswer>,
     pub port: u16,
 }
 
@@ -27,6 +36,9 @@ impl SmtpSink {
         let port = listener.local_addr()?.port();
         let messages: Arc<std::sync::Mutex<Vec<SmtpMessage>>> = Arc::default();
         let store = messages.clone();
+        let rcpt = Arc::new(RcptAnswer::default());
+        rcpt.code.store(250, Ordering::SeqCst);
+        let answer = rcpt.clone();
         tokio::spawn(async move {
             loop {
                 let socket = tokio::select! {
@@ -36,20 +48,25 @@ impl SmtpSink {
                     },
                     _ = shutdown.cancelled() => return,
                 };
-                let store = store.clone();
+                let (store, answer) = (store.clone(), answer.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = Self::session(socket, store).await {
+                    if let Err(e) = Self::session(socket, store, answer).await {
                         eprintln!("smtp sink session failed: {e:#}");
                     }
                 });
             }
         });
-        Ok(Self { messages, port })
+        Ok(Self {
+            messages,
+            rcpt,
+            port,
+        })
     }
 
     async fn session(
         socket: tokio::net::TcpStream,
         store: Arc<std::sync::Mutex<Vec<SmtpMessage>>>,
+        answer: Arc<RcptAnswer>,
     ) -> anyhow::Result<()> {
         use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
         let (read, mut write) = socket.into_split();
@@ -58,11 +75,18 @@ impl SmtpSink {
         let mut recipients = Vec::new();
         while let Some(line) = lines.next_line().await? {
             let verb = line.get(..4).unwrap_or(&line).to_ascii_uppercase();
+            let refusal;
             let reply: &[u8] = match verb.as_str() {
                 "EHLO" | "HELO" => b"250 sink\r\n",
                 "MAIL" => {
                     recipients.clear();
                     b"250 OK\r\n"
+                }
+                "RCPT" if answer.code.load(Ordering::SeqCst) != 250 => {
+                    answer.refused.fetch_add(1, Ordering::SeqCst);
+                    let code = answer.code.load(Ordering::SeqCst);
+                    refusal = format!("{code} mailbox unavailable\r\n");
+                    refusal.as_bytes()
                 }
                 "RCPT" => {
                     let to = line
@@ -118,5 +142,16 @@ impl SmtpSink {
 
     pub fn messages(&self) -> Vec<SmtpMessage> {
         self.messages.lock().unwrap().clone()
+    }
+
+    /// The reply code to `RCPT TO` from now on: 250 accepts; a 5xx refuses every recipient
+    /// permanently (RFC 5321), a 4xx for now.
+    pub fn answer_rcpt(&self, code: u16) {
+        self.rcpt.code.store(code, Ordering::SeqCst);
+    }
+
+    /// Recipients refused so far.
+    pub fn refused(&self) -> u64 {
+        self.rcpt.refused.load(Ordering::SeqCst)
     }
 }

@@ -16,6 +16,17 @@ use crate::env::{ephemeral_http, kafka_settings, registry_url};
 /// The gateway's admin bearer token in tests.
 pub const TEST_ADMIN_TOKEN: &str = "test-admin-token";
 
+/// `secrets.encryption_key` of the gateway and the notifier in tests (a fixed dev key, the
+/// local stack's: `dev-only-paystream-secrets-key!!`).
+pub const TEST_ENCRYPTION_KEY: &str = "ZGV2LW9ubHktcGF5c3RyZWFtLXNlY3JldHMta2V5ISE=";
+
+/// The `[secrets]` section of the gateway and the notifier in tests.
+pub fn test_secrets_settings() -> paystream_core::secrets::SecretsSettings {
+    paystream_core::secrets::SecretsSettings {
+        encryption_key: Some(TEST_ENCRYPTION_KEY.to_string().into()),
+    }
+}
+
 impl TestStack {
     /// The environment that points the `gateway` binary at this stack, listening on `port`.
     pub fn gateway_env(&self, port: u16) -> Vec<(String, String)> {
@@ -29,6 +40,10 @@ impl TestStack {
             (
                 "PAYSTREAM_GATEWAY__RATE_LIMIT__REQUESTS_PER_SECOND".into(),
                 "0".into(),
+            ),
+            (
+                "PAYSTREAM_SECRETS__ENCRYPTION_KEY".into(),
+                TEST_ENCRYPTION_KEY.into(),
             ),
         ]);
         env
@@ -151,6 +166,7 @@ pub fn gateway_settings(
         },
         topics: topics.clone(),
         admin_token: Some(TEST_ADMIN_TOKEN.to_string().into()),
+        secrets: test_secrets_settings(),
     }
 }
 

@@ -30,7 +30,9 @@ use gateway::gateway_settings;
 
 pub use analytics::WindowTotals;
 pub use consumer::TEST_RETRY_DELAYS_MS;
-pub use gateway::{payment_body, require_api_keys, GatewayHandle, TEST_ADMIN_TOKEN};
+pub use gateway::{
+    payment_body, require_api_keys, GatewayHandle, TEST_ADMIN_TOKEN, TEST_ENCRYPTION_KEY,
+};
 pub use topics::{DecodedRecord, RawRecord};
 
 /// Partitions of every topic a test creates (the harness's readers assign that many).

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use paystream_core::config::SchemaRegistrySettings;
-use paystream_core::processing::LoopStats;
+use paystream_core::processing::{LoopSettings, LoopStats, StartFrom};
 use paystream_core::service::ServiceSettings;
 
 use super::consumer::test_loop_settings;
@@ -19,13 +19,17 @@ impl TestStack {
     }
 
     /// Settings for a notifier wired to this stack, mailing through `smtp_port`; loopback
-    /// webhook targets are allowed (the receivers run on 127.0.0.1).
+    /// webhook targets are allowed (the receivers run on 127.0.0.1). The group starts from the
+    /// earliest outcome, not the service's `latest`: tests may start it after producing.
     pub fn notifier_settings(&self, smtp_port: u16) -> paystream_notifier::Settings {
         ServiceSettings {
             http: ephemeral_http(),
-            consumer: test_loop_settings::<paystream_notifier::handler::NotifierHandler>(
-                self.notifier_group(),
-            ),
+            consumer: LoopSettings {
+                start_from: StartFrom::Earliest,
+                ..test_loop_settings::<paystream_notifier::handler::NotifierHandler>(
+                    self.notifier_group(),
+                )
+            },
             database: self.database.clone(),
             kafka: self.kafka.clone(),
             schema_registry: SchemaRegistrySettings {
@@ -40,6 +44,7 @@ impl TestStack {
                     smtp_timeout_ms: 5_000,
                     ..Default::default()
                 },
+                secrets: super::gateway::test_secrets_settings(),
             },
         }
     }
@@ -63,10 +68,12 @@ impl TestStack {
         ))
     }
 
-    /// The environment of a `notifier` binary mailing through `smtp_port`.
+    /// The environment of a `notifier` binary mailing through `smtp_port`; its group starts
+    /// from the earliest outcome, as with [`Self::notifier_settings`].
     pub fn notifier_env(&self, smtp_port: u16, transactional_id: &str) -> Vec<(String, String)> {
         let mut env = self.consumer_env(&self.notifier_group(), transactional_id);
         env.extend([
+            ("PAYSTREAM_CONSUMER__START_FROM".into(), "earliest".into()),
             (
                 "PAYSTREAM_NOTIFIER__SMTP_PORT".into(),
                 smtp_port.to_string(),
@@ -78,6 +85,10 @@ impl TestStack {
             (
                 "PAYSTREAM_NOTIFIER__WEBHOOK_TIMEOUT_MS".into(),
                 "2000".into(),
+            ),
+            (
+                "PAYSTREAM_SECRETS__ENCRYPTION_KEY".into(),
+                super::gateway::TEST_ENCRYPTION_KEY.into(),
             ),
         ]);
         env

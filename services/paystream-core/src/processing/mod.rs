@@ -95,6 +95,26 @@ pub struct LoopSettings {
     /// After a shutdown signal, how long the batch in flight may take to commit before it is
     /// aborted (its records are then redelivered to the next owner).
     pub drain_timeout_ms: u64,
+    /// Where a group with no committed offset starts reading its input topics; a group that
+    /// committed goes on from its offsets whatever this says.
+    /// Each service sets its own default: a side-effecting group (the notifier) starts from the
+    /// end, so enabling it does not act on every retained record.
+    pub start_from: StartFrom,
+}
+
+/// Where a new consumer group starts: `consumer.start_from`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartFrom {
+    /// The oldest retained record: nothing on the topic is skipped (a processor must never
+    /// skip a payment), and a new group backfills.
+    #[default]
+    Earliest,
+    /// The end of each input partition when the instance starts: only records produced after
+    /// that. Done by committing those ends before joining ([`ProcessingLoop::run`]), not with
+    /// `auto.offset.reset=latest`, which would also apply to the group's retry topics and skip
+    /// a retry written before a restart or a rebalance.
+    Latest,
 }
 
 impl Default for LoopSettings {
@@ -114,6 +134,7 @@ impl Default for LoopSettings {
             retry_topic_partitions: -1,
             dlq_topic_partitions: -1,
             drain_timeout_ms: 20_000,
+            start_from: StartFrom::Earliest,
         }
     }
 }
@@ -361,6 +382,26 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
+/// The loop consumer's librdkafka properties: [`kafka::TRANSACTIONAL_CONSUMER`] plus the
+/// group's own, all managed (`kafka.properties` cannot override them).
+fn consumer_properties(settings: &LoopSettings) -> Vec<(&'static str, String)> {
+    let mut props: Vec<(&'static str, String)> = kafka::TRANSACTIONAL_CONSUMER
+        .iter()
+        .map(|(k, v)| (*k, (*v).to_string()))
+        .collect();
+    props.extend([
+        ("group.id", settings.group_id.clone()),
+        (
+            "session.timeout.ms",
+            settings.session_timeout_ms.to_string(),
+        ),
+        ("fetch.wait.max.ms", settings.fetch_wait_max_ms.to_string()),
+        // Per-partition consumer lag for the metrics, from librdkafka's own bookkeeping.
+        ("statistics.interval.ms", "5000".to_string()),
+    ]);
+    props
+}
+
 /// One consumer group instance.
 pub struct ProcessingLoop<H: Handler> {
     settings: LoopSettings,
@@ -396,14 +437,11 @@ impl<H: Handler> ProcessingLoop<H> {
             !settings.transactional_id.is_empty(),
             "processing loop needs a transactional id"
         );
-        let session_timeout = settings.session_timeout_ms.to_string();
-        let fetch_wait = settings.fetch_wait_max_ms.to_string();
-        let mut consumer_props = kafka::TRANSACTIONAL_CONSUMER.to_vec();
-        consumer_props.push(("group.id", &settings.group_id));
-        consumer_props.push(("session.timeout.ms", &session_timeout));
-        consumer_props.push(("fetch.wait.max.ms", &fetch_wait));
-        // Per-partition consumer lag for the metrics, from librdkafka's own bookkeeping.
-        consumer_props.push(("statistics.interval.ms", "5000"));
+        let consumer_props = consumer_properties(&settings);
+        let consumer_props: Vec<(&str, &str)> = consumer_props
+            .iter()
+            .map(|(k, v)| (*k, v.as_str()))
+            .collect();
         let consumer: StreamConsumer<LoopContext> =
             kafka::client_config(kafka_settings, &consumer_props)?.create_with_context(
                 LoopContext {
@@ -498,6 +536,11 @@ impl<H: Handler> ProcessingLoop<H> {
         self.ensure_chain_topics().await.map_err(|e| {
             LoopError::Setup(e.context("creating the retry and dead-letter topics"))
         })?;
+        if self.settings.start_from == StartFrom::Latest {
+            self.anchor_at_end().await.map_err(|e| {
+                LoopError::Setup(anyhow::Error::new(e).context("starting the group at the end"))
+            })?;
+        }
         let mut subscription = self.topics.clone();
         subscription.extend(self.policy.retry_topics());
         let topics: Vec<&str> = subscription.iter().map(String::as_str).collect();
@@ -1049,6 +1092,53 @@ impl<H: Handler> ProcessingLoop<H> {
         }
     }
 
+    /// A group that starts from the end is anchored there: each input partition it has no
+    /// committed offset for gets the partition's current end committed before the instance
+    /// joins. Retry partitions are left alone: with nothing committed they are read from the
+    /// start (they hold only the group's own retries), so none is skipped after a restart.
+    async fn anchor_at_end(&self) -> Result<(), KafkaError> {
+        let consumer = self.consumer.clone();
+        let topics = self.topics.clone();
+        let timeout = self.call_timeout();
+        blocking(move || {
+            let mut inputs = TopicPartitionList::new();
+            for topic in &topics {
+                let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+                for t in metadata.topics().iter().filter(|t| t.name() == topic) {
+                    for p in t.partitions() {
+                        inputs.add_partition(topic, p.id());
+                    }
+                }
+            }
+            if inputs.count() == 0 {
+                return Ok(());
+            }
+            let committed = consumer.committed_offsets(inputs, timeout)?;
+            kafka::partition_errors(&committed, "reading the committed offset of")?;
+            let mut anchor = TopicPartitionList::new();
+            for elem in committed.elements() {
+                if matches!(elem.offset(), Offset::Offset(_)) {
+                    continue;
+                }
+                let (_, end) =
+                    consumer.fetch_watermarks(elem.topic(), elem.partition(), timeout)?;
+                anchor.add_partition_offset(elem.topic(), elem.partition(), Offset::Offset(end))?;
+            }
+            if anchor.count() > 0 {
+                tracing::info!(
+                    partitions = anchor.count(),
+                    "new group starting from the end: committing the input partitions' ends"
+                );
+                // Refused only when members are already active; they anchored the group.
+                if let Err(e) = consumer.commit(&anchor, rdkafka::consumer::CommitMode::Sync) {
+                    tracing::warn!(error = %e, "anchoring the group at the end failed");
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
     /// Seeks every assigned partition back to its committed offset, so the records of the
     /// aborted batch are consumed again.
     async fn rewind(&self, batch: &[Record]) -> Result<(), KafkaError> {
@@ -1068,12 +1158,11 @@ impl<H: Handler> ProcessingLoop<H> {
             let mut seek = TopicPartitionList::new();
             for elem in committed.elements() {
                 let key = (elem.topic().to_string(), elem.partition());
-                let offset = match elem.offset() {
-                    Offset::Offset(o) => Offset::Offset(o),
+                let offset = match (elem.offset(), first_offsets.get(&key)) {
+                    (Offset::Offset(o), _) => Offset::Offset(o),
                     // Nothing committed yet: back to where this batch started, else the start.
-                    _ => first_offsets
-                        .get(&key)
-                        .map_or(Offset::Beginning, |o| Offset::Offset(*o)),
+                    (_, Some(o)) => Offset::Offset(*o),
+                    (_, None) => Offset::Beginning,
                 };
                 seek.add_partition_offset(&key.0, key.1, offset)?;
             }
@@ -1173,6 +1262,57 @@ mod tests {
             payload: None,
             headers: RecordHeaders::default(),
         }
+    }
+
+    #[test]
+    fn the_consumer_resets_to_earliest_whatever_start_from_says_and_properties_cannot_change_it() {
+        // `start_from = latest` is done by committing the input partitions' ends before joining:
+        // the consumer's reset stays `earliest`, so a retry partition is never skipped.
+        for start_from in [StartFrom::Earliest, StartFrom::Latest] {
+            let settings = LoopSettings {
+                group_id: "g".into(),
+                start_from,
+                ..LoopSettings::default()
+            };
+            let props = consumer_properties(&settings);
+            let resets: Vec<&str> = props
+                .iter()
+                .filter(|(k, _)| *k == "auto.offset.reset")
+                .map(|(_, v)| v.as_str())
+                .collect();
+            assert_eq!(resets, vec!["earliest"]);
+            let refs: Vec<(&str, &str)> = props.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let mut kafka_settings = KafkaSettings::default();
+            kafka_settings
+                .properties
+                .insert("auto.offset.reset".into(), "latest".into());
+            let refused = kafka::client_config(&kafka_settings, &refs).unwrap_err();
+            assert!(
+                refused.to_string().contains("auto.offset.reset"),
+                "{refused}"
+            );
+        }
+    }
+
+    #[test]
+    fn start_from_is_read_and_a_typo_is_an_error_naming_it() {
+        #[derive(Deserialize)]
+        struct Wrapper {
+            consumer: LoopSettings,
+        }
+        let read = |toml: &str| crate::config::load::<Wrapper>(toml).map(|w| w.consumer);
+        assert_eq!(
+            read("[consumer]\n").unwrap().start_from,
+            StartFrom::Earliest
+        );
+        let latest = read("[consumer]\nstart_from = \"latest\"\n").unwrap();
+        assert_eq!(latest.start_from, StartFrom::Latest);
+        let typo = read("[consumer]\nstart_from = \"lastest\"\n").unwrap_err();
+        let message = format!("{typo:#}");
+        assert!(
+            message.contains("start_from") && message.contains("lastest"),
+            "{message}"
+        );
     }
 
     #[test]
