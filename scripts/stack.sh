@@ -67,7 +67,6 @@ if [[ -z ${PAYSTREAM_SECRETS__ENCRYPTION_KEY:-} ]]; then
   DEV_ENCRYPTION_KEY_DEFAULTED=1
 fi
 SECRETS_ENCRYPTION_KEY="${PAYSTREAM_SECRETS__ENCRYPTION_KEY:-ZGV2LW9ubHktcGF5c3RyZWFtLXNlY3JldHMta2V5ISE=}"
-unset PAYSTREAM_SECRETS__ENCRYPTION_KEY
 
 log() { printf '[stack] %s\n' "$*" >&2; }
 die() { printf '[stack] error: %s\n' "$*" >&2; exit 1; }
@@ -325,6 +324,9 @@ start_smtp_sink() {
 }
 
 up() {
+  # Given to the gateway and the notifier only, below. Not unset at the top of this script:
+  # each supervisor runs this script again and must pass the key it was given on.
+  unset PAYSTREAM_SECRETS__ENCRYPTION_KEY
   mkdir -p "$STATE_DIR"
   local started=$SECONDS
   install_system_packages
