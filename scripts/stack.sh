@@ -255,16 +255,25 @@ start_broker() {
   wait_for broker 120 broker_ready
 }
 
+# stop_if_exited_starting NAME STARTING: a process this run of `up` started (STARTING set) that
+# exited while `up` waited for it stops `up` with its last log lines (not stack-trace lines),
+# instead of a restart loop. One `up` found running may have been restarted long ago: no
+# start-up failure.
+stop_if_exited_starting() {
+  local name=$1 starting=$2
+  if [[ -n $starting && -f $STATE_DIR/$name.restarts ]]; then
+    log "$name exited during start-up; last lines of $STATE_DIR/$name.log:"
+    grep -v '^\s' "$STATE_DIR/$name.log" | tail -n 5 >&2
+    stop "$name"
+    exit 1
+  fi
+}
+
 # The broker answers metadata requests (its port opens before the node is unfenced). A broker
 # that exits during start-up (its log says why) stops `up` instead of a restart loop; one this
 # run did not start may have been restarted before, which is no start-up failure.
 broker_ready() {
-  if [[ -n $BROKER_STARTING && -f $STATE_DIR/broker.restarts ]]; then
-    log "the broker exited during start-up; last lines of $STATE_DIR/broker.log:"
-    grep -v '^\s' "$STATE_DIR/broker.log" | tail -n 5 >&2
-    stop broker
-    exit 1
-  fi
+  stop_if_exited_starting broker "$BROKER_STARTING"
   tcp_open "$BROKER_ADDR" && "$ROOT/scripts/kafka-tool" topics --list >/dev/null 2>&1
 }
 
@@ -292,12 +301,7 @@ start_jaeger() {
 # bad configuration, say) stops `up` instead of a restart loop; one already running is only
 # waited for (its supervisor may have restarted it long ago).
 jaeger_ready() {
-  if [[ -n $JAEGER_STARTING && -f $STATE_DIR/jaeger.restarts ]]; then
-    log "jaeger exited during start-up; last lines of $STATE_DIR/jaeger.log:"
-    tail -n 5 "$STATE_DIR/jaeger.log" >&2
-    stop jaeger
-    exit 1
-  fi
+  stop_if_exited_starting jaeger "$JAEGER_STARTING"
   tcp_open "$JAEGER_OTLP_GRPC_ADDR" && tcp_open "$JAEGER_OTLP_HTTP_ADDR" &&
     http_ok "http://$JAEGER_QUERY_ADDR/api/services"
 }

@@ -56,8 +56,10 @@ impl Application {
             paystream_core::db::migrate(&pool).await?;
         }
         routes::merchants::seal_plaintext_secrets(&pool, &secrets).await?;
-        kafka::verify_connection(&settings.kafka).await?;
-        if !settings.kafka.provisioning.create_topics {
+        if settings.kafka.provisioning.create_topics {
+            kafka::verify_connection(&settings.kafka).await?;
+        } else {
+            // Reads the metadata too: a security failure stops start-up here just the same.
             kafka::require_topics(
                 &settings.kafka,
                 std::slice::from_ref(&settings.topics.payments_requested),

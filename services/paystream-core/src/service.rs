@@ -114,11 +114,10 @@ pub struct ServiceSettings<S> {
     pub own: S,
 }
 
-/// The sections every consumer-group service shares, read on their own: `ServiceSettings`
-/// flattens the service's sections in, and serde cannot say which keys a flattened struct
-/// ignored, so unknown keys are found by reading the two parts separately.
+/// The sections every consumer-group service shares, read on their own: serde cannot say which
+/// keys a flattened struct ignored, so [`ServiceSettings::load_checked`] reads these and the
+/// service's own sections separately and puts them together.
 #[derive(Deserialize)]
-#[allow(dead_code)] // read only to learn which keys it ignores
 struct SharedSections {
     http: HttpSettings,
     #[serde(default)]
@@ -146,9 +145,17 @@ impl<S: DeserializeOwned> ServiceSettings<S> {
     pub fn load_checked(defaults: &str) -> anyhow::Result<crate::config::Loaded<Self>> {
         use crate::config::{deserialize_tracking, read_sources, unknown_keys};
         let raw = read_sources(defaults)?;
-        let (settings, _) = deserialize_tracking::<Self>(&raw)?;
-        let (_, shared_ignored) = deserialize_tracking::<SharedSections>(&raw)?;
-        let (_, own_ignored) = deserialize_tracking::<S>(&raw)?;
+        let (shared, shared_ignored) = deserialize_tracking::<SharedSections>(&raw)?;
+        let (own, own_ignored) = deserialize_tracking::<S>(&raw)?;
+        let settings = Self {
+            http: shared.http,
+            consumer: shared.consumer,
+            database: shared.database,
+            kafka: shared.kafka,
+            schema_registry: shared.schema_registry,
+            topics: shared.topics,
+            own,
+        };
         Ok(crate::config::Loaded {
             settings,
             unknown: unknown_keys(&raw, &[shared_ignored, own_ignored]),
