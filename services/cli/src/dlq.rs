@@ -6,7 +6,7 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
 use paystream_core::avro::AvroCodec;
-use paystream_core::config::KafkaSettings;
+use paystream_core::config::{DatabaseSettings, KafkaSettings};
 use paystream_core::dlq::{self, DeadLetter, DlqFilter};
 use serde_json::json;
 
@@ -128,7 +128,13 @@ pub async fn run(
     command: DlqCommand,
     settings: &KafkaSettings,
     registry_url: &str,
+    database: &DatabaseSettings,
 ) -> anyhow::Result<()> {
+    // Replays are counted in Postgres (`dlq_replays`), so every subcommand shows the durable
+    // count and `replay` enforces it.
+    let pool = paystream_core::db::connect(database)
+        .await
+        .context("connecting to the database that records dead-letter replays")?;
     match command {
         DlqCommand::List { select, json } => {
             let letters = dlq::read(
@@ -138,12 +144,14 @@ pub async fn run(
                 READ_IDLE,
             )
             .await?;
+            let topic = select.source.topic();
+            let replays = dlq::replay_counts(&pool, &topic, &letters).await?;
             if json {
-                for l in &letters {
-                    println!("{}", summary(l));
+                for (l, r) in letters.iter().zip(&replays) {
+                    println!("{}", summary(l, *r));
                 }
             } else {
-                print_table(&letters);
+                print_table(&letters, &replays);
             }
             Ok(())
         }
@@ -161,7 +169,8 @@ pub async fn run(
                 source.topic()
             );
             let codec = AvroCodec::new(registry_url);
-            for l in &letters {
+            let replays = dlq::replay_counts(&pool, &source.topic(), &letters).await?;
+            for (l, r) in letters.iter().zip(replays) {
                 let value = match codec.decode_json(l.payload.as_deref()).await {
                     Ok(v) => v,
                     Err(e) => json!({
@@ -169,7 +178,7 @@ pub async fn run(
                         "base64": l.payload.as_deref().map(crate::encode_base64),
                     }),
                 };
-                let mut out = summary(l);
+                let mut out = summary(l, r);
                 out["headers"] = l
                     .headers
                     .0
@@ -204,9 +213,11 @@ pub async fn run(
                     select.source.topic()
                 );
             }
+            let topic = select.source.topic();
             if dry_run {
-                for l in &letters {
-                    match dlq::refusal(l, max_replays) {
+                let replays = dlq::replay_counts(&pool, &topic, &letters).await?;
+                for (l, r) in letters.iter().zip(replays) {
+                    match dlq::refusal(l, r, max_replays) {
                         None => println!(
                             "would replay {} → {}",
                             l.position(),
@@ -217,7 +228,15 @@ pub async fn run(
                 }
                 return Ok(());
             }
-            let report = dlq::replay(settings, &letters, max_replays, &transactional_id).await?;
+            let report = dlq::replay(
+                settings,
+                &pool,
+                &topic,
+                &letters,
+                max_replays,
+                &transactional_id,
+            )
+            .await?;
             for (position, target) in &report.replayed {
                 println!("replayed {position} → {target}");
             }
@@ -239,7 +258,7 @@ pub async fn run(
     }
 }
 
-fn summary(l: &DeadLetter) -> serde_json::Value {
+fn summary(l: &DeadLetter, replays: u32) -> serde_json::Value {
     json!({
         "position": format!("{}/{}", l.partition, l.offset),
         "topic": l.topic,
@@ -250,17 +269,17 @@ fn summary(l: &DeadLetter) -> serde_json::Value {
         "error_class": l.error_class(),
         "error_message": l.error_message(),
         "attempt": l.attempt(),
-        "replay_count": l.replay_count(),
+        "replay_count": replays,
         "original_topic": l.original_topic(),
     })
 }
 
-fn print_table(letters: &[DeadLetter]) {
+fn print_table(letters: &[DeadLetter], replays: &[u32]) {
     println!(
         "{:<12} {:<25} {:<10} {:>7} {:>7} {:<30} {:<38} ERROR",
         "POSITION", "TIME", "CLASS", "ATTEMPT", "REPLAYS", "ORIGINAL TOPIC", "KEY"
     );
-    for l in letters {
+    for (l, replays) in letters.iter().zip(replays) {
         let time = l
             .timestamp_ms
             .and_then(DateTime::<Utc>::from_timestamp_millis)
@@ -281,7 +300,7 @@ fn print_table(letters: &[DeadLetter]) {
             time,
             l.error_class().unwrap_or("-"),
             l.attempt(),
-            l.replay_count(),
+            replays,
             l.original_topic().unwrap_or("-"),
             l.key_str(),
             error

@@ -345,7 +345,9 @@ async fn run(command: Command, settings: CliSettings) -> anyhow::Result<()> {
             }
             migrate(database).await
         }
-        Command::Dlq { command } => dlq::run(command, &kafka_settings, &registry_url).await,
+        Command::Dlq { command } => {
+            dlq::run(command, &kafka_settings, &registry_url, &settings.database).await
+        }
         Command::Trace(args) => trace::run(args).await,
     }
 }

@@ -22,8 +22,11 @@ use paystream_core::kafka::{self, TopicSpec};
 use paystream_core::processing::{
     Faults, Handler, HandlerContext, HandlerError, LoopSettings, LoopStats, Output, ProcessingLoop,
 };
+use paystream_core::record::position_event_id;
 use paystream_core::shutdown::Shutdown;
-use paystream_e2e_tests::{database_url, kafka_settings, registry_url, workspace_binary};
+use paystream_e2e_tests::{
+    database_url, kafka_settings, registry_url, third_party, workspace_binary,
+};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::FutureProducer;
 use rdkafka::{Offset, TopicPartitionList};
@@ -194,6 +197,16 @@ impl Harness {
 
     /// Produces a valid `PaymentRequested` for `customer`; returns its event id.
     async fn send(&self, customer: &str) -> anyhow::Result<Uuid> {
+        self.send_event(customer, true).await
+    }
+
+    /// Like [`Self::send`], from a producer that sets no `event_id` header (the consumer then
+    /// knows the record by its position).
+    async fn send_without_event_id(&self, customer: &str) -> anyhow::Result<()> {
+        self.send_event(customer, false).await.map(drop)
+    }
+
+    async fn send_event(&self, customer: &str, event_id_header: bool) -> anyhow::Result<Uuid> {
         let event_id = Uuid::new_v4();
         let payment_id = Uuid::new_v4().to_string();
         let event = PaymentRequested {
@@ -213,7 +226,9 @@ impl Harness {
             .encode(&self.input, &PAYMENT_REQUESTED_SCHEMA, &event)
             .await?;
         let mut h = RecordHeaders::default();
-        h.set(headers::EVENT_ID, event_id.to_string());
+        if event_id_header {
+            h.set(headers::EVENT_ID, event_id.to_string());
+        }
         self.send_raw(&payment_id, &bytes, h).await?;
         Ok(event_id)
     }
@@ -286,6 +301,13 @@ impl Harness {
         }))
     }
 
+    /// The end (high watermark) of the input's partition 0: records and transaction markers.
+    fn input_end(&self) -> anyhow::Result<i64> {
+        let consumer: BaseConsumer = kafka::client_config(&kafka_settings(), &[])?.create()?;
+        let (_, high) = consumer.fetch_watermarks(&self.input, 0, Duration::from_secs(10))?;
+        Ok(high)
+    }
+
     /// `paystream dlq …` against this test's dead-letter topic; returns (success, stdout+stderr).
     async fn dlq_cli(&self, args: &[&str]) -> anyhow::Result<(bool, String)> {
         let out = tokio::process::Command::new(workspace_binary("paystream")?)
@@ -297,6 +319,9 @@ impl Harness {
                 kafka_settings().bootstrap_servers,
             )
             .env("PAYSTREAM_SCHEMA_REGISTRY__URL", registry_url())
+            // The harness's schema, where the replays are counted.
+            .env("PAYSTREAM_DATABASE__URL", database_url())
+            .env("PAYSTREAM_DATABASE__SCHEMA", &self.schema)
             .output()
             .await?;
         let text = format!(
@@ -383,7 +408,7 @@ async fn always_failing_records_reach_the_dlq_while_the_partition_keeps_flowing(
     assert_eq!(letters.len(), 1, "{letters:?}");
     let letter = &letters[0];
     let hd = &letter.headers;
-    assert_eq!(letter.event_id(), Some(failing.to_string().as_str()));
+    assert_eq!(letter.event_id(), failing);
     assert_eq!(hd.get(headers::ATTEMPT), Some("3"), "1 try + 2 retries");
     assert_eq!(hd.get(headers::ERROR_CLASS), Some("transient"));
     assert!(hd
@@ -483,7 +508,7 @@ async fn dead_letters_replay_through_the_cli_and_apply_once() -> anyhow::Result<
     let again = second.iter().find(|l| l.offset != first[0].offset).unwrap();
     assert_eq!(again.replay_count(), 1);
     assert_eq!(again.attempt(), 1, "a replay starts a fresh chain");
-    assert_eq!(again.event_id(), Some(event.to_string().as_str()));
+    assert_eq!(again.event_id(), event);
     let again_position = format!("0/{}", again.offset);
 
     // The replay limit is enforced, with a clear refusal and a non-zero exit.
@@ -524,6 +549,85 @@ async fn dead_letters_replay_through_the_cli_and_apply_once() -> anyhow::Result<
     Ok(())
 }
 
+/// A record that came without an event id is known by its first position all the way: the
+/// retry chain keeps that identity, the dead letter carries it, and replaying the same dead
+/// letter again and again applies it once, with the replays counted durably (Postgres), so the
+/// limit holds even though the dead letter itself never changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_without_an_event_id_keeps_one_identity_through_retries_and_replays(
+) -> anyhow::Result<()> {
+    let h = Harness::new().await?;
+    h.start(|_| {}).await?;
+    // Offset 0: fails twice (two retry stages), then succeeds on the second retry topic.
+    h.send_without_event_id("fail-twice-anonymous").await?;
+    let first_position = position_event_id(&h.input, 0, 0);
+    let effects = h.wait_effects(1).await?;
+    assert_eq!(
+        effects.keys().collect::<Vec<_>>(),
+        vec![&first_position],
+        "applied under the id of its first position, not of the retry topic's"
+    );
+    let calls = h.calls();
+    assert_eq!(calls.len(), 3, "{calls:?}");
+    assert!(
+        calls.iter().all(|c| c.event_id == first_position),
+        "{calls:?}"
+    );
+
+    // Offset 1: fails permanently; the dead letter carries the id.
+    h.send_without_event_id("permanent-anonymous").await?;
+    let letters = h.dead_letters(1).await?;
+    let identity = position_event_id(&h.input, 0, 1);
+    let stamped = letters[0]
+        .headers
+        .get(headers::EVENT_ID)
+        .map(str::to_string);
+    assert_eq!(stamped, Some(identity.to_string()));
+
+    // Healed, the same dead letter replayed twice: applied once, counted twice.
+    h.healed.store(true, Ordering::SeqCst);
+    for round in 1..=2 {
+        let (ok, out) = h.dlq_cli(&["replay", "0/0", "--max-replays", "2"]).await?;
+        assert!(
+            ok && out.contains("1 replayed, 0 refused"),
+            "replay {round}: {out}"
+        );
+    }
+    // The third replay of the unchanged dead letter is refused by the durable count.
+    let (ok, out) = h.dlq_cli(&["replay", "0/0", "--max-replays", "2"]).await?;
+    assert!(
+        !ok && out.contains("already replayed 2 times (limit 2)"),
+        "{out}"
+    );
+    let (ok, listing) = h.dlq_cli(&["list", "--json"]).await?;
+    assert!(ok && listing.contains(r#""replay_count":2"#), "{listing}");
+
+    // The input holds 2 records + 2 replays, each replay a transaction ending with its commit
+    // marker; once the group's offset is past the last replayed record (the end but for that
+    // marker), the effects are final.
+    let end = h.input_end()?;
+    wait_for("the committed offset to cover both replays", || async {
+        let committed = h.committed_input_offset()?;
+        Ok((committed >= Some(end - 1)).then_some(()))
+    })
+    .await?;
+    let effects = h.effects().await?;
+    eprintln!("effects after two replays of one dead letter: {effects:?}");
+    assert_eq!(effects.len(), 2, "{effects:?}");
+    assert_eq!(
+        effects.get(&identity),
+        Some(&1),
+        "applied once: {effects:?}"
+    );
+    let durable: i32 = sqlx::query_scalar("SELECT replays FROM dlq_replays WHERE event_id = $1")
+        .bind(identity)
+        .fetch_one(&h.pool)
+        .await?;
+    assert_eq!(durable, 2);
+    h.teardown().await;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_abort_mid_batch_rewinds_and_applies_every_input_exactly_once() -> anyhow::Result<()> {
     const N: usize = 60;
@@ -556,6 +660,20 @@ async fn an_abort_mid_batch_rewinds_and_applies_every_input_exactly_once() -> an
     })
     .await?;
     assert_eq!(committed, Some(N as i64));
+
+    // The output topic, read by a stock Confluent client under read_committed: the aborted
+    // batch's outputs are invisible and the redone batch's are there once, so N records, one
+    // per payment (records, not distinct keys).
+    let bootstrap = kafka_settings().bootstrap_servers;
+    let outputs =
+        third_party::confluent_read_committed_at_least(&bootstrap, &h.output, N, WAIT).await?;
+    eprintln!(
+        "after the abort: {} output records read_committed for {N} inputs, {} keys",
+        outputs.records,
+        outputs.per_key.len()
+    );
+    assert_eq!(outputs.records, N, "one committed output per input");
+    assert!(outputs.not_once().is_empty(), "{:?}", outputs.not_once());
     h.teardown().await;
     Ok(())
 }

@@ -659,7 +659,15 @@ async fn one_channel_refused_for_good(failing: Channel) -> anyhow::Result<()> {
     )
     .await?;
     assert_eq!(letters.len(), PAYMENTS);
-    let report = dlq::replay(&stack.kafka, &letters, 3, &format!("{group}-replay")).await?;
+    let report = dlq::replay(
+        &stack.kafka,
+        &stack.pool,
+        &dlq_topic,
+        &letters,
+        3,
+        &format!("{group}-replay"),
+    )
+    .await?;
     assert_eq!(report.replayed.len(), PAYMENTS, "{:?}", report.refused);
     stack
         .eventually(

@@ -440,7 +440,7 @@ mod split_off_tests {
         let replayed = consumed(
             &dead,
             "payments.outcomes.v1",
-            retry::replay_headers(&dead.headers),
+            retry::replay_headers(&dead.headers, own, 1),
         );
         assert_eq!(replayed.event_id(), own);
         assert_eq!(retry::attempt_of(&replayed.headers), 0);

@@ -14,11 +14,13 @@ use anyhow::Context;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::{Offset, TopicPartitionList};
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
 
 use crate::config::KafkaSettings;
 use crate::headers;
 use crate::kafka;
-use crate::record::Record;
+use crate::record::{position_event_id, Record};
 use crate::retry;
 
 /// One record of a dead-letter topic: the record itself (derefs to [`Record`]) and what the
@@ -57,12 +59,33 @@ impl DeadLetter {
     pub fn original_topic(&self) -> Option<&str> {
         self.headers.get(headers::ORIGINAL_TOPIC)
     }
-    pub fn event_id(&self) -> Option<&str> {
-        self.headers.get(headers::EVENT_ID)
+    /// The event this dead letter is: its `event_id` header, else (a dead letter written
+    /// before the chain stamped ids) the id its first position gave it, which is the id the
+    /// consumer deduplicated it by.
+    pub fn event_id(&self) -> Uuid {
+        if let Some(id) = self
+            .headers
+            .get(headers::EVENT_ID)
+            .and_then(|v| Uuid::parse_str(v).ok())
+        {
+            return id;
+        }
+        let origin = (
+            self.original_topic(),
+            self.headers.get_i64(headers::ORIGINAL_PARTITION),
+            self.headers.get_i64(headers::ORIGINAL_OFFSET),
+        );
+        match origin {
+            (Some(topic), Some(partition), Some(offset)) => {
+                position_event_id(topic, partition as i32, offset)
+            }
+            _ => self.0.event_id(),
+        }
     }
     pub fn attempt(&self) -> u32 {
         retry::attempt_of(&self.headers)
     }
+    /// Replays recorded on the record itself; [`replay_counts`] has the durable figure.
     pub fn replay_count(&self) -> u32 {
         retry::replay_count(&self.headers)
     }
@@ -190,34 +213,103 @@ pub struct ReplayReport {
     pub refused: Vec<(String, String)>,
 }
 
-/// Why a dead letter may not be replayed, if it may not.
-pub fn refusal(letter: &DeadLetter, max_replays: u32) -> Option<String> {
+/// Why a dead letter may not be replayed, if it may not, given the replays already recorded
+/// for its event.
+pub fn refusal(letter: &DeadLetter, replays: u32, max_replays: u32) -> Option<String> {
     if letter.original_topic().is_none() {
         return Some(format!("no {} header", headers::ORIGINAL_TOPIC));
     }
-    if letter.replay_count() >= max_replays {
+    if replays >= max_replays {
         return Some(format!(
-            "already replayed {} times (limit {max_replays})",
-            letter.replay_count()
+            "already replayed {replays} times (limit {max_replays})"
         ));
     }
     None
 }
 
-/// Sends `letters` back to their original topics in one transaction.
+/// The replays recorded for each letter's event: the durable count in `dlq_replays`, or the
+/// record's own header if that is higher (replays made before the count was kept).
+pub async fn replay_counts(
+    pool: &PgPool,
+    dlq_topic: &str,
+    letters: &[DeadLetter],
+) -> anyhow::Result<Vec<u32>> {
+    let mut conn = pool.acquire().await?;
+    let mut counts = Vec::with_capacity(letters.len());
+    for letter in letters {
+        counts.push(recorded_replays(&mut conn, dlq_topic, letter, false).await?);
+    }
+    Ok(counts)
+}
+
+async fn recorded_replays(
+    conn: &mut PgConnection,
+    dlq_topic: &str,
+    letter: &DeadLetter,
+    lock: bool,
+) -> anyhow::Result<u32> {
+    let sql = if lock {
+        "SELECT replays FROM dlq_replays WHERE dlq_topic = $1 AND event_id = $2 FOR UPDATE"
+    } else {
+        "SELECT replays FROM dlq_replays WHERE dlq_topic = $1 AND event_id = $2"
+    };
+    let durable: Option<i32> = sqlx::query_scalar(sql)
+        .bind(dlq_topic)
+        .bind(letter.event_id())
+        .fetch_optional(&mut *conn)
+        .await
+        .context("reading the recorded replays (dlq_replays)")?;
+    Ok(letter
+        .replay_count()
+        .max(durable.map_or(0, |d| d.max(0) as u32)))
+}
+
+/// Sends `letters` back to their original topics in one Kafka transaction, counting each
+/// replay in `dlq_replays` (Postgres) and refusing events replayed `max_replays` times already.
+///
+/// The counts are written in a database transaction that holds the events' rows locked until
+/// the Kafka transaction has committed: two operators replaying the same dead letter are
+/// serialised, and a failed replay counts nothing. A crash between the two commits loses one
+/// count, never a record; the replayed record carries its event id, so consumers that applied
+/// it once ignore it.
 pub async fn replay(
     settings: &KafkaSettings,
+    pool: &PgPool,
+    dlq_topic: &str,
     letters: &[DeadLetter],
     max_replays: u32,
     transactional_id: &str,
 ) -> anyhow::Result<ReplayReport> {
     let mut report = ReplayReport::default();
+    let mut counting = pool.begin().await.context("starting the replay count")?;
     let mut chosen = Vec::new();
     for letter in letters {
-        match refusal(letter, max_replays) {
-            Some(reason) => report.refused.push((letter.position(), reason)),
-            None => chosen.push(letter),
+        // The row exists before it is locked, so concurrent first replays of one event queue up.
+        sqlx::query(
+            "INSERT INTO dlq_replays (dlq_topic, event_id, replays) VALUES ($1, $2, 0)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(dlq_topic)
+        .bind(letter.event_id())
+        .execute(&mut *counting)
+        .await
+        .context("recording the replay (dlq_replays)")?;
+        let replays = recorded_replays(&mut counting, dlq_topic, letter, true).await?;
+        if let Some(reason) = refusal(letter, replays, max_replays) {
+            report.refused.push((letter.position(), reason));
+            continue;
         }
+        sqlx::query(
+            "UPDATE dlq_replays SET replays = $3, last_replayed_at = now()
+             WHERE dlq_topic = $1 AND event_id = $2",
+        )
+        .bind(dlq_topic)
+        .bind(letter.event_id())
+        .bind((replays + 1) as i32)
+        .execute(&mut *counting)
+        .await
+        .context("recording the replay (dlq_replays)")?;
+        chosen.push((letter, replays + 1));
     }
     if chosen.is_empty() {
         return Ok(report);
@@ -236,9 +328,9 @@ pub async fn replay(
     .context("starting the replay transaction")?;
 
     let mut deliveries = Vec::new();
-    for letter in &chosen {
+    for (letter, replays) in &chosen {
         let target = letter.original_topic().unwrap_or_default().to_string();
-        let headers = retry::replay_headers(&letter.headers);
+        let headers = retry::replay_headers(&letter.headers, letter.event_id(), *replays);
         let delivery = kafka::enqueue(
             &producer,
             &target,
@@ -266,6 +358,10 @@ pub async fn replay(
             return Err(anyhow::Error::new(e).context("replay aborted: a record was not delivered"));
         }
     }
+    counting
+        .commit()
+        .await
+        .context("the replay committed to Kafka, but its count was not recorded")?;
     for (position, target) in &report.replayed {
         tracing::info!(%position, to = %target, "dead letter replayed");
     }
@@ -334,12 +430,24 @@ mod tests {
 
     #[test]
     fn refuses_records_replayed_too_often_or_without_origin() {
-        assert_eq!(refusal(&letter("g", "poison", 0, 2), 3), None);
-        assert!(refusal(&letter("g", "poison", 0, 3), 3)
-            .unwrap()
-            .contains("limit 3"));
+        let d = letter("g", "poison", 0, 0);
+        assert_eq!(refusal(&d, 2, 3), None);
+        assert!(refusal(&d, 3, 3).unwrap().contains("limit 3"));
         let mut orphan = letter("g", "poison", 0, 0);
         orphan.headers.remove(headers::ORIGINAL_TOPIC);
-        assert!(refusal(&orphan, 3).is_some());
+        assert!(refusal(&orphan, 0, 3).is_some());
+    }
+
+    #[test]
+    fn a_dead_letter_without_an_event_id_is_the_event_of_its_first_position() {
+        let mut d = letter("g", "poison", 5, 0);
+        d.headers.set(headers::ORIGINAL_PARTITION, "2");
+        d.headers.set(headers::ORIGINAL_OFFSET, "40");
+        assert_eq!(d.event_id(), position_event_id("in", 2, 40));
+        // Not the id of its own position in the dead-letter topic.
+        assert_ne!(d.event_id(), d.0.event_id());
+        let stamped = Uuid::new_v4();
+        d.headers.set(headers::EVENT_ID, stamped.to_string());
+        assert_eq!(d.event_id(), stamped);
     }
 }

@@ -48,11 +48,16 @@ impl Record {
         self.headers
             .get(headers::EVENT_ID)
             .and_then(|v| Uuid::parse_str(v).ok())
-            .unwrap_or_else(|| {
-                let position = format!("{}/{}/{}", self.topic, self.partition, self.offset);
-                Uuid::new_v5(&EVENT_ID_NAMESPACE, position.as_bytes())
-            })
+            .unwrap_or_else(|| position_event_id(&self.topic, self.partition, self.offset))
     }
+}
+
+/// The event id of a record that came without one: derived from where it was first read, so
+/// every redelivery of it (and, through the retry chain's origin headers, every forward and
+/// replay of it) has the same id.
+pub fn position_event_id(topic: &str, partition: i32, offset: i64) -> Uuid {
+    let position = format!("{topic}/{partition}/{offset}");
+    Uuid::new_v5(&EVENT_ID_NAMESPACE, position.as_bytes())
 }
 
 /// A record a handler wants produced in the same transaction as its input's offset.

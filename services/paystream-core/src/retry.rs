@@ -16,6 +16,8 @@
 
 use std::time::Duration;
 
+use uuid::Uuid;
+
 use crate::headers::{self, RecordHeaders};
 use crate::record::{Output, Record};
 
@@ -134,6 +136,10 @@ impl RetryPolicy {
                 }
             }
         }
+        // A record that came without an event id is known by the id of its first position;
+        // stamping it here keeps that identity on every later stage and in the dead letter,
+        // where the record's own position (and so a derived id) is different.
+        headers.set(headers::EVENT_ID, record.event_id().to_string());
         headers.set(headers::CONSUMER_GROUP, self.group.clone());
         headers.set(headers::ERROR_CLASS, failure.class.as_str());
         headers.set(
@@ -190,9 +196,10 @@ pub fn replay_count(headers: &RecordHeaders) -> u32 {
 }
 
 /// The headers of a dead letter sent back to its original topic by an operator: the attempt
-/// count, due time and last error are cleared (the record starts a fresh chain), the origin
-/// and the event id are kept, and the replay count goes up by one.
-pub fn replay_headers(dead_letter: &RecordHeaders) -> RecordHeaders {
+/// count, due time and last error are cleared (the record starts a fresh chain), the origin is
+/// kept, the event id is `event_id` (the dead letter's, see [`crate::dlq::DeadLetter::event_id`])
+/// and the replay count is `replays`, this replay included.
+pub fn replay_headers(dead_letter: &RecordHeaders, event_id: Uuid, replays: u32) -> RecordHeaders {
     let mut headers = dead_letter.clone();
     for name in [
         headers::ATTEMPT,
@@ -203,10 +210,8 @@ pub fn replay_headers(dead_letter: &RecordHeaders) -> RecordHeaders {
     ] {
         headers.remove(name);
     }
-    headers.set(
-        headers::REPLAY_COUNT,
-        (replay_count(dead_letter) + 1).to_string(),
-    );
+    headers.set(headers::EVENT_ID, event_id.to_string());
+    headers.set(headers::REPLAY_COUNT, replays.to_string());
     headers
 }
 
@@ -349,17 +354,42 @@ mod tests {
     #[test]
     fn replay_starts_a_fresh_chain_and_counts_replays() {
         let p = policy();
+        let id = Uuid::new_v4();
         let mut h = RecordHeaders::default();
-        h.set(headers::EVENT_ID, "e");
+        h.set(headers::EVENT_ID, id.to_string());
         let dead = p.route(&record("in", h), &failure(FailureClass::Permanent), 0);
-        let replayed = replay_headers(&dead.output.headers);
-        assert_eq!(replayed.get(headers::EVENT_ID), Some("e"));
+        let replayed = replay_headers(&dead.output.headers, id, 1);
+        assert_eq!(
+            replayed.get(headers::EVENT_ID),
+            Some(id.to_string().as_str())
+        );
         assert_eq!(replayed.get(headers::ATTEMPT), None);
         assert_eq!(replayed.get(headers::ERROR_CLASS), None);
         assert_eq!(replayed.get(headers::ORIGINAL_TOPIC), Some("in"));
         assert_eq!(replay_count(&replayed), 1);
-        assert_eq!(replay_count(&replay_headers(&replayed)), 2);
+        assert_eq!(replay_count(&replay_headers(&replayed, id, 2)), 2);
         assert_eq!(attempt_of(&replayed), 0);
+    }
+
+    #[test]
+    fn a_record_without_an_event_id_keeps_its_first_position_s_id_through_the_chain() {
+        let p = policy();
+        let first = record("in", RecordHeaders::default());
+        let identity = first.event_id();
+        let retry = p.route(&first, &failure(FailureClass::Transient), 0);
+        // Read back from the retry topic: another position, the same event.
+        let on_retry = Record {
+            topic: retry.output.topic.clone(),
+            offset: 7,
+            headers: retry.output.headers.clone(),
+            ..first.clone()
+        };
+        assert_eq!(on_retry.event_id(), identity);
+        let dead = p.route(&on_retry, &failure(FailureClass::Permanent), 0);
+        assert_eq!(
+            dead.output.headers.get(headers::EVENT_ID),
+            Some(identity.to_string().as_str())
+        );
     }
 
     #[test]
