@@ -1,5 +1,5 @@
 # paystream — the local stack and the test suite. See README.md.
-.PHONY: up down status test bench build fmt lint chart-check
+.PHONY: up down status test bench chaos build fmt lint chart-check
 
 up:      ## build, install and start the local stack; returns when everything is healthy
 	scripts/stack.sh up
@@ -15,6 +15,9 @@ test:    ## the whole suite against the real stack (starts it if needed); CI run
 
 chart-check:  ## helm lint --strict + kubernetes-validate --strict of the chart's renderings, refused values, README table
 	scripts/chart-check.sh
+
+chaos:   ## chaos soak: CHAOS_PAYMENTS (default 100000) payments while services are SIGKILLed, the broker and Postgres restarted; verdict table, non-zero on any miss
+	scripts/chaos.sh
 
 bench:   ## micro-benchmarks + load suite against the local stack (starts it if needed); report in .bench/
 	scripts/stack.sh up

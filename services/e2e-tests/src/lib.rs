@@ -13,11 +13,13 @@
 //! - [`fakes`]: the webhook receiver and SMTP server the notifier delivers to;
 //! - [`http`], [`db`]: request and assertion helpers, database counts and locks;
 //! - [`env`]: the harness's settings, read through the services' own configuration loader;
-//! - [`own_kafka`], [`third_party`], [`otlp`], [`jaeger`]: a test's own broker, third-party
-//!   oracles, an OTLP receiver and Jaeger queries.
+//! - [`own_kafka`], [`own_postgres`], [`third_party`], [`otlp`], [`jaeger`]: a test's own
+//!   broker and database, third-party oracles, an OTLP receiver and Jaeger queries;
+//! - [`chaos`]: the chaos soak (`make chaos`, and its small version in `make test`).
 //!
 //! Everything a test uses is re-exported here.
 
+pub mod chaos;
 pub mod db;
 pub mod env;
 pub mod fakes;
@@ -25,6 +27,7 @@ pub mod http;
 pub mod jaeger;
 pub mod otlp;
 pub mod own_kafka;
+pub mod own_postgres;
 pub mod process;
 pub mod stack;
 pub mod third_party;

@@ -20,12 +20,17 @@ pub fn free_port() -> anyhow::Result<u16> {
 pub fn workspace_binary(name: &str) -> anyhow::Result<PathBuf> {
     let dir = match std::env::var("PAYSTREAM_BIN_DIR") {
         Ok(d) => PathBuf::from(d),
-        // Test binaries live in <target>/debug/deps; service binaries one level up.
-        Err(_) => std::env::current_exe()?
-            .parent()
-            .and_then(|p| p.parent())
-            .context("no target dir")?
-            .to_path_buf(),
+        // Test binaries live in <target>/debug/deps, service binaries (and the chaos binary)
+        // in <target>/debug.
+        Err(_) => {
+            let exe = std::env::current_exe()?;
+            let dir = exe.parent().context("no target dir")?;
+            if dir.ends_with("deps") {
+                dir.parent().context("no target dir")?.to_path_buf()
+            } else {
+                dir.to_path_buf()
+            }
+        }
     };
     let path = dir.join(name);
     anyhow::ensure!(

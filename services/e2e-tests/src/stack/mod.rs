@@ -71,6 +71,16 @@ impl TestStack {
         kafka: KafkaSettings,
         configure: impl FnOnce(&mut paystream_gateway::Settings),
     ) -> anyhow::Result<Self> {
+        Self::spawn_isolated(kafka, database_url(), configure).await
+    }
+
+    /// [`TestStack::spawn_on`] with the database at `database_url` as well (e.g. a test's
+    /// [`crate::own_postgres::OwnPostgres`]), for tests that restart or kill both.
+    pub async fn spawn_isolated(
+        kafka: KafkaSettings,
+        database_url: String,
+        configure: impl FnOnce(&mut paystream_gateway::Settings),
+    ) -> anyhow::Result<Self> {
         init_test_logs();
         let id = Uuid::new_v4().simple().to_string()[..12].to_string();
         let topics = TopicSettings {
@@ -83,8 +93,8 @@ impl TestStack {
         kafka::ensure_topics(
             &kafka,
             &[
-                TopicSpec::new(&topics.payments_requested, PARTITIONS),
-                TopicSpec::new(&topics.payments_outcomes, PARTITIONS),
+                TopicSpec::new(&topics.payments_requested, kafka.provisioning.partitions),
+                TopicSpec::new(&topics.payments_outcomes, kafka.provisioning.partitions),
                 TopicSpec::new(format!("{group_id}.dlq"), 1),
             ],
         )
@@ -92,7 +102,7 @@ impl TestStack {
         .context("creating test topics (is the stack up? `make up`)")?;
 
         let database = DatabaseSettings {
-            url: database_url().into(),
+            url: database_url.into(),
             max_connections: 10,
             schema: Some(format!("test_{id}")),
         };
@@ -134,7 +144,10 @@ impl TestStack {
     fn stack_env(&self) -> Vec<(String, String)> {
         let t = &self.topics;
         vec![
-            ("PAYSTREAM_DATABASE__URL".into(), database_url()),
+            (
+                "PAYSTREAM_DATABASE__URL".into(),
+                self.database.url().to_string(),
+            ),
             (
                 "PAYSTREAM_DATABASE__SCHEMA".into(),
                 self.database.schema.clone().unwrap_or_default(),
