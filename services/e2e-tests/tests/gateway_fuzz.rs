@@ -207,6 +207,8 @@ fn no_body_or_header_makes_the_gateway_fail() -> anyhow::Result<()> {
         s.gateway.rate_limit.requests_per_second = 0.0;
         require_api_keys(s, &[("fuzzer", API_KEY)]);
     }))?;
+    // The valid body's merchant; a mutated merchant id is 422 or, when valid, 403.
+    runtime.block_on(stack.bind_client("fuzzer", &["m_fuzz"]))?;
     let mut runner = TestRunner::new(Config {
         cases: CASES,
         failure_persistence: None,

@@ -221,6 +221,7 @@ async fn api_keys_are_required_when_authentication_is_on() -> anyhow::Result<()>
         require_api_keys(s, &[("acme", "old-secret"), ("acme", "new-secret")])
     })
     .await?;
+    stack.bind_client("acme", &["m_auth"]).await?;
     let url = format!("{}/v1/payments", stack.gateway_url);
     let body = payment_body("m_auth", "c_1", 100);
 

@@ -239,6 +239,8 @@ async fn keys_are_scoped_per_client() -> anyhow::Result<()> {
         require_api_keys(s, &[("acme", "acme-secret"), ("globex", "globex-secret")])
     })
     .await?;
+    stack.bind_client("acme", &["m_acme"]).await?;
+    stack.bind_client("globex", &["m_globex"]).await?;
     let url = payments_url(&stack.gateway_url);
     let acme = json_post(
         &stack.http,

@@ -7,6 +7,10 @@
 //! idempotency keys, rate limits and payments. With authentication off every request is the
 //! anonymous client.
 //!
+//! With authentication on, a client acts only for the merchants an administrator bound it to
+//! (`client_merchants`, [`crate::bindings`]); [`ClientId::merchant_to_check`] says whether a
+//! request's merchant must be checked.
+//!
 //! The admin token ([`authorize_admin`]) is read from the same `Authorization: Bearer` header
 //! (the scheme in any case) and compared in constant time as well.
 
@@ -47,9 +51,36 @@ impl ClientId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// Whether this is the anonymous client of a gateway with authentication off. No API key
+    /// can carry its id (reserved, see [`ApiKeys::from_settings`]), so an authenticated client
+    /// never is.
+    pub fn is_anonymous(&self) -> bool {
+        self.0 == ANONYMOUS_CLIENT
+    }
+
+    /// The merchant whose binding to this client a request for `merchant` must find: the
+    /// merchant itself for an authenticated client, `None` for the anonymous one. With
+    /// authentication off every request is anonymous, so there is nobody to bind and every
+    /// merchant is open (development mode); with it on a client acts only for the merchants an
+    /// administrator bound it to (`client_merchants`).
+    pub fn merchant_to_check<'a>(&self, merchant: &'a str) -> Option<&'a str> {
+        (!self.is_anonymous()).then_some(merchant)
+    }
 }
 
-const MAX_CLIENT_ID_LEN: usize = 64;
+pub const MAX_CLIENT_ID_LEN: usize = 64;
+
+/// An id an API client may have: 1-64 characters of `[A-Za-z0-9_.-]`, not the reserved
+/// [`ANONYMOUS_CLIENT`]. Configured keys and merchant bindings are checked with it.
+pub fn is_valid_client_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_CLIENT_ID_LEN
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+        && id != ANONYMOUS_CLIENT
+}
 
 /// The configured keys, checked at start-up.
 pub struct ApiKeys {
@@ -62,16 +93,12 @@ impl ApiKeys {
         let mut entries = Vec::new();
         for (client, hashes) in &settings.api_keys {
             anyhow::ensure!(
-                !client.is_empty()
-                    && client.len() <= MAX_CLIENT_ID_LEN
-                    && client
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.'),
-                "API client id `{client}` must be 1-{MAX_CLIENT_ID_LEN} characters of [A-Za-z0-9_.-]"
-            );
-            anyhow::ensure!(
                 client != ANONYMOUS_CLIENT,
                 "API client id `{ANONYMOUS_CLIENT}` is reserved for unauthenticated requests"
+            );
+            anyhow::ensure!(
+                is_valid_client_id(client),
+                "API client id `{client}` must be 1-{MAX_CLIENT_ID_LEN} characters of [A-Za-z0-9_.-]"
             );
             for hash in hashes.split(',').map(str::trim) {
                 let bytes = hex::decode(hash)
@@ -260,6 +287,35 @@ mod tests {
             keys.client_of(&HeaderMap::new()).unwrap().as_str(),
             ANONYMOUS_CLIENT
         );
+    }
+
+    #[test]
+    fn client_ids_are_those_an_api_key_may_carry() {
+        for good in ["acme", "acme.eu", "a-b_c.9", &"x".repeat(MAX_CLIENT_ID_LEN)] {
+            assert!(is_valid_client_id(good), "{good}");
+        }
+        let too_long = "x".repeat(MAX_CLIENT_ID_LEN + 1);
+        for bad in [
+            "",
+            "a b",
+            "a/b",
+            "a*b",
+            "café",
+            too_long.as_str(),
+            ANONYMOUS_CLIENT,
+        ] {
+            assert!(!is_valid_client_id(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn only_authenticated_clients_are_checked_against_their_merchants() {
+        let anonymous = ClientId(ANONYMOUS_CLIENT.to_string());
+        assert!(anonymous.is_anonymous());
+        assert_eq!(anonymous.merchant_to_check("m_1"), None);
+        let acme = ClientId("acme".to_string());
+        assert!(!acme.is_anonymous());
+        assert_eq!(acme.merchant_to_check("m_1"), Some("m_1"));
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! response of a request that started executing is stored with the request's fingerprint, in
 //! the same transaction as its effects: the same key and request get it replayed with
 //! `Idempotent-Replayed: true` (error responses included), the same key with another request
-//! gets `422`. Requests refused before executing (bad key, bad body) store nothing. Keys
+//! gets `422`. Requests refused before executing (bad key, bad body, a merchant the client is
+//! not bound to) store nothing. Keys
 //! expire after the configured retention, are then treated as never seen, and are deleted by
 //! the [`Purger`].
 //!
@@ -147,20 +148,40 @@ pub struct Processing {
 }
 
 /// Takes `key` of `client` for the request with `fingerprint` and decides what happens next:
+/// `403` when `client` must be bound to the merchant `acting_for` and is not (see below),
 /// `409` while another request holds the key, the stored response again when the same request
 /// was answered under it, `422` when another request was, otherwise
 /// [`NextAction::StartProcessing`].
+///
+/// `acting_for` is the merchant of the request when the client's merchant bindings apply
+/// (authentication on; `None` checks nothing). The binding is looked up in the statement that
+/// takes the key's lock, so the check costs no round trip of its own (`crate::bindings`). It
+/// comes before the key is even looked at: like a `401` or `429`, a `403` stores nothing, so
+/// the key is free for the same request once the client is bound (Stripe stores no result for
+/// a request refused before executing), and a client unbound since it used a key gets `403`
+/// rather than the replay.
 pub async fn begin(
     pool: &PgPool,
     client: &str,
     key: &str,
     fingerprint: &str,
+    acting_for: Option<&str>,
 ) -> Result<NextAction, ApiError> {
     // Held until commit or rollback: a concurrent request with this key gets 409 meanwhile.
     let mut tx = pool.begin().await?;
-    if !try_lock(&mut tx, client, key).await? {
-        crate::metrics::idempotency_in_flight_conflict();
-        return Err(ApiError::IdempotencyKeyInFlight(key.to_string()));
+    match try_lock(&mut tx, client, key, acting_for).await? {
+        Lock::Taken => {}
+        // Dropping the transaction stores nothing; it holds no lock to release.
+        Lock::NotBound => {
+            crate::metrics::merchant_forbidden(client);
+            return Err(ApiError::MerchantForbidden(
+                acting_for.unwrap_or_default().to_string(),
+            ));
+        }
+        Lock::Held => {
+            crate::metrics::idempotency_in_flight_conflict();
+            return Err(ApiError::IdempotencyKeyInFlight(key.to_string()));
+        }
     }
     if let Some(stored) = lookup(&mut tx, client, key).await? {
         // End the transaction here, releasing the key's lock. A dropped sqlx transaction rolls
@@ -243,22 +264,52 @@ fn is_deterministic_failure(e: &anyhow::Error) -> bool {
         .is_some_and(|code| code.starts_with("22") || code.starts_with("23"))
 }
 
-/// Takes the key's transaction-scoped advisory lock without waiting; false when another
-/// request holds it. The lock id hashes schema, client and key (length-prefixed, so no two
-/// pairs collide by concatenation); a 64-bit hash collision would only cost a spurious 409.
+/// What [`try_lock`] found.
+#[derive(Debug, PartialEq)]
+enum Lock {
+    /// The key's lock is this request's now.
+    Taken,
+    /// Another request holds the key.
+    Held,
+    /// The client is not bound to the merchant it acts for; the lock was not tried.
+    NotBound,
+}
+
+impl Lock {
+    /// The statement's answer: NULL when not bound, else whether the lock was taken.
+    fn from_row(locked: Option<bool>) -> Self {
+        match locked {
+            None => Lock::NotBound,
+            Some(true) => Lock::Taken,
+            Some(false) => Lock::Held,
+        }
+    }
+}
+
+/// Takes the key's transaction-scoped advisory lock without waiting, if `client` may act for
+/// the merchant `acting_for` (`client_merchants`; `None`: no check). The lock id hashes
+/// schema, client and key (length-prefixed, so no two pairs collide by concatenation); a
+/// 64-bit hash collision would only cost a spurious 409. CASE evaluates the lock only for a
+/// bound client, so a refused request never holds the key against one that may go ahead.
 async fn try_lock(
     conn: &mut sqlx::PgConnection,
     client: &str,
     key: &str,
-) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT pg_try_advisory_xact_lock(hashtextextended(
-             format('idempotency:%s:%s:%s:%s', current_schema(), length($1), $1, $2), 0))",
+    acting_for: Option<&str>,
+) -> Result<Lock, sqlx::Error> {
+    let locked: Option<bool> = sqlx::query_scalar(
+        "SELECT CASE WHEN $3::text IS NULL OR EXISTS (
+                     SELECT 1 FROM client_merchants WHERE client_id = $1 AND merchant_id = $3)
+                 THEN pg_try_advisory_xact_lock(hashtextextended(
+                     format('idempotency:%s:%s:%s:%s', current_schema(), length($1), $1, $2), 0))
+                 END",
     )
     .bind(client)
     .bind(key)
+    .bind(acting_for)
     .fetch_one(conn)
-    .await
+    .await?;
+    Ok(Lock::from_row(locked))
 }
 
 /// The unexpired response stored under `key`, if any.
@@ -419,6 +470,13 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(HEADER, HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap());
         assert!(parse_key(&h).is_err());
+    }
+
+    #[test]
+    fn the_lock_statement_tells_refusal_from_conflict() {
+        assert_eq!(Lock::from_row(None), Lock::NotBound);
+        assert_eq!(Lock::from_row(Some(true)), Lock::Taken);
+        assert_eq!(Lock::from_row(Some(false)), Lock::Held);
     }
 
     #[test]

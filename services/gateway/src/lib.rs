@@ -16,6 +16,7 @@
 //!   ([`idempotency::begin`] → [`idempotency::NextAction`]): the per-key lock, stored
 //!   responses, replay, and the purge of expired keys.
 //! - [`domain`]: the request body and its validation; [`currencies`]: ISO 4217.
+//! - [`bindings`]: which merchants an authenticated client may act for (`client_merchants`).
 //! - [`rate_limit`]: token buckets per address (before authentication) and per client; [`auth`]: bearer tokens: optional API-key
 //!   authentication with the client id of a request, and the admin token.
 //! - [`outbox`]: the relay that publishes committed outbox rows to Kafka, parking rows that can
@@ -25,6 +26,7 @@
 //! - [`metrics`]: Prometheus metrics (the `/metrics` route is in [`routes`]).
 
 pub mod auth;
+pub mod bindings;
 pub mod currencies;
 pub mod domain;
 pub mod idempotency;

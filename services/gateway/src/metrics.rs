@@ -18,6 +18,7 @@ pub const IDEMPOTENCY_KEYS_PURGED: &str = "gateway_idempotency_keys_purged_total
 pub const PAYMENTS_ACCEPTED: &str = "gateway_payments_accepted_total";
 pub const AUTH_FAILURES: &str = "gateway_auth_failures_total";
 pub const RATE_LIMITED: &str = "gateway_rate_limited_total";
+pub const MERCHANT_FORBIDDEN: &str = "gateway_merchant_forbidden_total";
 pub const OUTBOX_PUBLISHED: &str = "gateway_outbox_published_total";
 pub const OUTBOX_PARKED: &str = "gateway_outbox_parked_total";
 pub const OUTBOX_RELAY_FAILURES: &str = "gateway_outbox_relay_failures_total";
@@ -41,6 +42,10 @@ pub fn install() -> anyhow::Result<()> {
     describe_counter!(PAYMENTS_ACCEPTED, "Payments accepted (202, not replays)");
     describe_counter!(AUTH_FAILURES, "Requests refused with 401");
     describe_counter!(RATE_LIMITED, "Requests refused with 429, by client");
+    describe_counter!(
+        MERCHANT_FORBIDDEN,
+        "Requests refused with 403 for a merchant the client is not bound to, by client"
+    );
     describe_counter!(
         OUTBOX_PUBLISHED,
         "Outbox rows published to Kafka and acknowledged"
@@ -106,6 +111,11 @@ pub fn auth_failure() {
 /// `client` is a configured client id or the anonymous one: a bounded label.
 pub fn rate_limited(client: &str) {
     metrics::counter!(RATE_LIMITED, "client" => client.to_string()).increment(1);
+}
+
+/// `client` is a configured (authenticated) client id: a bounded label.
+pub fn merchant_forbidden(client: &str) {
+    metrics::counter!(MERCHANT_FORBIDDEN, "client" => client.to_string()).increment(1);
 }
 
 pub fn outbox_published(n: usize) {

@@ -59,6 +59,13 @@ pub enum ApiError {
     PaymentNotFound(String),
     #[error("merchant `{0}` not found")]
     MerchantNotFound(String),
+    /// An authenticated client acting for a merchant it is not bound to. The same answer
+    /// whether or not the merchant exists anywhere.
+    #[error(
+        "this API client may not act for merchant `{0}`; an administrator binds clients to \
+         merchants (PUT /v1/clients/{{client_id}}/merchants/{{merchant_id}})"
+    )]
+    MerchantForbidden(String),
     #[error("no resource at `{0}`")]
     RouteNotFound(String),
     #[error("method {0} is not allowed on `{1}`")]
@@ -153,6 +160,11 @@ impl ApiError {
                 StatusCode::NOT_FOUND,
                 "merchant-not-found",
                 "Merchant not found",
+            ),
+            MerchantForbidden(_) => (
+                StatusCode::FORBIDDEN,
+                "merchant-forbidden",
+                "Not permitted for this merchant",
             ),
             RouteNotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
             MethodNotAllowed(..) => (
@@ -333,6 +345,18 @@ mod tests {
                     "title": "Merchant not found",
                     "status": 404,
                     "detail": "merchant `m_1` not found",
+                }),
+            ),
+            (
+                ApiError::MerchantForbidden("m_2".into()),
+                403,
+                serde_json::json!({
+                    "type": "https://paystream.dev/problems/merchant-forbidden",
+                    "title": "Not permitted for this merchant",
+                    "status": 403,
+                    "detail": "this API client may not act for merchant `m_2`; an administrator \
+                               binds clients to merchants \
+                               (PUT /v1/clients/{client_id}/merchants/{merchant_id})",
                 }),
             ),
             (

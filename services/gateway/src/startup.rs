@@ -220,6 +220,8 @@ fn api_router(
     let (admin, admin_doc) = OpenApiRouter::new()
         .routes(routes!(routes::merchants::get, routes::merchants::put))
         .routes(routes!(routes::merchants::rotate_secret))
+        .routes(routes!(routes::clients::bind, routes::clients::unbind))
+        .routes(routes!(routes::clients::list))
         .split_for_parts();
     openapi.merge(admin_doc);
     let (_, operations) = operations_api().split_for_parts();

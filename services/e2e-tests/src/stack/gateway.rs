@@ -129,6 +129,31 @@ impl TestStack {
         );
         Ok(body["webhook_secret"].as_str().map(str::to_string))
     }
+
+    /// Binds API client `client_id` to each of `merchants` through the admin API
+    /// (`PUT /v1/clients/{client_id}/merchants/{merchant_id}`), as an operator does: with
+    /// authentication on, a client creates payments and reads statistics only for the merchants
+    /// it is bound to. Every test that runs an authenticated gateway binds the clients it uses.
+    pub async fn bind_client(&self, client_id: &str, merchants: &[&str]) -> anyhow::Result<()> {
+        for merchant in merchants {
+            let response = self
+                .http
+                .put(format!(
+                    "{}/v1/clients/{client_id}/merchants/{merchant}",
+                    self.gateway_url
+                ))
+                .bearer_auth(TEST_ADMIN_TOKEN)
+                .send()
+                .await?;
+            let status = response.status().as_u16();
+            anyhow::ensure!(
+                status == 200 || status == 201,
+                "binding client {client_id} to merchant {merchant}: {status} {}",
+                response.text().await.unwrap_or_default()
+            );
+        }
+        Ok(())
+    }
 }
 
 /// A valid payment body for `merchant`.

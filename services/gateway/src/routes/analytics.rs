@@ -1,15 +1,19 @@
 //! `GET /v1/analytics/merchants/{merchant_id}/stats?from=&to=&granularity=minute|day`: the
 //! analytics group's windows (`analytics_windows`) of one merchant, per currency.
 //! Defaults: the last 24 hours, minute granularity. Windows are selected by their start.
+//! With authentication on, only for a merchant the client is bound to (`403` otherwise).
 
 use std::collections::HashMap;
 
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::auth::ClientId;
+use crate::bindings;
 use crate::problem::{ApiError, Problem};
 use crate::state::AppState;
 
@@ -83,6 +87,7 @@ fn parse_time(field: &str, value: Option<&str>) -> Result<Option<DateTime<Utc>>,
         (status = 200, description = "`{merchant_id, granularity, buckets: [{window_start, currency, requested_count, requested_amount_minor, succeeded_count, succeeded_amount_minor, failed_count, failed_by_reason, success_rate, latency_ms: {p50, p95, p99}}]}`", body = Object),
         (status = 400, description = "Invalid query", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid API key (authentication enabled)", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The client is not bound to this merchant (authentication enabled; `merchant-forbidden`, whether or not the merchant exists)", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Rate limit exceeded (`Retry-After`)", body = Problem, content_type = "application/problem+json"),
     ),
     security((), ("api_key" = []))
@@ -90,6 +95,7 @@ fn parse_time(field: &str, value: Option<&str>) -> Result<Option<DateTime<Utc>>,
 #[tracing::instrument(name = "merchant_stats", skip_all, fields(merchant.id = %merchant_id))]
 pub async fn merchant_stats(
     State(state): State<AppState>,
+    Extension(client): Extension<ClientId>,
     Path(merchant_id): Path<String>,
     query: Result<Query<StatsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -110,6 +116,18 @@ pub async fn merchant_stats(
             "a {granularity} query spans at most {} days",
             max_range(granularity).num_days()
         )));
+    }
+    // With authentication on, only a client bound to the merchant reads its figures. A read
+    // route, not the payment path: one primary-key lookup of its own, after the query is
+    // known to be valid (`crate::bindings` says why no cache).
+    if let Some(merchant) = client.merchant_to_check(&merchant_id) {
+        let bound = bindings::is_bound(&state.pool, client.as_str(), merchant)
+            .await
+            .map_err(ApiError::internal)?;
+        if !bound {
+            crate::metrics::merchant_forbidden(client.as_str());
+            return Err(ApiError::MerchantForbidden(merchant_id));
+        }
     }
     let buckets: Vec<Bucket> = sqlx::query_as(
         "SELECT window_start, currency, requested_count, requested_amount_minor,

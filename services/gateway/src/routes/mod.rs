@@ -1,11 +1,14 @@
 //! HTTP handlers, grouped by resource, and the OpenAPI document generated from them.
 //!
 //! Every route (wired into the router by `startup`):
-//! - client API (API key when authentication is on, rate-limited, time-limited):
+//! - client API (API key when authentication is on, rate-limited, time-limited; with
+//!   authentication on, only for merchants the client is bound to):
 //!   [`payments`]: `POST /v1/payments`, `GET /v1/payments/{id}`;
 //!   [`analytics`]: `GET /v1/analytics/merchants/{id}/stats`.
 //! - admin API (admin bearer token, time-limited): [`merchants`]: `PUT /v1/merchants/{id}`,
-//!   `GET /v1/merchants/{id}`, `POST /v1/merchants/{id}/rotate-secret`.
+//!   `GET /v1/merchants/{id}`, `POST /v1/merchants/{id}/rotate-secret`; [`clients`]:
+//!   `PUT`/`DELETE /v1/clients/{client_id}/merchants/{merchant_id}`,
+//!   `GET /v1/clients/{client_id}/merchants`.
 //! - operations (no authentication, rate limit or time limit): [`health`]: `GET /health/live`,
 //!   `GET /health/ready`; [`metrics`]: `GET /metrics`; this module: `GET /openapi.json`.
 //! - any other path: `404` ([`not_found`]); a known path with another method: `405`
@@ -15,6 +18,7 @@
 //! [`ApiError`] (problem+json).
 
 pub mod analytics;
+pub mod clients;
 pub mod health;
 pub mod merchants;
 pub mod metrics;
@@ -50,13 +54,20 @@ pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri
             and whitespace do not matter) replays the first response, errors included, with \
             `Idempotent-Replayed: true`; with a different request it is `422`; while the first \
             request is still executing it is `409` and nothing is stored for the second. \
-            Requests refused before executing (invalid key or body) store nothing.\n\n\
+            Requests refused before executing (invalid key or body, `401`, `403`, `429`) \
+            store nothing.\n\n\
+            **Merchants.** With authentication enabled a client creates payments and reads \
+            statistics only for the merchants an administrator bound it to \
+            (`PUT /v1/clients/{client_id}/merchants/{merchant_id}`); any other merchant is `403` \
+            `merchant-forbidden`, whether or not it exists. Without authentication every \
+            merchant is open (development only).\n\n\
             **Errors** are `application/problem+json` (RFC 9457) with a stable `type` under \
             `https://paystream.dev/problems/`."
     ),
     tags(
         (name = "payments", description = "Accept payments and read their state"),
         (name = "merchants", description = "Merchant settings: webhook URL, notification e-mail, signing secret (admin token)"),
+        (name = "clients", description = "Which merchants each API client may act for (admin token)"),
         (name = "analytics", description = "Per-merchant payment statistics by minute or day"),
         (name = "operations", description = "Health, metrics and this document"),
     ),
@@ -88,7 +99,7 @@ impl Modify for ApiKeyScheme {
                     .scheme(HttpAuthScheme::Bearer)
                     .description(Some(
                         "`Authorization: Bearer <admin token>` (`PAYSTREAM_ADMIN_TOKEN`) on the \
-                         merchant administration routes.",
+                         merchant and client-binding administration routes.",
                     ))
                     .build(),
             ),

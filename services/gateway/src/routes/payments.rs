@@ -43,7 +43,9 @@ pub struct PaymentView {
 /// Accept a payment for asynchronous execution.
 ///
 /// The payment, its idempotency record and its outbox event are committed in one Postgres
-/// transaction before the `202`; the event then reaches Kafka through the outbox relay.
+/// transaction before the `202`; the event then reaches Kafka through the outbox relay. With
+/// authentication on, the client must be bound to `merchant_id` (admin API,
+/// `PUT /v1/clients/{client_id}/merchants/{merchant_id}`), else `403` and nothing is written.
 #[utoipa::path(
     post,
     path = "/v1/payments",
@@ -59,6 +61,7 @@ pub struct PaymentView {
                  ("Idempotent-Replayed" = String, description = "`true` on a replayed response"))),
         (status = 400, description = "Missing or invalid Idempotency-Key, malformed JSON (with its position)", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid API key (authentication enabled)", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The client is not bound to this merchant (authentication enabled; `merchant-forbidden`, whether or not the merchant exists); nothing was stored, so the key is free for the same request once an administrator binds the client", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "A request with this Idempotency-Key is still in flight; nothing was stored, retry later", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body larger than the limit", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
@@ -85,11 +88,26 @@ pub async fn create(
         .map_err(ApiError::Validation)?;
     let fingerprint = request.fingerprint();
 
-    let processing =
-        match idempotency::begin(&state.pool, client.as_str(), &key, &fingerprint).await? {
-            NextAction::ReturnSavedResponse(saved) => return Ok(saved),
-            NextAction::StartProcessing(processing) => processing,
-        };
+    // With authentication on, the client must be bound to the merchant: checked in the
+    // statement that takes the key (no extra round trip), before anything is stored.
+    let acting_for = client.merchant_to_check(&request.merchant_id);
+    let processing = match idempotency::begin(
+        &state.pool,
+        client.as_str(),
+        &key,
+        &fingerprint,
+        acting_for,
+    )
+    .await
+    {
+        Ok(NextAction::ReturnSavedResponse(saved)) => return Ok(saved),
+        Ok(NextAction::StartProcessing(processing)) => processing,
+        Err(e @ ApiError::MerchantForbidden(_)) => {
+            tracing::info!(merchant_id = %request.merchant_id, "payment refused: the client is not bound to the merchant");
+            return Err(e);
+        }
+        Err(e) => return Err(e),
+    };
     let payment_id = Uuid::now_v7();
     tracing::Span::current().record("payment.id", tracing::field::display(payment_id));
     let retention = state.settings.gateway.idempotency_retention_hours;
@@ -181,6 +199,10 @@ async fn insert_payment(
 }
 
 /// The current state of a payment of the requesting client.
+///
+/// Scoped by the client that created the payment, not by merchant bindings: another client's
+/// payment is `404` whatever its bindings, and a payment stays readable by the client that made
+/// it after that client is unbound from its merchant.
 #[utoipa::path(
     get,
     path = "/v1/payments/{id}",
