@@ -15,6 +15,9 @@ const ROUTES: &[(&str, &str)] = &[
     ("put", "/v1/merchants/{id}"),
     ("get", "/v1/merchants/{id}"),
     ("post", "/v1/merchants/{id}/rotate-secret"),
+    ("put", "/v1/clients/{client_id}/merchants/{merchant_id}"),
+    ("delete", "/v1/clients/{client_id}/merchants/{merchant_id}"),
+    ("get", "/v1/clients/{client_id}/merchants"),
     ("get", "/v1/analytics/merchants/{id}/stats"),
     ("get", "/health/live"),
     ("get", "/health/ready"),
@@ -60,10 +63,13 @@ async fn the_openapi_document_describes_every_route() -> anyhow::Result<()> {
             "{}{}",
             stack.gateway_url,
             path.replace("{id}", &Uuid::new_v4().to_string())
+                .replace("{client_id}", "acme")
+                .replace("{merchant_id}", "m_1")
         );
         let request = match method.as_str() {
             "post" => stack.http.post(&url),
             "put" => stack.http.put(&url),
+            "delete" => stack.http.delete(&url),
             _ => stack.http.get(&url),
         };
         let response = request.send().await?;
@@ -83,7 +89,9 @@ async fn the_openapi_document_describes_every_route() -> anyhow::Result<()> {
         .map(|p| p["name"].as_str().unwrap())
         .collect();
     assert_eq!(params, ["Idempotency-Key"]);
-    for status in ["202", "400", "401", "409", "413", "415", "422", "429"] {
+    for status in [
+        "202", "400", "401", "403", "409", "413", "415", "422", "429",
+    ] {
         assert!(
             create["responses"][status].is_object(),
             "{status} documented"

@@ -85,6 +85,12 @@ fn body() -> impl Strategy<Value = Vec<u8>> {
             bytes[..at.index(bytes.len())].to_vec()
         }),
         Just(valid_body().to_string().into_bytes()),
+        // A valid body for a merchant the client is not bound to (403).
+        "m_[a-z0-9]{1,8}".prop_map(|merchant| {
+            let mut body = valid_body();
+            body["merchant_id"] = merchant.into();
+            body.to_string().into_bytes()
+        }),
     ]
 }
 
@@ -227,6 +233,10 @@ fn no_body_or_header_makes_the_gateway_fail() -> anyhow::Result<()> {
     eprintln!("statuses over {CASES} cases: {statuses:?}");
     // The generators reach both the accepting path and the refusals.
     anyhow::ensure!(statuses.contains_key(&202), "no case was accepted");
+    anyhow::ensure!(
+        statuses.contains_key(&403),
+        "no case reached the merchant check"
+    );
     anyhow::ensure!(
         statuses.keys().filter(|s| **s >= 400).count() >= 4,
         "too few kinds of refusal"

@@ -7,9 +7,8 @@
 //! the same transaction as its effects: the same key and request get it replayed with
 //! `Idempotent-Replayed: true` (error responses included), the same key with another request
 //! gets `422`. Requests refused before executing (bad key, bad body, a merchant the client is
-//! not bound to) store nothing. Keys
-//! expire after the configured retention, are then treated as never seen, and are deleted by
-//! the [`Purger`].
+//! not bound to) store nothing. Keys expire after the configured retention, are then treated
+//! as never seen, and are deleted by the [`Purger`].
 //!
 //! A handler follows the protocol with two calls: [`begin`] takes the key and says what to do
 //! next ([`NextAction`]): replay a stored response, or execute the request through

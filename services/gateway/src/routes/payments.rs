@@ -91,22 +91,16 @@ pub async fn create(
     // With authentication on, the client must be bound to the merchant: checked in the
     // statement that takes the key (no extra round trip), before anything is stored.
     let acting_for = client.merchant_to_check(&request.merchant_id);
-    let processing = match idempotency::begin(
-        &state.pool,
-        client.as_str(),
-        &key,
-        &fingerprint,
-        acting_for,
-    )
-    .await
-    {
-        Ok(NextAction::ReturnSavedResponse(saved)) => return Ok(saved),
-        Ok(NextAction::StartProcessing(processing)) => processing,
-        Err(e @ ApiError::MerchantForbidden(_)) => {
-            tracing::info!(merchant_id = %request.merchant_id, "payment refused: the client is not bound to the merchant");
-            return Err(e);
-        }
-        Err(e) => return Err(e),
+    let begun = idempotency::begin(&state.pool, client.as_str(), &key, &fingerprint, acting_for)
+        .await
+        .inspect_err(|e| {
+            if let ApiError::MerchantForbidden(merchant_id) = e {
+                tracing::info!(%merchant_id, "payment refused: client not bound to the merchant");
+            }
+        })?;
+    let processing = match begun {
+        NextAction::ReturnSavedResponse(saved) => return Ok(saved),
+        NextAction::StartProcessing(processing) => processing,
     };
     let payment_id = Uuid::now_v7();
     tracing::Span::current().record("payment.id", tracing::field::display(payment_id));
