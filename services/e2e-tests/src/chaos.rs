@@ -53,12 +53,7 @@ impl ChaosPlan {
             Ok(s) => s
                 .parse()
                 .with_context(|| format!("CHAOS_SEED must be a number, not `{s}`"))?,
-            Err(_) => {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)?
-                    .as_nanos() as u64
-                    | 1
-            }
+            Err(_) => Rng::clock_seed(),
         };
         let rate_per_sec = match std::env::var("CHAOS_RATE") {
             Ok(s) => s
@@ -84,11 +79,26 @@ impl ChaosPlan {
     }
 }
 
-/// The deterministic PRNG of the chaos (xorshift), seeded and printed so a run can be replayed.
-struct Rng(u64);
+/// The deterministic PRNG of the chaos tests (xorshift), seeded and printed so a run's
+/// schedule can be replayed.
+pub struct Rng(u64);
 
 impl Rng {
-    fn between(&mut self, low: u64, high: u64) -> u64 {
+    pub fn new(seed: u64) -> Self {
+        // xorshift never leaves 0.
+        Self(seed | 1)
+    }
+
+    /// A seed from the clock, for a run that is not a replay.
+    pub fn clock_seed() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+            | 1
+    }
+
+    /// A number in `low..high`.
+    pub fn between(&mut self, low: u64, high: u64) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
@@ -486,7 +496,7 @@ pub async fn run(plan: &ChaosPlan) -> anyhow::Result<Verdict> {
     // The chaos, until the load is done: kills at random, and at a quarter, half and three
     // quarters of the arrivals the broker's SIGTERM restart, Postgres's restart and the
     // broker's SIGKILL restart.
-    let mut rng = Rng(plan.seed);
+    let mut rng = Rng::new(plan.seed);
     let mut next_kill = Instant::now()
         + Duration::from_millis(rng.between(plan.kill_every_ms.0, plan.kill_every_ms.1));
     let mut stage = 0;

@@ -8,6 +8,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use futures::{stream, StreamExt, TryStreamExt};
+use paystream_e2e_tests::chaos::Rng;
 use paystream_e2e_tests::{third_party, ServiceProcess, TestStack};
 use paystream_psp_simulator::ConfigPatch;
 use serde_json::json;
@@ -15,18 +16,6 @@ use serde_json::json;
 const PAYMENTS: usize = 1_000;
 const KILLS: usize = 5;
 const WAIT: Duration = Duration::from_secs(300);
-
-/// A tiny deterministic PRNG (xorshift), seeded and printed so a failing run can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn between(&mut self, low: u64, high: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        low + self.0 % (high - low)
-    }
-}
 
 /// Runs `spawn()` instances one after another, SIGKILLing each after a random 1–4 s, `KILLS`
 /// times; returns the last instance, left running.
@@ -70,14 +59,11 @@ async fn sigkilled_analytics_and_notifier_count_exactly_and_notify_once() -> any
     }
     stack.spawn_processor().await?;
 
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_nanos() as u64
-        | 1;
+    let seed = Rng::clock_seed();
     println!("seed {seed}");
     let analytics_txid = format!("{}-0", stack.analytics_group());
     let notifier_txid = format!("{}-0", stack.notifier_group());
-    let analytics = kill_repeatedly("analytics", Rng(seed), |g| {
+    let analytics = kill_repeatedly("analytics", Rng::new(seed), |g| {
         ServiceProcess::spawn_binary(
             "analytics",
             stack.consumer_env(&stack.analytics_group(), &analytics_txid),
@@ -86,7 +72,7 @@ async fn sigkilled_analytics_and_notifier_count_exactly_and_notify_once() -> any
             &format!("run{g}"),
         )
     });
-    let notifier = kill_repeatedly("notifier", Rng(seed.rotate_left(17) | 1), |g| {
+    let notifier = kill_repeatedly("notifier", Rng::new(seed.rotate_left(17)), |g| {
         ServiceProcess::spawn_binary(
             "notifier",
             stack.notifier_env(sink.port, &notifier_txid),

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use futures::{stream, StreamExt, TryStreamExt};
 use paystream_core::headers;
+use paystream_e2e_tests::chaos::Rng;
 use paystream_e2e_tests::{payment_body, third_party, ServiceProcess, TestStack};
 use paystream_psp_simulator::ConfigPatch;
 use uuid::Uuid;
@@ -46,18 +47,6 @@ fn expected_status(i: usize) -> &'static str {
     }
 }
 
-/// A tiny deterministic PRNG (xorshift), seeded and printed so a failing run can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_killed_at_random_lose_and_repeat_nothing() -> anyhow::Result<()> {
     const PAYMENTS: usize = 2_000;
@@ -75,12 +64,9 @@ async fn two_instances_killed_at_random_lose_and_repeat_nothing() -> anyhow::Res
         .await?;
     let ids = accept_payments(&stack, PAYMENTS, "m_crash").await?;
 
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_nanos() as u64
-        | 1;
+    let seed = Rng::clock_seed();
     eprintln!("chaos seed {seed}");
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let names = ["a", "b"];
     let mut runs: Vec<ServiceProcess> = Vec::new();
     let mut live: [usize; 2] = [0, 0];
@@ -95,7 +81,7 @@ async fn two_instances_killed_at_random_lose_and_repeat_nothing() -> anyhow::Res
     let mut killed_runs: Vec<usize> = Vec::new();
     let started = Instant::now();
     while killed_runs.len() < MIN_KILLS {
-        tokio::time::sleep(Duration::from_millis(400 + rng.below(1_100))).await;
+        tokio::time::sleep(Duration::from_millis(400 + rng.between(0, 1_100))).await;
         let done = stack.terminal_payments().await?.len();
         anyhow::ensure!(
             done < PAYMENTS,
@@ -103,7 +89,7 @@ async fn two_instances_killed_at_random_lose_and_repeat_nothing() -> anyhow::Res
             killed_runs.len()
         );
         anyhow::ensure!(started.elapsed() < Duration::from_secs(300), "no progress");
-        let slot = rng.below(2) as usize;
+        let slot = rng.between(0, 2) as usize;
         runs[live[slot]].kill().await?;
         killed_runs.push(live[slot]);
         eprintln!(

@@ -80,6 +80,19 @@ fn validate(client_id: &str, merchant_id: Option<&str>) -> Result<(), ApiError> 
     }
 }
 
+/// The admin check and the validated ids of a bind or unbind request, in that order (an
+/// unauthorised caller learns nothing about the ids).
+fn admin_binding_path(
+    state: &AppState,
+    path: Result<Path<BindingPath>, PathRejection>,
+    headers: &HeaderMap,
+) -> Result<BindingPath, ApiError> {
+    authorize_admin(state.settings.admin_token.as_ref(), headers)?;
+    let binding = path_params(path)?;
+    validate(&binding.client_id, Some(&binding.merchant_id))?;
+    Ok(binding)
+}
+
 /// The path's parameters, or `422` naming the one that is not even UTF-8 once
 /// percent-decoded (an id of neither kind).
 fn path_params<T>(path: Result<Path<T>, PathRejection>) -> Result<T, ApiError> {
@@ -120,12 +133,10 @@ pub async fn bind(
     path: Result<Path<BindingPath>, PathRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    authorize_admin(state.settings.admin_token.as_ref(), &headers)?;
     let BindingPath {
         client_id,
         merchant_id,
-    } = path_params(path)?;
-    validate(&client_id, Some(&merchant_id))?;
+    } = admin_binding_path(&state, path, &headers)?;
     let (binding, created) = bindings::bind(&state.pool, &client_id, &merchant_id)
         .await
         .map_err(ApiError::internal)?;
@@ -161,12 +172,10 @@ pub async fn unbind(
     path: Result<Path<BindingPath>, PathRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    authorize_admin(state.settings.admin_token.as_ref(), &headers)?;
     let BindingPath {
         client_id,
         merchant_id,
-    } = path_params(path)?;
-    validate(&client_id, Some(&merchant_id))?;
+    } = admin_binding_path(&state, path, &headers)?;
     let removed = bindings::unbind(&state.pool, &client_id, &merchant_id)
         .await
         .map_err(ApiError::internal)?;
