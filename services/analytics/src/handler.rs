@@ -25,6 +25,9 @@ pub struct AnalyticsHandler {
     /// Events whose window closed longer ago than this are logged as late; they still update
     /// their window (upserts of full state make that safe).
     pub allowed_lateness: chrono::Duration,
+    /// How long payment facts are kept (`retention.analytics_payments_days`): an event for a
+    /// day sealed by it is not applied ([`windows::sealed_before`]).
+    pub facts_kept: Option<std::time::Duration>,
 }
 
 /// What one event says about its payment.
@@ -147,6 +150,14 @@ impl Handler for AnalyticsHandler {
         ctx: &mut HandlerContext<'_>,
     ) -> Result<Vec<Output>, HandlerError> {
         let fact = self.fact(event, Self::source_topic(ctx))?;
+        if windows::sealed_before(self.facts_kept, Utc::now())
+            .is_some_and(|s| fact.requested_at < s)
+        {
+            // Its window's facts are pruned or about to be: recomputing would lose them.
+            tracing::warn!(payment_id = %fact.payment_id, requested_at = %fact.requested_at,
+                "event for a sealed analytics day (retention.analytics_payments_days): not counted");
+            return Ok(Vec::new());
+        }
         windows::lock_day(
             &mut *ctx.db,
             &fact.merchant_id,

@@ -4,6 +4,7 @@ use anyhow::Context;
 use paystream_core::avro::AvroCodec;
 use paystream_core::events::PAYMENT_STATS_SCHEMA;
 use paystream_core::kafka::{self, TopicSpec};
+use paystream_core::retention::{RetentionSettings, Rule};
 use paystream_core::service::{ConsumerService, ServiceHandler, ServiceSettings};
 use serde::Deserialize;
 use sqlx::PgPool;
@@ -91,6 +92,11 @@ start_from = "earliest"
             allowed_lateness: chrono::Duration::milliseconds(
                 settings.analytics.allowed_lateness_ms,
             ),
+            facts_kept: RetentionSettings::keep(settings.retention.analytics_payments_days),
         })
+    }
+
+    fn retention_rules(settings: &Settings) -> Vec<Rule> {
+        vec![crate::windows::retention_rule(&settings.retention)]
     }
 }

@@ -3,11 +3,20 @@
 //!
 //! A window is recomputed rather than incremented, so applying an event twice, late, or out of
 //! order always lands on the same state; percentiles come for free from the facts.
+//!
+//! Retention: recomputing needs every fact of the window, so facts can only go once their
+//! window can no longer change. Windows are sealed by UTC day: a day's windows are sealed once
+//! the day began more than `retention.analytics_payments_days` ago ([`sealed_before`]), and an
+//! event for a sealed day is not applied (it would recompute the window from the facts left).
+//! The facts of a sealed day are pruned a day later ([`retention_rule`]): no instance, whatever
+//! its clock, is still recomputing that day's windows when they go. `analytics_windows` keeps
+//! the sealed windows' state; it is small (one row per merchant, currency and window) and kept.
 
 use std::collections::HashMap;
 
 use chrono::{DateTime, Duration, DurationRound, TimeZone, Utc};
 use paystream_core::events::PaymentStats;
+use paystream_core::retention::{RetentionSettings, Rule};
 use uuid::Uuid;
 
 /// Window sizes kept for every merchant × currency.
@@ -50,6 +59,31 @@ impl Granularity {
             .duration_trunc(self.length())
             .expect("minute and day truncation of a valid timestamp cannot overflow");
         (start, start + self.length())
+    }
+}
+
+/// The start of the oldest UTC day whose windows can still change at `now`, when facts are
+/// kept `facts_kept`: an event requested before it belongs to a sealed window. `None`: no
+/// window is ever sealed (facts are kept forever).
+pub fn sealed_before(
+    facts_kept: Option<std::time::Duration>,
+    now: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    let kept = Duration::from_std(facts_kept?).ok()?;
+    Some(Granularity::Day.bounds(now.checked_sub_signed(kept)?).0)
+}
+
+/// Facts of the days sealed a day ago or earlier: the cutoff is one day further back than
+/// [`sealed_before`]'s, and `$1` is truncated to its UTC day the same way.
+pub fn retention_rule(settings: &RetentionSettings) -> Rule {
+    Rule {
+        table: "analytics_payments",
+        setting: "retention.analytics_payments_days",
+        keep: RetentionSettings::keep(settings.analytics_payments_days)
+            .map(|kept| kept + std::time::Duration::from_secs(86_400)),
+        condition: "requested_at < date_trunc('day', $1, 'UTC')",
+        scope: None,
+        dedupe: false,
     }
 }
 
@@ -234,6 +268,26 @@ mod tests {
         // The window's start belongs to it, its end to the next one.
         assert_eq!(Granularity::Minute.bounds(start).0, start);
         assert_eq!(Granularity::Minute.bounds(end).0, end);
+    }
+
+    #[test]
+    fn days_are_sealed_after_the_retention_and_pruned_a_day_later() {
+        let now = from_millis(1_795_000_123_456).unwrap(); // 2026-11-18T11:08:43Z
+        let kept = RetentionSettings::keep(35);
+        let sealed = sealed_before(kept, now).unwrap();
+        assert_eq!(sealed, Granularity::Day.bounds(now - Duration::days(35)).0);
+        assert_eq!(sealed.to_rfc3339(), "2026-10-14T00:00:00+00:00");
+        assert_eq!(sealed_before(None, now), None);
+        let rule = retention_rule(&RetentionSettings {
+            analytics_payments_days: 35,
+            ..Default::default()
+        });
+        let cutoff = now - Duration::from_std(rule.keep.unwrap()).unwrap();
+        // The pruner's cutoff, truncated to its day, is the day before the first sealed one.
+        assert_eq!(
+            Granularity::Day.bounds(cutoff).0,
+            sealed - Duration::days(1)
+        );
     }
 
     #[test]

@@ -11,7 +11,8 @@
 //! A row that can never be published (undecodable payload or headers, unknown event type, a
 //! value the registered schema refuses) is *parked*: `parked_at` and `last_error` are set, it is
 //! logged and counted, and the relay goes on with the rows after it. Parked rows are never
-//! deleted; an operator releases one by clearing `parked_at`. Failures that are not about one
+//! deleted; an operator releases one by clearing `parked_at`. Published rows are pruned
+//! `retention.outbox_days` after their publication ([`retention_rule`]). Failures that are not about one
 //! row (broker or registry unreachable, schema rejected) stop the pass and are retried with
 //! back-off. Rows acknowledged before such a failure are still marked published, so a partial
 //! failure does not publish them again.
@@ -23,12 +24,28 @@ use paystream_core::avro::AvroCodec;
 use paystream_core::events::{PaymentRequested, PAYMENT_REQUESTED_SCHEMA};
 use paystream_core::headers::RecordHeaders;
 use paystream_core::kafka;
+use paystream_core::retention::{RetentionSettings, Rule};
 use paystream_core::shutdown::Shutdown;
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::{DeliveryFuture, FutureProducer};
 use sqlx::PgPool;
 use tokio::sync::Notify;
 use uuid::Uuid;
+
+/// Published rows, `retention.outbox_days` after the broker acknowledged them: the record is
+/// on the topic then, and nothing reads the row again (consumers dedupe by event id in their
+/// own ledger). Unpublished rows, parked ones among them, have no `published_at` and never
+/// match.
+pub fn retention_rule(settings: &RetentionSettings) -> Rule {
+    Rule {
+        table: "outbox",
+        setting: "retention.outbox_days",
+        keep: RetentionSettings::keep(settings.outbox_days),
+        condition: "published_at < $1",
+        scope: None,
+        dedupe: false,
+    }
+}
 
 /// Adds the event to the outbox inside the caller's transaction.
 pub async fn enqueue_payment_requested(

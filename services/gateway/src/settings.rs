@@ -33,6 +33,9 @@ pub struct Settings {
     /// `[secrets]`: the key sealing merchants' webhook secrets at rest (required).
     #[serde(default)]
     pub secrets: paystream_core::secrets::SecretsSettings,
+    /// `[retention]`: the gateway prunes published outbox rows (`retention.outbox_days`).
+    #[serde(default)]
+    pub retention: paystream_core::retention::RetentionSettings,
 }
 
 impl Settings {

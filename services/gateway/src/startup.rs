@@ -14,6 +14,7 @@ use axum::Router;
 use paystream_core::avro::AvroCodec;
 use paystream_core::events::PAYMENT_REQUESTED_SCHEMA;
 use paystream_core::kafka;
+use paystream_core::retention::Pruner;
 use paystream_core::shutdown::Shutdown;
 use rdkafka::producer::{FutureProducer, Producer};
 use tokio::net::TcpListener;
@@ -38,6 +39,7 @@ pub struct Application {
     router: Router,
     relay: Option<OutboxRelay>,
     purger: Purger,
+    pruner: Pruner,
     producer: FutureProducer,
     flush_timeout: Duration,
     port: u16,
@@ -105,6 +107,11 @@ impl Application {
             pool: pool.clone(),
             interval: Duration::from_secs(settings.gateway.idempotency_purge_interval_secs),
         };
+        let pruner = Pruner::new(
+            pool.clone(),
+            &settings.retention,
+            vec![crate::outbox::retention_rule(&settings.retention)],
+        )?;
         let (api, admin, openapi) = api_router(&settings);
         let state = AppState {
             pool,
@@ -156,6 +163,7 @@ impl Application {
             router,
             relay,
             purger,
+            pruner,
             producer,
             flush_timeout: Duration::from_millis(settings.gateway.shutdown_flush_timeout_ms),
             port,
@@ -177,6 +185,7 @@ impl Application {
             .relay
             .map(|relay| tokio::spawn(relay.run(background.clone())));
         let purger = tokio::spawn(self.purger.run(background.clone()));
+        let pruner = tokio::spawn(self.pruner.run(background.clone()));
         // The peer address is what the per-address rate limit keys on.
         let app = self
             .router
@@ -191,6 +200,7 @@ impl Application {
             relay.await.context("outbox relay panicked")?;
         }
         purger.await.context("idempotency purger panicked")?;
+        pruner.await.context("retention pruner panicked")?;
         let producer = self.producer;
         let flush_timeout = self.flush_timeout;
         let flushed = tokio::task::spawn_blocking(move || producer.flush(flush_timeout))

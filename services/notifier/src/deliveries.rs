@@ -5,8 +5,12 @@
 //! the handler's transaction rolls back, and a "delivered" mark made in it would vanish with it,
 //! so the next attempt would send the first channel again. Committing the result on its own
 //! makes every accepted send permanent the moment it is known.
+//!
+//! Settled rows (delivered or failed) are pruned `retention.notification_deliveries_days` after
+//! they settled ([`retention_rule`]); a claim in flight is never pruned.
 
 use chrono::{DateTime, Utc};
+use paystream_core::retention::{RetentionSettings, Rule};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -50,6 +54,23 @@ pub struct Delivered {
     pub attempts: i32,
     pub in_doubt_resends: i32,
     pub delivered_at: DateTime<Utc>,
+}
+
+/// Settled deliveries, counted from when they settled (a failed one from its last claim). A
+/// delivered row is what stops a second send when its event comes back without a
+/// `processed_events` row (a dead letter replayed after its other channel failed), so it is a
+/// deduplication ledger, held to the group's topics like `processed_events`. A `sending` row
+/// is a claim whose result is not known yet: never pruned.
+pub fn retention_rule(settings: &RetentionSettings) -> Rule {
+    Rule {
+        table: "notification_deliveries",
+        setting: "retention.notification_deliveries_days",
+        keep: RetentionSettings::keep(settings.notification_deliveries_days),
+        // Written as migration 20261201000900's partial index is, so the purge can use it.
+        condition: "status <> 'sending' AND coalesce(delivered_at, claimed_at) < $1",
+        scope: None,
+        dedupe: true,
+    }
 }
 
 #[derive(sqlx::FromRow)]

@@ -6,6 +6,7 @@ use anyhow::Context;
 use paystream_core::avro::AvroCodec;
 use paystream_core::events::NOTIFICATION_SENT_SCHEMA;
 use paystream_core::kafka::{self, TopicSpec};
+use paystream_core::retention::Rule;
 use paystream_core::service::{ConsumerService, ServiceHandler, ServiceSettings};
 use serde::Deserialize;
 use sqlx::PgPool;
@@ -128,6 +129,10 @@ impl ServiceHandler for NotifierHandler {
             receipts_topic: settings.topics.notifications_sent.clone(),
             retry: settings.consumer.retry_policy(),
         })
+    }
+
+    fn retention_rules(settings: &Settings) -> Vec<Rule> {
+        vec![crate::deliveries::retention_rule(&settings.retention)]
     }
 }
 

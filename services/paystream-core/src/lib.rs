@@ -17,6 +17,8 @@
 //! - [`processing`]: the transactional consume-transform-produce loop with an idempotent
 //!   consumer (applied event ids recorded in Postgres alongside the effects).
 //! - [`retry`]: the retry-topic chain and dead-letter routing, with their headers.
+//! - [`retention`]: pruning of the tables that grow with traffic, and the start-up check that
+//!   the idempotent-consumer ledger outlives every topic its events can come back from.
 //! - [`dlq`]: reading and replaying dead letters (the operator tool's library).
 //! - [`service`]: a consumer group's loop next to its health endpoints; instance naming.
 
@@ -31,6 +33,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod processing;
 pub mod record;
+pub mod retention;
 pub mod retry;
 pub mod secrets;
 pub mod service;

@@ -2,7 +2,8 @@
 //! settings ([`ServiceSettings`]), the per-instance transactional id, building a
 //! [`ProcessingLoop`] around a service's [`ServiceHandler`], and running it next to its
 //! operations endpoints (`/health/live`, `/health/ready` with the loop's counters, Prometheus
-//! `/metrics`). A service contributes its handler and its own settings section, nothing else.
+//! `/metrics`), with the [`Pruner`] of the tables it owns. A service contributes its handler
+//! and its own settings section, nothing else.
 
 use std::future::Future;
 use std::ops::{Deref, DerefMut};
@@ -25,6 +26,7 @@ use crate::config::{
     DatabaseSettings, HttpSettings, KafkaSettings, SchemaRegistrySettings, TopicSettings,
 };
 use crate::processing::{Faults, Handler, LoopSettings, LoopStats, ProcessingLoop};
+use crate::retention::{Pruner, RetentionSettings, Rule};
 use crate::shutdown::Shutdown;
 
 /// A name stable per instance: in Kubernetes the pod name (a StatefulSet ordinal keeps it
@@ -109,6 +111,8 @@ pub struct ServiceSettings<S> {
     pub schema_registry: SchemaRegistrySettings,
     #[serde(default)]
     pub topics: TopicSettings,
+    #[serde(default)]
+    pub retention: RetentionSettings,
     /// The service's own sections.
     #[serde(flatten)]
     pub own: S,
@@ -130,6 +134,8 @@ struct SharedSections {
     schema_registry: SchemaRegistrySettings,
     #[serde(default)]
     topics: TopicSettings,
+    #[serde(default)]
+    retention: RetentionSettings,
 }
 
 impl<S: DeserializeOwned> ServiceSettings<S> {
@@ -154,6 +160,7 @@ impl<S: DeserializeOwned> ServiceSettings<S> {
             kafka: shared.kafka,
             schema_registry: shared.schema_registry,
             topics: shared.topics,
+            retention: shared.retention,
             own,
         };
         Ok(crate::config::Loaded {
@@ -197,12 +204,20 @@ pub trait ServiceHandler: Handler + Sized {
         pool: &PgPool,
         codec: &AvroCodec,
     ) -> impl Future<Output = anyhow::Result<Self>> + Send;
+
+    /// The retention rules of the tables the service owns besides its group's
+    /// `processed_events` (which every service prunes).
+    fn retention_rules(_settings: &ServiceSettings<Self::Own>) -> Vec<Rule> {
+        Vec::new()
+    }
 }
 
-/// A consumer group instance: its processing loop and its bound health listener.
+/// A consumer group instance: its processing loop, its tables' pruner and its bound health
+/// listener.
 pub struct ConsumerService<H: Handler> {
     name: &'static str,
     processing: ProcessingLoop<H>,
+    pruner: Pruner,
     listener: TcpListener,
     port: u16,
     transactional_id: String,
@@ -238,13 +253,32 @@ impl<H: ServiceHandler> ConsumerService<H> {
         } else {
             None
         };
+        let input_topics = H::input_topics(&settings);
+        let mut rules = vec![Rule::processed_events(
+            &settings.retention,
+            &consumer.group_id,
+        )];
+        rules.extend(H::retention_rules(&settings));
+        let pruner = Pruner::new(pool.clone(), &settings.retention, rules)?;
+        // Every topic that can hand an event back: inputs, retry chain, dead letters.
+        let policy = consumer.retry_policy();
+        let mut replayable = input_topics.clone();
+        replayable.extend(policy.retry_topics());
+        replayable.push(policy.dlq_topic().to_string());
+        crate::retention::guard_replays(
+            &settings.kafka,
+            &settings.retention,
+            &replayable,
+            pruner.rules(),
+        )
+        .await?;
         let codec = Arc::new(AvroCodec::new(&settings.schema_registry.url));
         let handler = H::build(&settings, &pool, &codec).await?;
         let transactional_id = consumer.transactional_id.clone();
         let processing = ProcessingLoop::new(
             &settings.kafka,
             consumer,
-            H::input_topics(&settings),
+            input_topics,
             pool,
             codec,
             handler,
@@ -253,6 +287,7 @@ impl<H: ServiceHandler> ConsumerService<H> {
             H::NAME,
             &settings.http,
             processing,
+            pruner,
             (transactional_id, claim),
         )
         .await
@@ -265,6 +300,7 @@ impl<H: Handler> ConsumerService<H> {
         name: &'static str,
         http: &HttpSettings,
         processing: ProcessingLoop<H>,
+        pruner: Pruner,
         (transactional_id, claim): (String, Option<TransactionalIdClaim>),
     ) -> anyhow::Result<Self> {
         crate::metrics::install()?;
@@ -275,6 +311,7 @@ impl<H: Handler> ConsumerService<H> {
         Ok(Self {
             name,
             processing,
+            pruner,
             listener,
             port,
             transactional_id,
@@ -331,6 +368,9 @@ impl<H: Handler> ConsumerService<H> {
                 .with_graceful_shutdown(http_shutdown.cancelled_owned())
                 .await
         });
+        // Stops with the loop, whichever way the loop ends.
+        let stop_pruner = shutdown.child_token();
+        let pruner = tokio::spawn(self.pruner.run(stop_pruner.clone()));
         ready.store(true, Ordering::Relaxed);
         tracing::info!(
             port = self.port,
@@ -340,6 +380,8 @@ impl<H: Handler> ConsumerService<H> {
         let result = self.processing.run(shutdown.clone()).await;
         ready.store(false, Ordering::Relaxed);
         stop_http.cancel();
+        stop_pruner.cancel();
+        pruner.await.context("retention pruner panicked")?;
         server.await.context("health server panicked")??;
         result.map_err(Into::into)
     }
@@ -414,6 +456,20 @@ name = "w"
             "claimed per instance at build, not defaulted at load: {}",
             settings.consumer.transactional_id
         );
+    }
+
+    #[test]
+    fn the_retention_section_is_shared() {
+        let loaded = ServiceSettings::<Own>::load_checked(
+            "[http]\nhost = \"::1\"\nport = 1\n[consumer]\ngroup_id = \"g\"\n\
+             [retention]\nprocessed_events_days = 20\nbatch_size = 10\n",
+        )
+        .unwrap();
+        assert!(loaded.unknown.is_empty(), "{:?}", loaded.unknown);
+        let retention = &loaded.settings.retention;
+        assert_eq!(retention.processed_events_days, 20);
+        assert_eq!(retention.batch_size, 10);
+        assert_eq!(retention.replay_margin_days, 1, "the default");
     }
 
     #[test]

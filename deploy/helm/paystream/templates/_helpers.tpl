@@ -342,6 +342,15 @@ PAYSTREAM_KAFKA__PROVISIONING__REPLICATION_FACTOR: {{ .Values.kafka.topics.repli
 PAYSTREAM_SCHEMA_REGISTRY__URL: {{ required "set schemaRegistry.url" .Values.schemaRegistry.url | quote }}
 {{ include "paystream.topicEnv" . }}
 PAYSTREAM_DATABASE__MAX_CONNECTIONS: {{ .Values.database.maxConnections | int64 | quote }}
+{{- with .Values.retention }}
+PAYSTREAM_RETENTION__INTERVAL_SECS: {{ .intervalSecs | int64 | quote }}
+PAYSTREAM_RETENTION__BATCH_SIZE: {{ .batchSize | int64 | quote }}
+PAYSTREAM_RETENTION__PROCESSED_EVENTS_DAYS: {{ .processedEventsDays | int64 | quote }}
+PAYSTREAM_RETENTION__REPLAY_MARGIN_DAYS: {{ .replayMarginDays | int64 | quote }}
+PAYSTREAM_RETENTION__OUTBOX_DAYS: {{ .outboxDays | int64 | quote }}
+PAYSTREAM_RETENTION__NOTIFICATION_DELIVERIES_DAYS: {{ .notificationDeliveriesDays | int64 | quote }}
+PAYSTREAM_RETENTION__ANALYTICS_PAYMENTS_DAYS: {{ .analyticsPaymentsDays | int64 | quote }}
+{{- end }}
 {{ include "paystream.telemetryEnv" . }}
 {{- end }}
 

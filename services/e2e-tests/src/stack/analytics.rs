@@ -42,6 +42,7 @@ impl TestStack {
                 url: registry_url(),
             },
             topics: self.topics.clone(),
+            retention: Default::default(),
             own: Default::default(),
         }
     }

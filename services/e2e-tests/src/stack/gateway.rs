@@ -192,6 +192,7 @@ pub fn gateway_settings(
         topics: topics.clone(),
         admin_token: Some(TEST_ADMIN_TOKEN.to_string().into()),
         secrets: test_secrets_settings(),
+        retention: Default::default(),
     }
 }
 

@@ -36,6 +36,7 @@ impl TestStack {
                 url: registry_url(),
             },
             topics: self.topics.clone(),
+            retention: Default::default(),
             own: paystream_notifier::NotifierSection {
                 notifier: paystream_notifier::NotifierSettings {
                     allow_loopback_targets: true,

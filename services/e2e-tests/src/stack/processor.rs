@@ -29,6 +29,7 @@ impl TestStack {
                 url: registry_url(),
             },
             topics: self.topics.clone(),
+            retention: Default::default(),
             own: paystream_payment_processor::ProcessorSection {
                 psp: paystream_payment_processor::psp::PspSettings {
                     url: self.psp.base_url().to_string(),
