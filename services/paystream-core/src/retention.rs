@@ -352,12 +352,13 @@ async fn topic_retentions(
     let mut broker_default = None;
     for (topic, result) in topics.iter().zip(described) {
         let retention = match result {
-            Ok(resource) => {
+            // Kafka describes a topic that does not exist as one without configs.
+            Ok(resource) if !resource.entries.is_empty() => {
                 let value = |name: &str| resource.get(name).and_then(|e| e.value.clone());
                 topic_retention(value("retention.ms"), value("cleanup.policy"))
                     .with_context(|| format!("topic `{topic}`"))?
             }
-            Err(RDKafkaErrorCode::UnknownTopicOrPartition) => {
+            Ok(_) | Err(RDKafkaErrorCode::UnknownTopicOrPartition) => {
                 match kafka.provisioning.configs.get("retention.ms") {
                     Some(ms) => topic_retention(Some(ms.clone()), None)
                         .context("kafka.provisioning.configs")?,
