@@ -11,11 +11,13 @@
 //! A row that can never be published (undecodable payload or headers, unknown event type, a
 //! value the registered schema refuses) is *parked*: `parked_at` and `last_error` are set, it is
 //! logged and counted, and the relay goes on with the rows after it. Parked rows are never
-//! deleted; an operator releases one by clearing `parked_at`. Published rows are pruned
-//! `retention.outbox_days` after their publication ([`retention_rule`]). Failures that are not about one
+//! deleted; an operator releases one by clearing `parked_at`. Failures that are not about one
 //! row (broker or registry unreachable, schema rejected) stop the pass and are retried with
 //! back-off. Rows acknowledged before such a failure are still marked published, so a partial
 //! failure does not publish them again.
+//!
+//! Published rows are pruned `retention.outbox_days` after their publication
+//! ([`retention_rule`]).
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -248,19 +248,38 @@ pub enum TopicRetention {
 /// A ledger whose retention is not longer than a topic's retention plus the margin.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error(
-    "{setting} ({kept}) must be longer than the retention of topic `{topic}` ({topic_keeps}) \
-     plus retention.replay_margin_days ({margin}): while the topic holds a record, its event \
-     can be redelivered, replayed from the dead-letter topic or re-read after an offset reset, \
-     and {table} must still know it was processed{forever_hint}"
+    "{setting} ({}) must be longer than the retention of topic `{topic}` ({}) plus \
+     retention.replay_margin_days ({}): while the topic holds a record, its event can be \
+     redelivered, replayed from the dead-letter topic or re-read after an offset reset, and \
+     {table} must still know it was processed{}",
+    days(*.kept), .topic_keeps.describe(), days(*.margin), .topic_keeps.hint()
 )]
 pub struct ReplayMarginError {
     pub setting: &'static str,
     pub table: &'static str,
     pub topic: String,
-    kept: String,
-    topic_keeps: String,
-    margin: String,
-    forever_hint: &'static str,
+    kept: Duration,
+    topic_keeps: TopicRetention,
+    margin: Duration,
+}
+
+impl TopicRetention {
+    fn describe(&self) -> String {
+        match self {
+            TopicRetention::Finite(t) => days(*t),
+            TopicRetention::Forever => "forever".to_string(),
+        }
+    }
+
+    fn hint(&self) -> &'static str {
+        match self {
+            TopicRetention::Finite(_) => "",
+            TopicRetention::Forever => {
+                "; the topic keeps records forever (retention.ms=-1 or compacted): set the \
+                 retention to 0 to never prune, or give the topic a finite retention.ms"
+            }
+        }
+    }
 }
 
 fn days(d: Duration) -> String {
@@ -285,24 +304,18 @@ pub fn check_replay_margin(
     for rule in rules.iter().filter(|r| r.dedupe) {
         let Some(kept) = rule.keep else { continue };
         for (topic, retention) in topics {
-            let (too_short, topic_keeps, forever_hint) = match retention {
-                TopicRetention::Finite(t) => (kept <= *t + margin, days(*t), ""),
-                TopicRetention::Forever => (
-                    true,
-                    "forever".to_string(),
-                    "; the topic keeps records forever (retention.ms=-1 or compacted): set the \
-                     retention to 0 to never prune, or give the topic a finite retention.ms",
-                ),
+            let too_short = match retention {
+                TopicRetention::Finite(t) => kept <= *t + margin,
+                TopicRetention::Forever => true,
             };
             if too_short {
                 return Err(ReplayMarginError {
                     setting: rule.setting,
                     table: rule.table,
                     topic: topic.clone(),
-                    kept: days(kept),
-                    topic_keeps,
-                    margin: days(margin),
-                    forever_hint,
+                    kept,
+                    topic_keeps: *retention,
+                    margin,
                 });
             }
         }
