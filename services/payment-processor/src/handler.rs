@@ -34,6 +34,17 @@ impl Handler for PaymentHandler {
         let payment_id = Uuid::parse_str(&event.payment_id).map_err(|e| {
             HandlerError::Permanent(anyhow::anyhow!("payment_id is not a UUID: {e}"))
         })?;
+        // A payment the gateway never recorded is refused before the PSP sees it: an event for
+        // it (a foreign or broken producer) must not move money. Found by the Kafka fuzz run.
+        let known: Option<String> = sqlx::query_scalar("SELECT status FROM payments WHERE id = $1")
+            .bind(payment_id)
+            .fetch_optional(&mut *ctx.db)
+            .await?;
+        if known.is_none() {
+            return Err(HandlerError::Permanent(anyhow::anyhow!(
+                "payment {payment_id} is unknown"
+            )));
+        }
         let charge = self.psp.charge(&event).await.map_err(|e| match e {
             PspError::Transient(_) => HandlerError::Transient(e.into()),
             PspError::Rejected(_) => HandlerError::Permanent(e.into()),

@@ -219,6 +219,22 @@ pub fn refusal(letter: &DeadLetter, replays: u32, max_replays: u32) -> Option<St
     if letter.original_topic().is_none() {
         return Some(format!("no {} header", headers::ORIGINAL_TOPIC));
     }
+    // Too large to forward whole: replaying the copy would send a different record.
+    if let Some(dropped) = letter.headers.get(headers::DROPPED) {
+        return Some(format!(
+            "the dead letter lacks part of the original ({dropped}); the original is at {}/{}/{} \
+             while that topic retains it",
+            letter.original_topic().unwrap_or_default(),
+            letter
+                .headers
+                .get(headers::ORIGINAL_PARTITION)
+                .unwrap_or_default(),
+            letter
+                .headers
+                .get(headers::ORIGINAL_OFFSET)
+                .unwrap_or_default(),
+        ));
+    }
     if replays >= max_replays {
         return Some(format!(
             "already replayed {replays} times (limit {max_replays})"
@@ -436,6 +452,13 @@ mod tests {
         let mut orphan = letter("g", "poison", 0, 0);
         orphan.headers.remove(headers::ORIGINAL_TOPIC);
         assert!(refusal(&orphan, 0, 3).is_some());
+        let mut trimmed = letter("g", "poison", 0, 0);
+        trimmed
+            .headers
+            .set(headers::DROPPED, "value (1040000 bytes)");
+        assert!(refusal(&trimmed, 0, 3)
+            .unwrap()
+            .contains("value (1040000 bytes)"));
     }
 
     #[test]

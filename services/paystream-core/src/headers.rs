@@ -6,7 +6,8 @@
 use std::collections::HashMap;
 
 use opentelemetry::propagation::{Extractor, Injector};
-use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::message::{BorrowedHeaders, Header, Headers, OwnedHeaders};
+use rdkafka::types::RDKafkaHeaders;
 
 /// The event's deterministic id (UUID); consumers dedupe on it.
 pub const EVENT_ID: &str = "event_id";
@@ -38,6 +39,11 @@ pub const REPLAY_COUNT: &str = "paystream.replay.count";
 /// operator tell which records came from a transaction that never committed.
 pub const PRODUCER_TXN: &str = "paystream.txn";
 
+/// On a forwarded (retry or dead-letter) record that could not carry all of its original under
+/// the producer's record size limit: what was left out, e.g. `2 headers (999010 bytes)` or
+/// `value (1040000 bytes)`. The original stays at its position on the input topic.
+pub const DROPPED: &str = "paystream.dropped";
+
 /// Bound on error text copied into a header, so a huge error can't bloat a record.
 pub const MAX_ERROR_MESSAGE_LEN: usize = 1024;
 
@@ -62,16 +68,43 @@ impl RecordHeaders {
         }
     }
 
-    /// Reads librdkafka headers; values that are not UTF-8 are kept lossily.
-    pub fn from_kafka<H: Headers>(headers: Option<&H>) -> Self {
-        let mut out = Vec::new();
-        if let Some(h) = headers {
-            for header in h.iter() {
-                let value = header
-                    .value
-                    .map(|v| String::from_utf8_lossy(v).into_owned());
-                out.push((header.key.to_string(), value.unwrap_or_default()));
-            }
+    /// Reads a consumed record's headers. Keys and values that are not UTF-8 are kept lossily,
+    /// a null value as empty.
+    ///
+    /// Read through librdkafka's C API rather than rdkafka's `Headers::iter`, which unwraps each
+    /// key as UTF-8 (rdkafka 0.39 `BorrowedHeaders::try_get`): a producer in another language
+    /// can send any bytes as a key, and the panic stopped the consumer on that record again at
+    /// every restart, its partitions stuck behind it.
+    pub fn from_kafka(headers: Option<&BorrowedHeaders>) -> Self {
+        let Some(h) = headers else {
+            return Self::default();
+        };
+        // `BorrowedHeaders` is rdkafka's view of the `rd_kafka_headers_t` itself (the cast its
+        // own accessors make).
+        let native = h as *const BorrowedHeaders as *const RDKafkaHeaders;
+        let mut out = Vec::with_capacity(h.count());
+        for idx in 0..h.count() {
+            let (mut name, mut value, mut size) = (std::ptr::null(), std::ptr::null(), 0);
+            // SAFETY: `native` lives as long as `h`; on success librdkafka points `name` at a
+            // NUL-terminated key and `value` at `size` bytes (or null), both owned by `h`.
+            let (key, value) = unsafe {
+                let err = rdkafka::bindings::rd_kafka_header_get_all(
+                    native, idx, &mut name, &mut value, &mut size,
+                );
+                if err != rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR {
+                    break;
+                }
+                let key = std::ffi::CStr::from_ptr(name)
+                    .to_string_lossy()
+                    .into_owned();
+                let value = (!value.is_null())
+                    .then(|| {
+                        String::from_utf8_lossy(std::slice::from_raw_parts(value.cast(), size))
+                    })
+                    .map(|v| v.into_owned());
+                (key, value)
+            };
+            out.push((key, value.unwrap_or_default()));
         }
         Self(out)
     }
@@ -191,7 +224,34 @@ mod tests {
     fn kafka_round_trip_keeps_order() {
         let h = RecordHeaders(vec![("x".into(), "1".into()), ("y".into(), "2".into())]);
         let k = h.to_kafka();
-        assert_eq!(RecordHeaders::from_kafka(Some(&k)), h);
+        assert_eq!(RecordHeaders::from_kafka(Some(k.as_borrowed())), h);
+    }
+
+    #[test]
+    fn keys_and_values_that_are_not_utf8_are_read_lossily_without_a_panic() {
+        let k = OwnedHeaders::new();
+        let native = k.as_borrowed() as *const BorrowedHeaders as *mut RDKafkaHeaders;
+        // rdkafka's `Header` key is a `&str`: a foreign producer's key goes in through the C API.
+        for (key, value) in [(&b"\xff\xfek"[..], Some(&b"\xe9"[..])), (&b"n"[..], None)] {
+            let (value_ptr, value_len) = value.map_or((std::ptr::null(), 0), |v| (v.as_ptr(), 1));
+            // SAFETY: `native` lives as long as `k`; librdkafka copies key and value.
+            unsafe {
+                rdkafka::bindings::rd_kafka_header_add(
+                    native,
+                    key.as_ptr().cast(),
+                    key.len() as isize,
+                    value_ptr.cast(),
+                    value_len,
+                );
+            }
+        }
+        assert_eq!(
+            RecordHeaders::from_kafka(Some(k.as_borrowed())).0,
+            vec![
+                ("\u{fffd}\u{fffd}k".into(), "\u{fffd}".into()),
+                ("n".into(), String::new())
+            ]
+        );
     }
 
     #[test]

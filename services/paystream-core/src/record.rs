@@ -3,7 +3,7 @@
 //! processing loop, the retry chain and the dead-letter tools, which import them from here
 //! rather than from each other.
 
-use rdkafka::message::Message;
+use rdkafka::message::{BorrowedHeaders, Message};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -23,7 +23,7 @@ pub struct Record {
 }
 
 impl Record {
-    pub fn from_message<M: Message>(m: &M) -> Self {
+    pub fn from_message<M: Message<Headers = BorrowedHeaders>>(m: &M) -> Self {
         Self {
             topic: m.topic().to_string(),
             partition: m.partition(),

@@ -13,6 +13,11 @@
 //! its due time; the retry consumer holds the partition (pause/resume) until then. This module
 //! is pure: it decides where a record goes and with which headers; the processing loop
 //! produces it.
+//!
+//! A forwarded record must also be producible, whatever its input was: failure headers on a
+//! record read from an input topic are not trusted (anyone may have written them), and a
+//! forward that would exceed the producer's record size limit leaves out what it must, saying
+//! so in [`headers::DROPPED`].
 
 use std::time::Duration;
 
@@ -75,12 +80,36 @@ pub struct Forward {
     pub output: Output,
 }
 
+/// librdkafka's default `message.max.bytes`, which the loop's producer keeps: the largest
+/// record it will send. An input record can be larger (the broker's own default limit is
+/// 1,048,588 bytes per batch, and a compressed batch holds more), and forwarding adds headers.
+pub const DEFAULT_MAX_RECORD_BYTES: usize = 1_000_000;
+
+/// Room kept under the limit for the record's framing and the headers the loop adds after
+/// routing (trace context, the producing transaction, [`headers::DROPPED`]).
+const RECORD_OVERHEAD_BYTES: usize = 1_024;
+
+/// The headers [`RetryPolicy::route`] writes: bounded, and what makes a forward replayable, so
+/// they are never left out to make room.
+const FAILURE_HEADERS: [&str; 9] = [
+    headers::ORIGINAL_TOPIC,
+    headers::ORIGINAL_PARTITION,
+    headers::ORIGINAL_OFFSET,
+    headers::ORIGINAL_TIMESTAMP_MS,
+    headers::CONSUMER_GROUP,
+    headers::ERROR_CLASS,
+    headers::ERROR_MESSAGE,
+    headers::ATTEMPT,
+    headers::DUE_AT_MS,
+];
+
 /// One consumer group's chain: its retry topics with their delays, and its dead-letter topic.
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
     group: String,
     delays: Vec<Duration>,
     dlq_topic: String,
+    max_record_bytes: usize,
 }
 
 impl RetryPolicy {
@@ -93,7 +122,15 @@ impl RetryPolicy {
             group: group.into(),
             delays,
             dlq_topic: dlq_topic.into(),
+            max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
         }
+    }
+
+    /// Forwards larger than `max` bytes leave out the original's headers, then its value,
+    /// then its key ([`DEFAULT_MAX_RECORD_BYTES`] unless set).
+    pub fn with_max_record_bytes(mut self, max: usize) -> Self {
+        self.max_record_bytes = max;
+        self
     }
 
     /// `<group>.retry.<stage>`, stages counted from 1.
@@ -121,11 +158,20 @@ impl RetryPolicy {
 
     /// Where `record`, which just failed with `failure` at `now_ms`, goes next.
     pub fn route(&self, record: &Record, failure: &Failure, now_ms: i64) -> Forward {
-        let attempt = attempt_of(&record.headers) + 1;
+        // Failure headers are this chain's own only on its retry topics. On an input topic
+        // they are whatever the producer wrote (an operator's replay, a foreign or hostile
+        // producer), so a failure there is the first: a forged attempt count must not skip the
+        // retries (nor overflow), and a forged origin must not send a replay elsewhere.
+        let first = !self.is_retry_topic(&record.topic);
+        let attempt = if first {
+            1
+        } else {
+            attempt_of(&record.headers).saturating_add(1)
+        };
         let stage = attempt as usize;
         let mut headers = record.headers.clone();
-        // The origin is the first input the record was read from; later stages keep it.
-        if headers.get(headers::ORIGINAL_TOPIC).is_none() {
+        // The origin is the input the record was read from; later stages keep it.
+        if first {
             headers.set(headers::ORIGINAL_TOPIC, record.topic.clone());
             headers.set(headers::ORIGINAL_PARTITION, record.partition.to_string());
             headers.set(headers::ORIGINAL_OFFSET, record.offset.to_string());
@@ -162,16 +208,76 @@ impl RetryPolicy {
             headers.remove(headers::DUE_AT_MS);
             (self.dlq_topic.clone(), Destination::DeadLetter { attempt })
         };
+        let mut output = Output {
+            topic,
+            key: record.key.clone(),
+            value: record.payload.clone(),
+            headers,
+        };
+        fit(&mut output, self.max_record_bytes);
         Forward {
             destination,
-            output: Output {
-                topic,
-                key: record.key.clone(),
-                value: record.payload.clone(),
-                headers,
-            },
+            output,
         }
     }
+}
+
+/// What librdkafka counts against `message.max.bytes` for a header, near enough: key and
+/// value with their varint length prefixes.
+fn header_bytes(key: &str, value: &str) -> usize {
+    key.len() + value.len() + 10
+}
+
+/// Makes `output` fit under `max` bytes by leaving out, in this order, the original's own
+/// headers (largest first), its value, its key, and says what went in [`headers::DROPPED`].
+/// Without this, a forward the producer refuses aborts its batch every time, and the input
+/// partition never gets past the record.
+fn fit(output: &mut Output, max: usize) {
+    let budget = max.saturating_sub(RECORD_OVERHEAD_BYTES);
+    let sizes: Vec<usize> = output
+        .headers
+        .0
+        .iter()
+        .map(|(k, v)| header_bytes(k, v))
+        .collect();
+    let len = |b: &Option<Vec<u8>>| b.as_ref().map_or(0, Vec::len);
+    let mut size = len(&output.key) + len(&output.value) + sizes.iter().sum::<usize>();
+    if size <= budget {
+        return;
+    }
+    let mut droppable: Vec<usize> = (0..sizes.len())
+        .filter(|i| !FAILURE_HEADERS.contains(&output.headers.0[*i].0.as_str()))
+        .collect();
+    droppable.sort_by_key(|i| std::cmp::Reverse(sizes[*i]));
+    let mut dropped = vec![false; sizes.len()];
+    let (mut count, mut bytes) = (0, 0);
+    for i in droppable {
+        if size <= budget {
+            break;
+        }
+        dropped[i] = true;
+        size -= sizes[i];
+        count += 1;
+        bytes += sizes[i];
+    }
+    let mut index = 0;
+    output.headers.0.retain(|_| {
+        index += 1;
+        !dropped[index - 1]
+    });
+    let mut what = Vec::new();
+    if count > 0 {
+        what.push(format!("{count} headers ({bytes} bytes)"));
+    }
+    for (name, part) in [("value", &mut output.value), ("key", &mut output.key)] {
+        if size > budget {
+            if let Some(b) = part.take() {
+                size -= b.len();
+                what.push(format!("{name} ({} bytes)", b.len()));
+            }
+        }
+    }
+    output.headers.set(headers::DROPPED, what.join(", "));
 }
 
 /// Failed attempts recorded on a record (0 for a record that never failed).
@@ -390,6 +496,64 @@ mod tests {
             dead.output.headers.get(headers::EVENT_ID),
             Some(identity.to_string().as_str())
         );
+    }
+
+    #[test]
+    fn failure_headers_written_by_the_producer_of_an_input_record_are_not_trusted() {
+        let mut forged = RecordHeaders::default();
+        forged.set(headers::ATTEMPT, u32::MAX.to_string());
+        forged.set(headers::ORIGINAL_TOPIC, "elsewhere");
+        forged.set(headers::ORIGINAL_OFFSET, "-7");
+        let f = policy().route(
+            &record("in", forged.clone()),
+            &failure(FailureClass::Transient),
+            0,
+        );
+        assert_eq!(f.output.topic, "g.retry.1");
+        let h = &f.output.headers;
+        assert_eq!(h.get(headers::ATTEMPT), Some("1"));
+        assert_eq!(h.get(headers::ORIGINAL_TOPIC), Some("in"));
+        assert_eq!(h.get(headers::ORIGINAL_OFFSET), Some("40"));
+        // On the group's own retry topic the count goes on, and cannot overflow.
+        let f = policy().route(
+            &record("g.retry.1", forged),
+            &failure(FailureClass::Transient),
+            0,
+        );
+        assert_eq!(f.destination, Destination::DeadLetter { attempt: u32::MAX });
+    }
+
+    #[test]
+    fn a_forward_over_the_size_limit_leaves_out_headers_then_the_value_and_says_so() {
+        let p = policy().with_max_record_bytes(10_000);
+        let mut big = RecordHeaders::default();
+        big.set("small", "s");
+        big.set("large", "x".repeat(6_000));
+        big.set("larger", "y".repeat(7_000));
+        let f = p.route(&record("in", big), &failure(FailureClass::Poison), 0);
+        let h = &f.output.headers;
+        assert_eq!(h.get("small"), Some("s"));
+        assert_eq!(h.get("larger"), None);
+        assert!(h.get("large").is_some());
+        assert_eq!(h.get(headers::DROPPED), Some("1 headers (7016 bytes)"));
+        assert_eq!(f.output.value.as_deref(), Some(&[0, 0, 0, 0, 1, 2][..]));
+        assert_eq!(h.get(headers::ERROR_CLASS), Some("poison"));
+
+        let mut huge_value = record("in", RecordHeaders::default());
+        huge_value.payload = Some(vec![7; 20_000]);
+        let f = p.route(&huge_value, &failure(FailureClass::Poison), 0);
+        assert_eq!(f.output.value, None);
+        assert_eq!(f.output.key.as_deref(), Some(&b"k"[..]));
+        assert_eq!(
+            f.output.headers.get(headers::DROPPED),
+            Some("value (20000 bytes)")
+        );
+        assert_eq!(f.output.headers.get(headers::ORIGINAL_OFFSET), Some("40"));
+
+        // Under the limit nothing changes.
+        let f = policy().route(&huge_value, &failure(FailureClass::Poison), 0);
+        assert_eq!(f.output.value.as_deref().map(<[u8]>::len), Some(20_000));
+        assert_eq!(f.output.headers.get(headers::DROPPED), None);
     }
 
     #[test]

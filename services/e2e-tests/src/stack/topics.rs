@@ -10,7 +10,7 @@ use paystream_core::avro::AvroCodec;
 use paystream_core::headers::RecordHeaders;
 use paystream_core::kafka;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::Message;
+use rdkafka::message::{BorrowedHeaders, Message};
 use rdkafka::producer::FutureProducer;
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::Value;
@@ -19,7 +19,10 @@ use uuid::Uuid;
 use super::{TestStack, PARTITIONS};
 use crate::env::registry_url;
 
-async fn decoded<M: Message>(codec: &AvroCodec, message: &M) -> anyhow::Result<DecodedRecord> {
+async fn decoded<M: Message<Headers = BorrowedHeaders>>(
+    codec: &AvroCodec,
+    message: &M,
+) -> anyhow::Result<DecodedRecord> {
     Ok(DecodedRecord {
         partition: message.partition(),
         offset: message.offset(),

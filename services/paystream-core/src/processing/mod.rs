@@ -925,21 +925,29 @@ impl<H: Handler> ProcessingLoop<H> {
         let transient =
             |e: sqlx::Error| BatchError::Transient(anyhow::Error::new(e).context("database"));
         let group = &self.settings.group_id;
-        let mut tx = self.pool.begin().await.map_err(transient)?;
-        if let Some(applied) = applied_event(&mut tx, group, event_id)
-            .await
-            .map_err(transient)?
-        {
-            tx.rollback().await.map_err(transient)?;
-            return Ok(self.already_applied(record, applied));
-        }
-
-        let handled = match self
+        // Decoded before the dedupe lookup: bytes that are not an event are dead-lettered even
+        // when their `event_id` header names an event already applied (a reused or stolen id),
+        // rather than skipped as its duplicate without a trace.
+        let decoded = match self
             .codec
             .decode::<H::Event>(record.payload.as_deref())
             .await
         {
             Err(e) if e.is_transient() => return Err(BatchError::Transient(e.into())),
+            decoded => decoded,
+        };
+        let mut tx = self.pool.begin().await.map_err(transient)?;
+        if decoded.is_ok() {
+            if let Some(applied) = applied_event(&mut tx, group, event_id)
+                .await
+                .map_err(transient)?
+            {
+                tx.rollback().await.map_err(transient)?;
+                return Ok(self.already_applied(record, applied));
+            }
+        }
+
+        let handled = match decoded {
             Err(e) => Err(Failure {
                 class: FailureClass::Poison,
                 message: e.to_string(),
