@@ -438,7 +438,11 @@ impl Raw {
 
 /// Every record of `topic` from the beginning to its end (read_committed, so the end is the
 /// last stable offset), read by a plain librdkafka consumer that joins no group.
-async fn read_raw(stack: &TestStack, topic: &str, with_headers: bool) -> anyhow::Result<Vec<Raw>> {
+async fn read_to_end(
+    stack: &TestStack,
+    topic: &str,
+    with_headers: bool,
+) -> anyhow::Result<Vec<Raw>> {
     let group = format!("test-{}-fuzz-reader-{}", stack.id, Uuid::new_v4());
     let consumer: BaseConsumer = kafka::client_config(
         &stack.kafka,
@@ -718,7 +722,7 @@ async fn hostile_records_are_dead_lettered_and_the_stream_goes_on() -> anyhow::R
         // ones are all there (or the deadline passes, and the checks below say what is missing).
         let dlq = format!("{}.dlq", g.group);
         let letters = loop {
-            let letters = read_raw(&stack, &dlq, true).await?;
+            let letters = read_to_end(&stack, &dlq, true).await?;
             if letters.len() >= g.expected.len() || Instant::now() >= deadline {
                 break letters;
             }
@@ -870,7 +874,7 @@ async fn hostile_records_are_dead_lettered_and_the_stream_goes_on() -> anyhow::R
     assert!(receipts.not_once().is_empty(), "{:?}", receipts.not_once());
 
     // The stream went on: in every partition, payments behind hostile records were decided.
-    let requested = read_raw(&stack, &stack.topics.payments_requested, false).await?;
+    let requested = read_to_end(&stack, &stack.topics.payments_requested, false).await?;
     let valid_keys: HashSet<Vec<u8>> = valid.iter().map(|id| id.to_string().into_bytes()).collect();
     let mut first_hostile: BTreeMap<i32, i64> = BTreeMap::new();
     for (_, p, o) in hostile.keys().filter(|(i, _, _)| *i == Input::Requested) {
