@@ -103,7 +103,7 @@ fn header_codec(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     g.bench_function("to_kafka", |b| b.iter(|| black_box(&h).to_kafka()));
     g.bench_function("from_kafka", |b| {
-        b.iter(|| RecordHeaders::from_kafka(Some(black_box(&kafka))))
+        b.iter(|| RecordHeaders::from_kafka(Some(black_box(kafka.as_borrowed()))))
     });
     g.bench_function("event_id_v5", |b| {
         b.iter(|| events::event_id(black_box(payment_id), Step::Outcome))
@@ -142,7 +142,7 @@ fn processing(c: &mut Criterion) {
                 timestamp_ms: Some(1_795_000_000_000),
                 key: Some(m.key.clone()),
                 payload: Some(m.payload.clone()),
-                headers: RecordHeaders::from_kafka(Some(&m.headers)),
+                headers: RecordHeaders::from_kafka(Some(m.headers.as_borrowed())),
             };
             let _event_id = record.event_id();
             let event: PaymentRequested = requested
