@@ -89,9 +89,11 @@ pub const DEFAULT_MAX_RECORD_BYTES: usize = 1_000_000;
 /// routing (trace context, the producing transaction, [`headers::DROPPED`]).
 const RECORD_OVERHEAD_BYTES: usize = 1_024;
 
-/// The headers [`RetryPolicy::route`] writes: bounded, and what makes a forward replayable, so
-/// they are never left out to make room.
-const FAILURE_HEADERS: [&str; 9] = [
+/// The headers [`RetryPolicy::route`] writes: bounded, and what makes a forward replayable (the
+/// event id is its identity: dropping it would make a replay a new event), so they are never
+/// left out to make room.
+const ROUTING_HEADERS: [&str; 10] = [
+    headers::EVENT_ID,
     headers::ORIGINAL_TOPIC,
     headers::ORIGINAL_PARTITION,
     headers::ORIGINAL_OFFSET,
@@ -246,7 +248,7 @@ fn fit(output: &mut Output, max: usize) {
         return;
     }
     let mut droppable: Vec<usize> = (0..sizes.len())
-        .filter(|i| !FAILURE_HEADERS.contains(&output.headers.0[*i].0.as_str()))
+        .filter(|i| !ROUTING_HEADERS.contains(&output.headers.0[*i].0.as_str()))
         .collect();
     droppable.sort_by_key(|i| std::cmp::Reverse(sizes[*i]));
     let mut dropped = vec![false; sizes.len()];
@@ -549,6 +551,11 @@ mod tests {
             Some("value (20000 bytes)")
         );
         assert_eq!(f.output.headers.get(headers::ORIGINAL_OFFSET), Some("40"));
+        // The identity stays: a replay of the copy must still be the same event.
+        assert_eq!(
+            f.output.headers.get(headers::EVENT_ID),
+            Some(huge_value.event_id().to_string().as_str())
+        );
 
         // Under the limit nothing changes.
         let f = policy().route(&huge_value, &failure(FailureClass::Poison), 0);
