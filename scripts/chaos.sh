@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make chaos`: the chaos soak (services/e2e-tests/src/chaos.rs) with CHAOS_PAYMENTS payments
+# `make chaos`: the chaos soak (services/e2e-tests/src/chaos/) with CHAOS_PAYMENTS payments
 # (default 100,000; CHAOS_RATE arrivals/s, default 60; CHAOS_SEED to replay a run). It runs its
 # own broker and Postgres (restarted during the soak) and uses the stack's schema registry and
 # the venv's Python confluent-kafka as the read_committed oracle. Prints the verdict table,

@@ -25,7 +25,9 @@ impl OwnPostgres {
         std::fs::create_dir_all(&base)?;
         // initdb and postgres refuse to run as root: as root, the cluster belongs to `postgres`.
         if is_root() {
-            run("chown", &["-R", "postgres:", &base.to_string_lossy()]).await?;
+            let mut chown = std::process::Command::new("chown");
+            chown.arg("-R").arg("postgres:").arg(&base);
+            run(chown).await?;
         }
         let postgres = Self {
             port: free_port()?,
@@ -108,33 +110,31 @@ impl OwnPostgres {
     }
 
     async fn pg(&self, tool: &str, args: &[&str]) -> anyhow::Result<()> {
+        run(self.pg_command(tool, args)).await
+    }
+
+    /// The cluster's `tool` with `args`; as user `postgres` when this process is root.
+    fn pg_command(&self, tool: &str, args: &[&str]) -> std::process::Command {
         let tool = self.bin.join(tool);
-        let tool = tool.to_string_lossy();
-        if is_root() {
-            let mut all = vec!["-u", "postgres", "--", &tool];
-            all.extend_from_slice(args);
-            run("runuser", &all).await
+        let mut command = if is_root() {
+            let mut runuser = std::process::Command::new("runuser");
+            runuser.args(["-u", "postgres", "--"]).arg(tool);
+            runuser
         } else {
-            run(&tool, args).await
-        }
+            std::process::Command::new(tool)
+        };
+        command.args(args);
+        command
     }
 }
 
 impl Drop for OwnPostgres {
     fn drop(&mut self) {
         // Immediate shutdown, synchronously: the test is over.
-        let tool = self.bin.join("pg_ctl");
         let data = self.data_str();
-        let args = ["-D", data.as_str(), "-m", "immediate", "stop"];
-        let _ = if is_root() {
-            std::process::Command::new("runuser")
-                .args(["-u", "postgres", "--"])
-                .arg(&tool)
-                .args(args)
-                .output()
-        } else {
-            std::process::Command::new(&tool).args(args).output()
-        };
+        let _ = self
+            .pg_command("pg_ctl", &["-D", &data, "-m", "immediate", "stop"])
+            .output();
         if let Some(base) = self.data.parent() {
             let _ = std::fs::remove_dir_all(base);
         }
@@ -164,17 +164,18 @@ fn is_root() -> bool {
     std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
 
-async fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
+async fn run(command: std::process::Command) -> anyhow::Result<()> {
+    let what = format!("{command:?}");
     let out = tokio::time::timeout(
         Duration::from_secs(120),
-        tokio::process::Command::new(program).args(args).output(),
+        tokio::process::Command::from(command).output(),
     )
     .await
-    .with_context(|| format!("{program} {args:?} took over 120 s"))?
-    .with_context(|| format!("running {program}"))?;
+    .with_context(|| format!("{what} took over 120 s"))?
+    .with_context(|| format!("running {what}"))?;
     anyhow::ensure!(
         out.status.success(),
-        "{program} {args:?} failed ({}): {}{}",
+        "{what} failed ({}): {}{}",
         out.status,
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)

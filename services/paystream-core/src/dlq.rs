@@ -7,14 +7,14 @@
 //! record that keeps failing cannot be replayed forever. Consumers dedupe by event id, so
 //! replaying a record that was meanwhile applied has no second effect.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::{Offset, TopicPartitionList};
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::config::KafkaSettings;
@@ -244,40 +244,34 @@ pub fn refusal(letter: &DeadLetter, replays: u32, max_replays: u32) -> Option<St
 }
 
 /// The replays recorded for each letter's event: the durable count in `dlq_replays`, or the
-/// record's own header if that is higher (replays made before the count was kept).
+/// record's own header if that is higher (replays made before the count was kept). One query
+/// for the whole listing.
 pub async fn replay_counts(
     pool: &PgPool,
     dlq_topic: &str,
     letters: &[DeadLetter],
 ) -> anyhow::Result<Vec<u32>> {
-    let mut conn = pool.acquire().await?;
-    let mut counts = Vec::with_capacity(letters.len());
-    for letter in letters {
-        counts.push(recorded_replays(&mut conn, dlq_topic, letter, false).await?);
-    }
-    Ok(counts)
+    let ids: Vec<Uuid> = letters.iter().map(DeadLetter::event_id).collect();
+    let rows: Vec<(Uuid, i32)> = sqlx::query_as(
+        "SELECT event_id, replays FROM dlq_replays WHERE dlq_topic = $1 AND event_id = ANY($2)",
+    )
+    .bind(dlq_topic)
+    .bind(&ids)
+    .fetch_all(pool)
+    .await
+    .context("reading the recorded replays (dlq_replays)")?;
+    let durable: HashMap<Uuid, i32> = rows.into_iter().collect();
+    Ok(letters
+        .iter()
+        .map(|l| replays_of(l, durable.get(&l.event_id()).copied()))
+        .collect())
 }
 
-async fn recorded_replays(
-    conn: &mut PgConnection,
-    dlq_topic: &str,
-    letter: &DeadLetter,
-    lock: bool,
-) -> anyhow::Result<u32> {
-    let sql = if lock {
-        "SELECT replays FROM dlq_replays WHERE dlq_topic = $1 AND event_id = $2 FOR UPDATE"
-    } else {
-        "SELECT replays FROM dlq_replays WHERE dlq_topic = $1 AND event_id = $2"
-    };
-    let durable: Option<i32> = sqlx::query_scalar(sql)
-        .bind(dlq_topic)
-        .bind(letter.event_id())
-        .fetch_optional(&mut *conn)
-        .await
-        .context("reading the recorded replays (dlq_replays)")?;
-    Ok(letter
+/// The higher of the durable count and the record's own header.
+fn replays_of(letter: &DeadLetter, durable: Option<i32>) -> u32 {
+    letter
         .replay_count()
-        .max(durable.map_or(0, |d| d.max(0) as u32)))
+        .max(durable.map_or(0, |d| d.max(0) as u32))
 }
 
 /// Sends `letters` back to their original topics in one Kafka transaction, counting each
@@ -300,17 +294,19 @@ pub async fn replay(
     let mut counting = pool.begin().await.context("starting the replay count")?;
     let mut chosen = Vec::new();
     for letter in letters {
-        // The row exists before it is locked, so concurrent first replays of one event queue up.
-        sqlx::query(
+        // Creates the event's row or, with a no-op update, locks the existing one, and reads
+        // its count, in one statement: concurrent replays of one event queue up here.
+        let durable: i32 = sqlx::query_scalar(
             "INSERT INTO dlq_replays (dlq_topic, event_id, replays) VALUES ($1, $2, 0)
-             ON CONFLICT DO NOTHING",
+             ON CONFLICT (dlq_topic, event_id) DO UPDATE SET replays = dlq_replays.replays
+             RETURNING replays",
         )
         .bind(dlq_topic)
         .bind(letter.event_id())
-        .execute(&mut *counting)
+        .fetch_one(&mut *counting)
         .await
         .context("recording the replay (dlq_replays)")?;
-        let replays = recorded_replays(&mut counting, dlq_topic, letter, true).await?;
+        let replays = replays_of(letter, Some(durable));
         if let Some(reason) = refusal(letter, replays, max_replays) {
             report.refused.push((letter.position(), reason));
             continue;
