@@ -11,7 +11,7 @@ use paystream_core::config::KafkaSettings;
 use paystream_core::kafka;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
-use crate::process::{free_port, repo_root, send_signal};
+use crate::process::{free_ports, repo_root, send_signal};
 
 pub struct OwnKafka {
     pub addr: String,
@@ -28,9 +28,11 @@ impl OwnKafka {
         let name = format!("own-kafka-{}", uuid::Uuid::new_v4().simple());
         let base = std::env::temp_dir().join(&name);
         std::fs::create_dir_all(&base)?;
+        // Distinct: Kafka refuses to format a node whose listeners share a port.
+        let ports = free_ports(2)?;
         Ok(Self {
-            addr: format!("127.0.0.1:{}", free_port()?),
-            controller_addr: format!("127.0.0.1:{}", free_port()?),
+            addr: format!("127.0.0.1:{}", ports[0]),
+            controller_addr: format!("127.0.0.1:{}", ports[1]),
             log_dir: base.join("kafka-logs"),
             log_path: base.join("broker.log"),
             child: None,

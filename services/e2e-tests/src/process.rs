@@ -11,9 +11,19 @@ use crate::stack::TestStack;
 
 /// A port nothing listens on right now, for a child process to bind.
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    Ok(free_ports(1)?[0])
+}
+
+/// `n` distinct ports nothing listens on right now. The listeners are held until all are
+/// chosen: released one by one, the OS may hand out the same port twice.
+pub fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+    let listeners = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()?;
+    listeners
+        .iter()
+        .map(|l| Ok(l.local_addr()?.port()))
+        .collect()
 }
 
 /// Path of a workspace binary built by `cargo build --workspace --bins` (`make up` does).
