@@ -8,11 +8,14 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use paystream_core::avro::AvroCodec;
 use paystream_core::events::{
     OutcomeStatus, PaymentOutcome, PaymentRequested, PAYMENT_STATS_SCHEMA,
 };
 use paystream_core::headers;
-use paystream_core::processing::{event_output, Handler, HandlerContext, HandlerError, Output};
+use paystream_core::processing::{
+    event_output, Handled, Handler, HandlerContext, HandlerError, Output,
+};
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
@@ -31,7 +34,7 @@ pub struct AnalyticsHandler {
 }
 
 /// What one event says about its payment.
-struct Fact {
+pub struct Fact {
     payment_id: Uuid,
     merchant_id: String,
     currency: String,
@@ -143,12 +146,13 @@ async fn upsert_fact(db: &mut sqlx::PgConnection, fact: &Fact) -> sqlx::Result<(
 #[async_trait]
 impl Handler for AnalyticsHandler {
     type Event = serde_json::Value;
+    type Effect = Fact;
 
     async fn handle(
         &self,
         event: serde_json::Value,
-        ctx: &mut HandlerContext<'_>,
-    ) -> Result<Vec<Output>, HandlerError> {
+        ctx: &HandlerContext<'_>,
+    ) -> Result<Handled<Fact>, HandlerError> {
         let fact = self.fact(event, Self::source_topic(ctx))?;
         if windows::sealed_before(self.facts_kept, Utc::now())
             .is_some_and(|s| fact.requested_at < s)
@@ -156,41 +160,68 @@ impl Handler for AnalyticsHandler {
             // Its window's facts are pruned or about to be: recomputing would lose them.
             tracing::warn!(payment_id = %fact.payment_id, requested_at = %fact.requested_at,
                 "event for a sealed analytics day (retention.analytics_payments_days): not counted");
-            return Ok(Vec::new());
+            return Ok(Handled::outputs(Vec::new()));
         }
-        windows::lock_day(
-            &mut *ctx.db,
-            &fact.merchant_id,
-            &fact.currency,
-            fact.requested_at,
-        )
-        .await?;
-        upsert_fact(&mut *ctx.db, &fact).await?;
+        let keys = Granularity::ALL
+            .iter()
+            .map(|g| {
+                let (start, _) = g.bounds(fact.requested_at);
+                windows::window_key(&fact.merchant_id, &fact.currency, *g, start)
+            })
+            .collect();
+        Ok(Handled::effect(fact).with_state_keys(keys))
+    }
 
-        let mut outputs = Vec::with_capacity(Granularity::ALL.len());
-        for granularity in Granularity::ALL {
-            let (start, end) = granularity.bounds(fact.requested_at);
-            let state = windows::recompute(
-                &mut *ctx.db,
+    async fn commit(
+        &self,
+        mut facts: Vec<Fact>,
+        db: &mut sqlx::PgConnection,
+    ) -> Result<(), HandlerError> {
+        // Day locks in one order, so two batches never wait on each other in a cycle.
+        facts.sort_by(|a, b| {
+            (&a.merchant_id, &a.currency, a.requested_at).cmp(&(
+                &b.merchant_id,
+                &b.currency,
+                b.requested_at,
+            ))
+        });
+        for fact in &facts {
+            windows::lock_day(
+                &mut *db,
                 &fact.merchant_id,
                 &fact.currency,
-                granularity,
-                start,
-                end,
+                fact.requested_at,
             )
             .await?;
+            upsert_fact(&mut *db, fact).await?;
+        }
+        Ok(())
+    }
+
+    async fn state_outputs(
+        &self,
+        keys: &[String],
+        db: &mut sqlx::PgConnection,
+        codec: &AvroCodec,
+    ) -> Result<Vec<Output>, HandlerError> {
+        let mut outputs = Vec::with_capacity(keys.len());
+        for key in keys {
+            let (merchant_id, currency, granularity, start) = windows::parse_window_key(key)
+                .ok_or_else(|| permanent(format!("not a window key: {key}")))?;
+            let (start, end) = granularity.bounds(start);
+            let state =
+                windows::recompute(&mut *db, &merchant_id, &currency, granularity, start, end)
+                    .await?;
             if granularity == Granularity::Minute && Utc::now() - end > self.allowed_lateness {
-                tracing::info!(payment_id = %fact.payment_id, window_start = %start,
-                    "late event: updating a closed window");
+                tracing::info!(window_start = %start, "late event: updating a closed window");
             }
-            let key = windows::window_key(&fact.merchant_id, &fact.currency, granularity, start);
-            let event_id = windows::update_event_id(&key, ctx.event_id);
+            let event_id = windows::state_event_id(key, &state);
             outputs.push(
                 event_output(
-                    ctx.codec,
+                    codec,
                     &self.stats_topic,
                     &PAYMENT_STATS_SCHEMA,
-                    &key,
+                    key,
                     event_id,
                     &state.to_event(event_id),
                 )

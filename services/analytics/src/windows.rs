@@ -106,6 +106,31 @@ pub fn window_key(
     )
 }
 
+/// The window a key names: merchant, currency, granularity and start. Merchant ids may hold
+/// `|`; currencies and granularities never do.
+pub fn parse_window_key(key: &str) -> Option<(String, String, Granularity, DateTime<Utc>)> {
+    let mut parts = key.rsplitn(3, '|');
+    let (window, currency, merchant) = (parts.next()?, parts.next()?, parts.next()?);
+    let (granularity, start) = window.split_once('/')?;
+    let start = DateTime::parse_from_rfc3339(start)
+        .ok()?
+        .with_timezone(&Utc);
+    Some((
+        merchant.to_string(),
+        currency.to_string(),
+        Granularity::parse(granularity)?,
+        start,
+    ))
+}
+
+/// The id of a window state record: the same state of the same window, the same id.
+pub fn state_event_id(key: &str, state: &WindowState) -> Uuid {
+    Uuid::new_v5(
+        &paystream_core::events::EVENT_ID_NAMESPACE,
+        format!("payment-stats/{key}/{state:?}").as_bytes(),
+    )
+}
+
 /// The id of the window update `trigger` caused: the same trigger always yields the same id.
 pub fn update_event_id(key: &str, trigger: Uuid) -> Uuid {
     Uuid::new_v5(

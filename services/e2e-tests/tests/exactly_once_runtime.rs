@@ -20,7 +20,8 @@ use paystream_core::events::{PaymentRequested, PAYMENT_REQUESTED_SCHEMA};
 use paystream_core::headers::{self, RecordHeaders};
 use paystream_core::kafka::{self, TopicSpec};
 use paystream_core::processing::{
-    Faults, Handler, HandlerContext, HandlerError, LoopSettings, LoopStats, Output, ProcessingLoop,
+    Faults, Handled, Handler, HandlerContext, HandlerError, LoopSettings, LoopStats, Output,
+    ProcessingLoop,
 };
 use paystream_core::record::position_event_id;
 use paystream_core::shutdown::Shutdown;
@@ -58,12 +59,14 @@ struct ScriptedHandler {
 #[async_trait]
 impl Handler for ScriptedHandler {
     type Event = PaymentRequested;
+    /// The effect row to count: event id and customer.
+    type Effect = (Uuid, String);
 
     async fn handle(
         &self,
         event: PaymentRequested,
-        ctx: &mut HandlerContext<'_>,
-    ) -> Result<Vec<Output>, HandlerError> {
+        ctx: &HandlerContext<'_>,
+    ) -> Result<Handled<Self::Effect>, HandlerError> {
         self.calls.lock().unwrap().push(Call {
             customer: event.customer_id.clone(),
             event_id: ctx.event_id,
@@ -81,21 +84,34 @@ impl Handler for ScriptedHandler {
         if c.starts_with("permanent") && !self.healed.load(Ordering::SeqCst) {
             return Err(HandlerError::Permanent(anyhow::anyhow!("rule says no")));
         }
-        sqlx::query(
-            "INSERT INTO effects (event_id, customer, applied) VALUES ($1, $2, 1)
-             ON CONFLICT (event_id) DO UPDATE SET applied = effects.applied + 1",
-        )
-        .bind(ctx.event_id)
-        .bind(c)
-        .execute(&mut *ctx.db)
-        .await?;
-        Ok(vec![Output::event(
+        let mut handled = Handled::effect((ctx.event_id, c.to_string()));
+        handled.outputs.push(Output::event(
             &self.output_topic,
             &event.payment_id,
             event.payment_id.as_bytes().to_vec(),
             Uuid::new_v5(&ctx.event_id, b"output"),
             "test.Output",
-        )])
+        ));
+        Ok(handled)
+    }
+
+    /// Counts each application: exactly once means every row ends at 1.
+    async fn commit(
+        &self,
+        effects: Vec<Self::Effect>,
+        db: &mut sqlx::PgConnection,
+    ) -> Result<(), HandlerError> {
+        let (ids, customers): (Vec<Uuid>, Vec<String>) = effects.into_iter().unzip();
+        sqlx::query(
+            "INSERT INTO effects (event_id, customer, applied)
+             SELECT id, customer, 1 FROM UNNEST($1::uuid[], $2::text[]) AS e(id, customer)
+             ON CONFLICT (event_id) DO UPDATE SET applied = effects.applied + 1",
+        )
+        .bind(&ids)
+        .bind(&customers)
+        .execute(db)
+        .await?;
+        Ok(())
     }
 }
 
@@ -639,6 +655,14 @@ async fn an_abort_mid_batch_rewinds_and_applies_every_input_exactly_once() -> an
     // Armed before the loop consumes: the first batch fails after 25 applied records.
     let stats = h.start(|faults| faults.abort_after_records(25)).await?;
 
+    // The group's committed offset covers the whole input: every batch has ended, the
+    // aborted one included (its database commit comes before its Kafka transaction's abort).
+    let committed = wait_for("the committed offset to reach the end", || async {
+        let c = h.committed_input_offset()?;
+        Ok((c == Some(N as i64)).then_some(c))
+    })
+    .await?;
+    assert_eq!(committed, Some(N as i64));
     let effects = h.wait_effects(N).await?;
     assert_eq!(effects.len(), N);
     assert!(
@@ -652,14 +676,6 @@ async fn an_abort_mid_batch_rewinds_and_applies_every_input_exactly_once() -> an
     assert_eq!(stats.records_applied.load(Ordering::Relaxed), N as u64);
     let calls = h.calls();
     assert_eq!(calls.len(), N, "the handler ran once per event");
-
-    // And the group's committed offset covers the whole input.
-    let committed = wait_for("the committed offset to reach the end", || async {
-        let c = h.committed_input_offset()?;
-        Ok((c == Some(N as i64)).then_some(c))
-    })
-    .await?;
-    assert_eq!(committed, Some(N as i64));
 
     // The output topic, read by a stock Confluent client under read_committed: the aborted
     // batch's outputs are invisible and the redone batch's are there once, so N records, one

@@ -31,7 +31,9 @@ use async_trait::async_trait;
 use paystream_core::events::{NotificationSent, PaymentOutcome, NOTIFICATION_SENT_SCHEMA};
 use paystream_core::headers;
 use paystream_core::processing::Record;
-use paystream_core::processing::{event_output, Handler, HandlerContext, HandlerError, Output};
+use paystream_core::processing::{
+    event_output, Handled, Handler, HandlerContext, HandlerError, Output,
+};
 use paystream_core::retry::{Failure, FailureClass, RetryPolicy};
 use paystream_core::secrets::SecretBox;
 use sqlx::PgPool;
@@ -214,12 +216,13 @@ impl NotifierHandler {
 #[async_trait]
 impl Handler for NotifierHandler {
     type Event = PaymentOutcome;
+    type Effect = ();
 
     async fn handle(
         &self,
         outcome: PaymentOutcome,
-        ctx: &mut HandlerContext<'_>,
-    ) -> Result<Vec<Output>, HandlerError> {
+        ctx: &HandlerContext<'_>,
+    ) -> Result<Handled<()>, HandlerError> {
         let payment_id = Uuid::parse_str(&outcome.payment_id).map_err(|e| {
             HandlerError::Permanent(anyhow::anyhow!("payment_id is not a UUID: {e}"))
         })?;
@@ -233,12 +236,12 @@ impl Handler for NotifierHandler {
              FROM merchants WHERE merchant_id = $1",
         )
         .bind(&outcome.merchant_id)
-        .fetch_optional(&mut *ctx.db)
+        .fetch_optional(ctx.pool)
         .await?;
         let customer_email: Option<String> =
             sqlx::query_scalar("SELECT customer_email FROM payments WHERE id = $1")
                 .bind(payment_id)
-                .fetch_optional(&mut *ctx.db)
+                .fetch_optional(ctx.pool)
                 .await?
                 .flatten();
 
@@ -343,7 +346,7 @@ impl Handler for NotifierHandler {
                 error,
             ));
         }
-        Ok(outputs)
+        Ok(Handled::outputs(outputs))
     }
 }
 

@@ -5,7 +5,7 @@ use chrono::Utc;
 use paystream_core::events::{
     self, OutcomeStatus, PaymentOutcome, PaymentRequested, Step, PAYMENT_OUTCOME_SCHEMA,
 };
-use paystream_core::processing::{event_output, Handler, HandlerContext, HandlerError, Output};
+use paystream_core::processing::{event_output, Handled, Handler, HandlerContext, HandlerError};
 use uuid::Uuid;
 
 use crate::psp::{PspClient, PspError};
@@ -25,12 +25,13 @@ struct Decided {
 #[async_trait]
 impl Handler for PaymentHandler {
     type Event = PaymentRequested;
+    type Effect = ();
 
     async fn handle(
         &self,
         event: PaymentRequested,
-        ctx: &mut HandlerContext<'_>,
-    ) -> Result<Vec<Output>, HandlerError> {
+        ctx: &HandlerContext<'_>,
+    ) -> Result<Handled<()>, HandlerError> {
         let payment_id = Uuid::parse_str(&event.payment_id).map_err(|e| {
             HandlerError::Permanent(anyhow::anyhow!("payment_id is not a UUID: {e}"))
         })?;
@@ -38,7 +39,7 @@ impl Handler for PaymentHandler {
         // it (a foreign or broken producer) must not move money. Found by the Kafka fuzz run.
         let known: Option<String> = sqlx::query_scalar("SELECT status FROM payments WHERE id = $1")
             .bind(payment_id)
-            .fetch_optional(&mut *ctx.db)
+            .fetch_optional(ctx.pool)
             .await?;
         if known.is_none() {
             return Err(HandlerError::Permanent(anyhow::anyhow!(
@@ -74,7 +75,7 @@ impl Handler for PaymentHandler {
         .bind(status.as_str())
         .bind(&reason)
         .bind(&charge.charge_id)
-        .fetch_optional(&mut *ctx.db)
+        .fetch_optional(ctx.pool)
         .await?;
         let decided = match moved {
             Some(d) => d,
@@ -82,7 +83,7 @@ impl Handler for PaymentHandler {
                 "SELECT status, failure_reason, psp_charge_id FROM payments WHERE id = $1",
             )
             .bind(payment_id)
-            .fetch_optional(&mut *ctx.db)
+            .fetch_optional(ctx.pool)
             .await?
             .ok_or_else(|| {
                 HandlerError::Permanent(anyhow::anyhow!("payment {payment_id} is unknown"))
@@ -122,6 +123,6 @@ impl Handler for PaymentHandler {
             &outcome,
         )
         .await?;
-        Ok(vec![output])
+        Ok(Handled::outputs(vec![output]))
     }
 }

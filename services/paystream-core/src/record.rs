@@ -104,3 +104,35 @@ mod base64_bytes {
             .transpose()
     }
 }
+
+#[cfg(test)]
+impl Record {
+    /// An empty record at a position, for tests.
+    pub(crate) fn at(topic: &str, partition: i32, offset: i64) -> Self {
+        Self {
+            topic: topic.into(),
+            partition,
+            offset,
+            timestamp_ms: None,
+            key: None,
+            payload: None,
+            headers: RecordHeaders::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_id_falls_back_to_a_stable_position_id() {
+        let r = Record::at("t", 2, 40);
+        assert_eq!(r.event_id(), Record::at("t", 2, 40).event_id());
+        assert_ne!(r.event_id(), Record::at("t", 2, 41).event_id());
+        let mut with_header = Record::at("t", 2, 40);
+        let id = Uuid::new_v4();
+        with_header.headers.set(headers::EVENT_ID, id.to_string());
+        assert_eq!(with_header.event_id(), id);
+    }
+}

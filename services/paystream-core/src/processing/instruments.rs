@@ -7,7 +7,8 @@
 
 use std::time::Duration;
 
-use rdkafka::Statistics;
+use rdkafka::consumer::{ConsumerContext, Rebalance};
+use rdkafka::{ClientContext, Statistics};
 
 /// Counter: records handled, by `group`, `topic` and `outcome` (see [`Outcome`]).
 pub const RECORDS_TOTAL: &str = "paystream_consumer_records_total";
@@ -163,6 +164,34 @@ fn partition_lag(ls_offset: i64, hi_offset: i64, app_offset: i64, committed: i64
         committed
     };
     (end >= 0 && position >= 0).then(|| (end - position).max(0))
+}
+
+/// Logs rebalances. The loop never has a transaction open while librdkafka serves a
+/// rebalance: callbacks run inside `recv`, and `recv` is only called between transactions.
+/// The default handling (incremental for cooperative-sticky) is kept.
+pub struct LoopContext {
+    pub group_id: String,
+}
+
+impl ClientContext for LoopContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        lag(&self.group_id, &statistics);
+    }
+}
+
+impl ConsumerContext for LoopContext {
+    fn pre_rebalance(&self, _: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        tracing::info!(group = %self.group_id, rebalance = ?rebalance, "rebalance starting");
+    }
+    fn post_rebalance(&self, _: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let kind = match rebalance {
+            Rebalance::Assign(_) => "assign",
+            Rebalance::Revoke(_) => "revoke",
+            Rebalance::Error(_) => "error",
+        };
+        self::rebalance(&self.group_id, kind);
+        tracing::info!(group = %self.group_id, rebalance = ?rebalance, "rebalance done");
+    }
 }
 
 #[cfg(test)]
