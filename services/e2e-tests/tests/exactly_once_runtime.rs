@@ -36,6 +36,9 @@ use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(60);
 const RETRY_DELAYS_MS: [u64; 2] = [300, 600];
+/// How long a `slow` customer's call takes: long enough for calls of other keys to overlap it
+/// when they run concurrently.
+const SLOW_CALL: Duration = Duration::from_millis(200);
 
 /// One handler call, as the handler saw it.
 #[derive(Debug, Clone)]
@@ -45,11 +48,12 @@ struct Call {
     attempt: u32,
     attempt_header: Option<String>,
     at_ms: i64,
+    ended_ms: i64,
 }
 
 /// Behaviour by customer id prefix: `fail-twice` fails transiently on its first two attempts,
-/// `always` fails transiently every time, `permanent` fails permanently until healed; anything
-/// else succeeds.
+/// `always` fails transiently every time, `permanent` fails permanently until healed, `slow`
+/// takes [`SLOW_CALL`] and succeeds; anything else succeeds.
 struct ScriptedHandler {
     calls: Arc<Mutex<Vec<Call>>>,
     healed: Arc<AtomicBool>,
@@ -67,12 +71,17 @@ impl Handler for ScriptedHandler {
         event: PaymentRequested,
         ctx: &HandlerContext<'_>,
     ) -> Result<Handled<Self::Effect>, HandlerError> {
+        let at_ms = chrono::Utc::now().timestamp_millis();
+        if event.customer_id.starts_with("slow") {
+            tokio::time::sleep(SLOW_CALL).await;
+        }
         self.calls.lock().unwrap().push(Call {
             customer: event.customer_id.clone(),
             event_id: ctx.event_id,
             attempt: ctx.attempt,
             attempt_header: ctx.record.headers.get(headers::ATTEMPT).map(str::to_string),
-            at_ms: chrono::Utc::now().timestamp_millis(),
+            at_ms,
+            ended_ms: chrono::Utc::now().timestamp_millis(),
         });
         let c = event.customer_id.as_str();
         if (c.starts_with("fail-twice") && ctx.attempt < 2) || c.starts_with("always") {
@@ -223,11 +232,21 @@ impl Harness {
     }
 
     async fn send_event(&self, customer: &str, event_id_header: bool) -> anyhow::Result<Uuid> {
+        self.send_keyed(customer, &Uuid::new_v4().to_string(), event_id_header)
+            .await
+    }
+
+    /// A `PaymentRequested` for payment `payment_id`, the record's key.
+    async fn send_keyed(
+        &self,
+        customer: &str,
+        payment_id: &str,
+        event_id_header: bool,
+    ) -> anyhow::Result<Uuid> {
         let event_id = Uuid::new_v4();
-        let payment_id = Uuid::new_v4().to_string();
         let event = PaymentRequested {
             event_id: event_id.to_string(),
-            payment_id: payment_id.clone(),
+            payment_id: payment_id.to_string(),
             client_id: "test".into(),
             merchant_id: "m_runtime".into(),
             customer_id: customer.into(),
@@ -245,7 +264,7 @@ impl Harness {
         if event_id_header {
             h.set(headers::EVENT_ID, event_id.to_string());
         }
-        self.send_raw(&payment_id, &bytes, h).await?;
+        self.send_raw(payment_id, &bytes, h).await?;
         Ok(event_id)
     }
 
@@ -690,6 +709,69 @@ async fn an_abort_mid_batch_rewinds_and_applies_every_input_exactly_once() -> an
     );
     assert_eq!(outputs.records, N, "one committed output per input");
     assert!(outputs.not_once().is_empty(), "{:?}", outputs.not_once());
+    h.teardown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_key_s_records_apply_in_offset_order_while_other_keys_run_concurrently(
+) -> anyhow::Result<()> {
+    const ORDERED: usize = 5;
+    const OTHERS: usize = 20;
+    let h = Harness::new().await?;
+    let payment = Uuid::new_v4().to_string();
+    let mut ordered = Vec::new();
+    for i in 0..ORDERED {
+        ordered.push(
+            h.send_keyed(&format!("slow-same-key-{i}"), &payment, true)
+                .await?,
+        );
+    }
+    for i in 0..OTHERS {
+        h.send(&format!("slow-other-{i}")).await?;
+    }
+    let stats = h.start(|_| {}).await?;
+    let effects = h.wait_effects(ORDERED + OTHERS).await?;
+    assert!(effects.values().all(|n| *n == 1), "{effects:?}");
+
+    let calls = h.calls();
+    // One key: its records' calls in offset (= send) order, each ending before the next begins.
+    let same_key: Vec<&Call> = ordered
+        .iter()
+        .map(|id| {
+            let mut c: Vec<&Call> = calls.iter().filter(|c| c.event_id == *id).collect();
+            assert_eq!(c.len(), 1, "one call per event");
+            c.remove(0)
+        })
+        .collect();
+    for pair in same_key.windows(2) {
+        assert!(
+            pair[0].ended_ms <= pair[1].at_ms,
+            "{} ran from {} to {} but {} started at {}",
+            pair[0].customer,
+            pair[0].at_ms,
+            pair[0].ended_ms,
+            pair[1].customer,
+            pair[1].at_ms
+        );
+    }
+    // Other keys: calls overlapped (each takes SLOW_CALL; run one at a time, none would).
+    let most_at_once = calls
+        .iter()
+        .map(|c| {
+            calls
+                .iter()
+                .filter(|o| o.at_ms < c.ended_ms && c.at_ms < o.ended_ms)
+                .count()
+        })
+        .max()
+        .unwrap_or(0);
+    eprintln!(
+        "{} calls: {ORDERED} of one key in offset order, at most {most_at_once} at once; {} batch(es)",
+        calls.len(),
+        stats.batches_committed.load(Ordering::Relaxed)
+    );
+    assert!(most_at_once > 1, "no two calls overlapped: {calls:?}");
     h.teardown().await;
     Ok(())
 }
