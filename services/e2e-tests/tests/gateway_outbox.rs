@@ -10,6 +10,7 @@ use paystream_core::headers::RecordHeaders;
 use paystream_core::kafka::{self, TopicSpec};
 use paystream_core::shutdown::Shutdown;
 use paystream_e2e_tests::own_kafka::OwnKafka;
+use paystream_e2e_tests::third_party;
 use paystream_e2e_tests::{gateway_settings, payment_body, GatewayHandle, TestStack, PARTITIONS};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
@@ -406,5 +407,90 @@ async fn shutdown_with_a_backlog_settles_the_batch_in_flight_and_leaves_the_rest
         "no row published twice: {per_key:?}"
     );
     stack.teardown().await;
+    Ok(())
+}
+
+/// A committed payment wakes the relays instead of waiting for their next poll: the relay of
+/// the gateway that accepted it (in process) and the relay of another replica (Postgres
+/// `LISTEN`/`NOTIFY`). Here the relays poll every ten minutes, so a relay that only polled would
+/// leave both records in the outbox for the whole test: each must reach the topic, as a stock
+/// client reads it under read_committed, well before any poll. The bound below only guards
+/// against hanging; how fast the records arrive is not what is asserted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_committed_payment_wakes_the_relays_of_every_replica() -> anyhow::Result<()> {
+    const TEN_MINUTES_MS: u64 = 600_000;
+    let configure = |s: &mut paystream_gateway::Settings| {
+        s.gateway.outbox_poll_interval_ms = TEN_MINUTES_MS;
+    };
+    // The stack's gateway accepts payments but relays none; the replica relays.
+    let stack = TestStack::spawn_with(|s| {
+        configure(s);
+        s.gateway.outbox_relay_enabled = false;
+    })
+    .await?;
+    let mut replica_settings = gateway_settings(&stack.database, &stack.topics);
+    configure(&mut replica_settings);
+    let replica = GatewayHandle::spawn(replica_settings).await?;
+    // The replica listens before the first payment commits, so only an announcement can wake it
+    // (its first pass, at start, found the outbox empty).
+    stack
+        .eventually(Duration::from_secs(30), "replica listening", || async {
+            let listening: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE query = format('LISTEN %I', 'paystream_outbox.' || current_schema())",
+            )
+            .fetch_one(&stack.pool)
+            .await?;
+            Ok((listening == 1).then_some(()))
+        })
+        .await?;
+
+    // Accepted by the gateway without a relay: the replica's relay is woken by its NOTIFY.
+    let across = stack
+        .accept_payment(&payment_body("m_wake", "c_across", 100))
+        .await?
+        .to_string();
+    published(&stack, [across.clone()].into()).await?;
+    // Accepted by the replica itself: its relay is woken in process. (Only after the first
+    // record is on the topic: this wake-up would publish it too.)
+    let response = stack
+        .http
+        .post(format!("{}/v1/payments", replica.url))
+        .header("Idempotency-Key", "wake-local")
+        .header("content-type", "application/json")
+        .body(payment_body("m_wake", "c_local", 200).to_string())
+        .send()
+        .await?;
+    assert_eq!(response.status(), 202);
+    let local = response.json::<serde_json::Value>().await?["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    published(&stack, [across, local].into()).await?;
+    assert_eq!(unpublished(&stack).await?, 0);
+
+    // Shutdown does not wait for the poll interval either.
+    replica.stop(Duration::from_secs(30)).await?;
+    stack.teardown().await;
+    Ok(())
+}
+
+/// Asserts that the payments-requested topic holds exactly `keys`, once each, as Python
+/// confluent-kafka reads it under read_committed (retried for up to a minute: a bound against
+/// hanging, far below the ten-minute poll of the wake-up test).
+async fn published(stack: &TestStack, keys: HashSet<String>) -> anyhow::Result<()> {
+    let counts = third_party::confluent_read_committed_at_least(
+        &stack.kafka.bootstrap_servers,
+        &stack.topics.payments_requested,
+        keys.len(),
+        Duration::from_secs(60),
+    )
+    .await?;
+    assert_eq!(
+        counts.per_key.keys().cloned().collect::<HashSet<_>>(),
+        keys,
+        "published without waiting for a poll: {counts:?}"
+    );
+    assert!(counts.not_once().is_empty(), "{counts:?}");
     Ok(())
 }

@@ -6,10 +6,11 @@
 //! ([`crate::auth::ClientId::merchant_to_check`]). The admin API (`routes::clients`) binds,
 //! unbinds and lists through this module.
 //!
-//! Where the check runs, and why it needs no cache: the payment check is folded into the
-//! statement that takes the request's Idempotency-Key lock (`idempotency::begin`), a lookup of
-//! this table's primary key inside a round trip the request makes anyway, so a new payment
-//! costs no extra round trip for it. Reading the table on every request (rather than caching
+//! Where the check runs, and why it needs no cache: the payment check is folded into the one
+//! database call of a payment, before it takes the request's Idempotency-Key lock
+//! (`idempotency::execute`, the function `idempotent_payment`): a lookup of this table's
+//! primary key inside the round trip the request makes anyway, so a new payment costs no extra
+//! round trip for it. Reading the table on every request (rather than caching
 //! bindings per replica with a TTL) also makes an unbind effective at once on every replica:
 //! a request whose check runs after the `DELETE` committed is refused. A request already past
 //! its check may still commit (at most `gateway.request_timeout_ms` later). The statistics

@@ -10,21 +10,20 @@
 //! not bound to) store nothing. Keys expire after the configured retention, are then treated
 //! as never seen, and are deleted by the [`Purger`].
 //!
-//! A handler follows the protocol with two calls: [`begin`] takes the key and says what to do
-//! next ([`NextAction`]): replay a stored response, or execute the request through
-//! [`Processing::execute`], which runs its effects, stores the response under the key and
-//! commits.
+//! A handler follows the protocol with one call: [`execute`] takes the key, checks the
+//! client's merchant binding and either commits the request's effects with its answer or
+//! returns the answer stored before ([`Answer`]). All of it is one call of the database
+//! function `idempotent_payment`, so a new payment costs one round trip (docs/performance.md).
 
 use std::time::Duration;
 
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use paystream_core::shutdown::Shutdown;
-use serde::Serialize;
-use sqlx::{PgConnection, PgPool, Postgres, Transaction};
+use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::problem::{problem_response, ApiError};
+use crate::problem::{problem_response, ApiError, Deadline};
 
 pub const HEADER: &str = "idempotency-key";
 pub const REPLAYED_HEADER: &str = "idempotent-replayed";
@@ -128,244 +127,201 @@ impl StoredResponse {
     }
 }
 
-/// What the handler does next with a request whose key [`begin`] took.
-pub enum NextAction {
-    /// No unexpired response is stored under the key: execute the request with
-    /// [`Processing::execute`].
-    StartProcessing(Processing),
-    /// The same request was answered under this key before: send this (replayed) response.
-    ReturnSavedResponse(Response),
+/// A request under its key, as [`execute`] presents it to the database.
+pub struct KeyedRequest<'a> {
+    pub client: &'a str,
+    pub key: &'a str,
+    /// SHA-256 of the canonical request: the same key with another fingerprint is `422`.
+    pub fingerprint: &'a str,
+    /// The merchant the client must be bound to (authentication on); `None` checks nothing.
+    pub acting_for: Option<&'a str>,
 }
 
-/// A request that holds its key: the transaction that owns the key's advisory lock, until
-/// [`Processing::execute`] commits it (or dropping it rolls it back, storing nothing).
-pub struct Processing {
-    tx: Transaction<'static, Postgres>,
-    client: String,
-    key: String,
-    fingerprint: String,
+/// What a request writes when it is the first under its key: its `202` answer and the rows.
+pub struct Effects {
+    pub payment_id: Uuid,
+    /// The `202` body, stored under the key and replayed.
+    pub answer: serde_json::Value,
+    /// The `payments` row, as JSON with the table's column names.
+    pub payment: serde_json::Value,
+    /// The `outbox` row, as JSON with the table's column names.
+    pub outbox: serde_json::Value,
 }
 
-/// Takes `key` of `client` for the request with `fingerprint` and decides what happens next:
-/// `403` when `client` must be bound to the merchant `acting_for` and is not (see below),
-/// `409` while another request holds the key, the stored response again when the same request
-/// was answered under it, `422` when another request was, otherwise
-/// [`NextAction::StartProcessing`].
+/// How [`execute`] answered a request.
+pub enum Answer {
+    /// This request executed: the response now stored under its key (the `202` with its
+    /// effects committed, or the `500` of a deterministic failure). Render it with
+    /// [`StoredResponse::render`].
+    Executed(StoredResponse),
+    /// The key was answered before, for this request: the replayed response.
+    Replayed(Response),
+}
+
+/// Runs the Idempotency-Key protocol for `request` and, when it is the first request under its
+/// key, commits `effects` with its answer: `403` when `request.acting_for` is set and the
+/// client is not bound to that merchant, `409` while another request holds the key, the stored
+/// response again when the same request was answered under it, `422` when another request was,
+/// otherwise [`Answer::Executed`].
 ///
-/// `acting_for` is the merchant of the request when the client's merchant bindings apply
-/// (authentication on; `None` checks nothing). The binding is looked up in the statement that
-/// takes the key's lock, so the check costs no round trip of its own (`crate::bindings`). It
-/// comes before the key is even looked at: like a `401` or `429`, a `403` stores nothing, so
-/// the key is free for the same request once the client is bound (Stripe stores no result for
-/// a request refused before executing), and a client unbound since it used a key gets `403`
-/// rather than the replay.
-pub async fn begin(
+/// A new payment costs one round trip: one call of the database function `idempotent_payment`
+/// (migration `20261202000100_payment_in_one_round_trip`) in autocommit does all of it (binding
+/// check, key lock, key lookup, payment, outbox row, stored answer) as one transaction; a replay
+/// costs the same single call. The binding check comes before the key is even looked at: like a
+/// `401` or `429`, a `403` stores nothing, so the key is free for the same request once the
+/// client is bound (Stripe stores no result for a request refused before executing), and a
+/// client unbound since it used a key gets `403` rather than the replay.
+///
+/// A deterministic database refusal of the effects (a constraint or data error, which every
+/// retry would meet again) rolls the whole call back; a second call then stores its `500`
+/// problem under the key without effects (Stripe stores the result of every request that
+/// started executing, errors included). Transient (or unknown) failures store nothing and are
+/// returned: a retry with the key may succeed.
+///
+/// The call cannot be taken back once sent (it commits whether or not the gateway still waits),
+/// so it stops by itself: its lock waits end [`DEADLINE_MARGIN`] before the request's
+/// `deadline`, and the request is then answered `503` (timeout), nothing stored, before the
+/// timeout layer would answer it while the call might still commit.
+pub async fn execute(
     pool: &PgPool,
-    client: &str,
-    key: &str,
-    fingerprint: &str,
-    acting_for: Option<&str>,
-) -> Result<NextAction, ApiError> {
-    // Held until commit or rollback: a concurrent request with this key gets 409 meanwhile.
-    let mut tx = pool.begin().await?;
-    match try_lock(&mut tx, client, key, acting_for).await? {
-        Lock::Taken => {}
-        // Dropping the transaction stores nothing; it holds no lock to release.
-        Lock::NotBound => {
-            crate::metrics::merchant_forbidden(client);
-            return Err(ApiError::MerchantForbidden(
-                acting_for.unwrap_or_default().to_string(),
-            ));
+    request: &KeyedRequest<'_>,
+    effects: Effects,
+    deadline: &Deadline,
+    retention_hours: i64,
+) -> Result<Answer, ApiError> {
+    let accepted = StoredResponse {
+        request_fingerprint: request.fingerprint.to_string(),
+        response_status: StatusCode::ACCEPTED.as_u16() as i16,
+        response_body: effects.answer,
+        payment_id: Some(effects.payment_id),
+    };
+    let rows = Some((&effects.payment, &effects.outbox));
+    let call = Call {
+        pool,
+        request,
+        deadline,
+        retention_hours,
+    };
+    match call.run(&accepted, rows).await {
+        Ok(outcome) => outcome.answer(request, accepted),
+        Err(e) if is_deterministic_failure(&e) => {
+            tracing::error!(error = %e, "payment failed while executing; the error is stored under its key");
+            let failed = StoredResponse::failed(request.fingerprint.to_string(), e.into());
+            match call.run(&failed, None).await {
+                Ok(outcome) => outcome.answer(request, failed),
+                Err(e) => Err(call.error(e)),
+            }
         }
-        Lock::Held => {
-            crate::metrics::idempotency_in_flight_conflict();
-            return Err(ApiError::IdempotencyKeyInFlight(key.to_string()));
-        }
+        Err(e) => Err(call.error(e)),
     }
-    if let Some(stored) = lookup(&mut tx, client, key).await? {
-        // End the transaction here, releasing the key's lock. A dropped sqlx transaction rolls
-        // back only when its connection is next used, so the lock would outlive the response
-        // and the client's next retry (on another connection) would get a spurious 409.
-        tx.rollback().await?;
-        return stored
-            .replay(key, fingerprint)
-            .map(NextAction::ReturnSavedResponse);
-    }
-    Ok(NextAction::StartProcessing(Processing {
-        tx,
-        client: client.to_string(),
-        key: key.to_string(),
-        fingerprint: fingerprint.to_string(),
-    }))
 }
 
-impl Processing {
-    /// Executes the request and finishes the protocol; returns the response stored under the
-    /// key (render it with [`StoredResponse::render`]).
-    ///
-    /// `effects` run in a savepoint of the key's transaction, so a failure that would happen
-    /// again on every retry can be rolled back while its error response is still stored under
-    /// the key (Stripe stores the result of every request that started executing, errors
-    /// included). Success is stored as `202 Accepted` with `effects`' answer, pointing at
-    /// `payment_id`; a deterministic database refusal as a `500` problem. Transient (or
-    /// unknown) failures store nothing and are returned: a retry with the key may succeed.
-    pub async fn execute<T: Serialize>(
-        mut self,
-        payment_id: Uuid,
-        retention_hours: i64,
-        effects: impl AsyncFnOnce(&mut PgConnection) -> anyhow::Result<T>,
-    ) -> Result<StoredResponse, ApiError> {
-        let mut execution = sqlx::Acquire::begin(&mut *self.tx).await?;
-        let stored = match effects(&mut execution).await {
-            Ok(accepted) => {
-                execution.commit().await?;
-                StoredResponse {
-                    request_fingerprint: self.fingerprint,
-                    response_status: StatusCode::ACCEPTED.as_u16() as i16,
-                    response_body: serde_json::to_value(accepted).map_err(anyhow::Error::from)?,
-                    payment_id: Some(payment_id),
-                }
-            }
-            Err(e) if is_deterministic_failure(&e) => {
-                execution.rollback().await?;
-                tracing::error!(error = %format!("{e:#}"), "payment failed while executing; the error is stored under its key");
-                StoredResponse::failed(self.fingerprint, e)
-            }
-            Err(e) => {
-                // As in `begin`: release the key now. A failed rollback leaves a broken
-                // connection that the pool discards; the error that matters is `e`.
-                let _ = execution.rollback().await;
-                let _ = self.tx.rollback().await;
-                return Err(match e.downcast::<sqlx::Error>() {
-                    Ok(db) => db.into(),
-                    Err(other) => ApiError::Internal(other),
-                });
-            }
-        };
-        store(
-            &mut self.tx,
-            &self.client,
-            &self.key,
-            &stored,
-            retention_hours,
+/// How long before the request's deadline the database call stops waiting for locks: enough
+/// for its rollback to reach the handler before the timeout layer answers on its own.
+pub const DEADLINE_MARGIN: Duration = Duration::from_millis(100);
+
+/// One call of `idempotent_payment` for a request.
+struct Call<'a> {
+    pool: &'a PgPool,
+    request: &'a KeyedRequest<'a>,
+    deadline: &'a Deadline,
+    retention_hours: i64,
+}
+
+impl Call<'_> {
+    /// Stores `response` under the key if it is free, with the rows when given.
+    async fn run(
+        &self,
+        response: &StoredResponse,
+        rows: Option<(&serde_json::Value, &serde_json::Value)>,
+    ) -> Result<Outcome, sqlx::Error> {
+        let r = self.request;
+        let budget = self.deadline.remaining().saturating_sub(DEADLINE_MARGIN);
+        let budget_ms = i32::try_from(budget.as_millis()).unwrap_or(i32::MAX);
+        let retention = i32::try_from(self.retention_hours).unwrap_or(i32::MAX);
+        sqlx::query_as(
+            "SELECT outcome, stored_fingerprint, stored_status, stored_body, stored_payment_id
+             FROM idempotent_payment($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
-        .await?;
-        self.tx.commit().await?;
-        Ok(stored)
+        .bind(r.client)
+        .bind(r.key)
+        .bind(r.fingerprint)
+        .bind(r.acting_for)
+        .bind(budget_ms)
+        .bind(retention)
+        .bind(response.response_status)
+        .bind(&response.response_body)
+        .bind(response.payment_id)
+        .bind(rows.map(|(payment, _)| payment))
+        .bind(rows.map(|(_, outbox)| outbox))
+        .fetch_one(self.pool)
+        .await
+    }
+
+    /// The answer to a failed call: a lock wait that ran out of the request's time is its
+    /// timeout (`55P03`, lock_not_available: `lock_timeout` set by the function).
+    fn error(&self, e: sqlx::Error) -> ApiError {
+        let code = e.as_database_error().and_then(|db| db.code());
+        if code.as_deref() == Some("55P03") {
+            self.deadline.exceeded()
+        } else {
+            e.into()
+        }
+    }
+}
+
+/// The row `idempotent_payment` returns.
+#[derive(Debug, sqlx::FromRow)]
+struct Outcome {
+    outcome: Option<String>,
+    stored_fingerprint: Option<String>,
+    stored_status: Option<i16>,
+    stored_body: Option<serde_json::Value>,
+    stored_payment_id: Option<Uuid>,
+}
+
+impl Outcome {
+    /// The answer to `request`, whose call offered `offered` for storage.
+    fn answer(
+        self,
+        request: &KeyedRequest<'_>,
+        offered: StoredResponse,
+    ) -> Result<Answer, ApiError> {
+        match self.outcome.as_deref() {
+            Some("stored") => Ok(Answer::Executed(offered)),
+            Some("answered") => {
+                let stored = StoredResponse {
+                    request_fingerprint: self.stored_fingerprint.unwrap_or_default(),
+                    response_status: self.stored_status.unwrap_or_default(),
+                    response_body: self.stored_body.unwrap_or_default(),
+                    payment_id: self.stored_payment_id,
+                };
+                stored
+                    .replay(request.key, request.fingerprint)
+                    .map(Answer::Replayed)
+            }
+            Some("in_flight") => {
+                crate::metrics::idempotency_in_flight_conflict();
+                Err(ApiError::IdempotencyKeyInFlight(request.key.to_string()))
+            }
+            Some("forbidden") => {
+                crate::metrics::merchant_forbidden(request.client);
+                Err(ApiError::MerchantForbidden(
+                    request.acting_for.unwrap_or_default().to_string(),
+                ))
+            }
+            other => Err(ApiError::Internal(anyhow::anyhow!(
+                "idempotent_payment returned the unknown outcome {other:?}"
+            ))),
+        }
     }
 }
 
 /// A database refusal that the same request would meet again (constraint or data error).
-fn is_deterministic_failure(e: &anyhow::Error) -> bool {
-    e.downcast_ref::<sqlx::Error>()
-        .and_then(|e| e.as_database_error())
+fn is_deterministic_failure(e: &sqlx::Error) -> bool {
+    e.as_database_error()
         .and_then(|db| db.code())
         .is_some_and(|code| code.starts_with("22") || code.starts_with("23"))
-}
-
-/// What [`try_lock`] found.
-#[derive(Debug, PartialEq)]
-enum Lock {
-    /// The key's lock is this request's now.
-    Taken,
-    /// Another request holds the key.
-    Held,
-    /// The client is not bound to the merchant it acts for; the lock was not tried.
-    NotBound,
-}
-
-impl Lock {
-    /// The statement's answer: NULL when not bound, else whether the lock was taken.
-    fn from_row(locked: Option<bool>) -> Self {
-        match locked {
-            None => Lock::NotBound,
-            Some(true) => Lock::Taken,
-            Some(false) => Lock::Held,
-        }
-    }
-}
-
-/// Takes the key's transaction-scoped advisory lock without waiting, if `client` may act for
-/// the merchant `acting_for` (`client_merchants`; `None`: no check). The lock id hashes
-/// schema, client and key (length-prefixed, so no two pairs collide by concatenation); a
-/// 64-bit hash collision would only cost a spurious 409. CASE evaluates the lock only for a
-/// bound client, so a refused request never holds the key against one that may go ahead.
-async fn try_lock(
-    conn: &mut sqlx::PgConnection,
-    client: &str,
-    key: &str,
-    acting_for: Option<&str>,
-) -> Result<Lock, sqlx::Error> {
-    let locked: Option<bool> = sqlx::query_scalar(
-        "SELECT CASE WHEN $3::text IS NULL OR EXISTS (
-                     SELECT 1 FROM client_merchants WHERE client_id = $1 AND merchant_id = $3)
-                 THEN pg_try_advisory_xact_lock(hashtextextended(
-                     format('idempotency:%s:%s:%s:%s', current_schema(), length($1), $1, $2), 0))
-                 END",
-    )
-    .bind(client)
-    .bind(key)
-    .bind(acting_for)
-    .fetch_one(conn)
-    .await?;
-    Ok(Lock::from_row(locked))
-}
-
-/// The unexpired response stored under `key`, if any.
-async fn lookup(
-    conn: &mut sqlx::PgConnection,
-    client: &str,
-    key: &str,
-) -> Result<Option<StoredResponse>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT request_fingerprint, response_status, response_body, payment_id
-         FROM idempotency_keys
-         WHERE client_id = $1 AND idempotency_key = $2 AND expires_at > now()",
-    )
-    .bind(client)
-    .bind(key)
-    .fetch_optional(conn)
-    .await
-}
-
-/// Stores the response under `key` inside the caller's transaction, which holds the key's lock
-/// ([`try_lock`]) and found no unexpired entry ([`lookup`]); an expired one is overwritten.
-async fn store(
-    conn: &mut sqlx::PgConnection,
-    client: &str,
-    key: &str,
-    response: &StoredResponse,
-    retention_hours: i64,
-) -> anyhow::Result<()> {
-    let written = sqlx::query(
-        "INSERT INTO idempotency_keys
-            (client_id, idempotency_key, request_fingerprint, response_status, response_body,
-             payment_id, created_at, expires_at)
-         VALUES ($1, $2, $3, $4, $5, $6, now(), now() + make_interval(hours => $7))
-         ON CONFLICT (client_id, idempotency_key) DO UPDATE
-            SET request_fingerprint = excluded.request_fingerprint,
-                response_status = excluded.response_status,
-                response_body = excluded.response_body,
-                payment_id = excluded.payment_id,
-                created_at = excluded.created_at,
-                expires_at = excluded.expires_at
-            WHERE idempotency_keys.expires_at <= now()",
-    )
-    .bind(client)
-    .bind(key)
-    .bind(&response.request_fingerprint)
-    .bind(response.response_status)
-    .bind(&response.response_body)
-    .bind(response.payment_id)
-    .bind(i32::try_from(retention_hours)?)
-    .execute(conn)
-    .await?
-    .rows_affected();
-    anyhow::ensure!(
-        written == 1,
-        "idempotency key is held by an unexpired entry although its lock was free"
-    );
-    Ok(())
 }
 
 /// Deletes expired keys in batches until none is left; returns how many it deleted.
@@ -471,11 +427,53 @@ mod tests {
         assert!(parse_key(&h).is_err());
     }
 
+    fn outcome(outcome: &str, fingerprint: Option<&str>) -> Outcome {
+        Outcome {
+            outcome: Some(outcome.into()),
+            stored_fingerprint: fingerprint.map(str::to_string),
+            stored_status: fingerprint.map(|_| 202),
+            stored_body: fingerprint.map(|_| serde_json::json!({"id": "stored"})),
+            stored_payment_id: None,
+        }
+    }
+
     #[test]
-    fn the_lock_statement_tells_refusal_from_conflict() {
-        assert_eq!(Lock::from_row(None), Lock::NotBound);
-        assert_eq!(Lock::from_row(Some(true)), Lock::Taken);
-        assert_eq!(Lock::from_row(Some(false)), Lock::Held);
+    fn the_database_outcome_decides_the_answer() {
+        let request = KeyedRequest {
+            client: "c",
+            key: "k",
+            fingerprint: "fp",
+            acting_for: Some("m_1"),
+        };
+        let offered = || StoredResponse::failed("fp".into(), anyhow::anyhow!("offered"));
+        let answer = |o: Outcome| o.answer(&request, offered());
+        assert!(matches!(
+            answer(outcome("stored", None)),
+            Ok(Answer::Executed(stored)) if stored.response_status == 500
+        ));
+        match answer(outcome("answered", Some("fp"))) {
+            Ok(Answer::Replayed(r)) => assert_eq!(r.headers()[REPLAYED_HEADER], "true"),
+            _ => panic!("the same request is replayed"),
+        }
+        assert!(matches!(
+            answer(outcome("answered", Some("other"))),
+            Err(ApiError::IdempotencyKeyReused(k)) if k == "k"
+        ));
+        assert!(matches!(
+            answer(outcome("in_flight", None)),
+            Err(ApiError::IdempotencyKeyInFlight(k)) if k == "k"
+        ));
+        assert!(matches!(
+            answer(outcome("forbidden", None)),
+            Err(ApiError::MerchantForbidden(m)) if m == "m_1"
+        ));
+        assert!(matches!(
+            answer(Outcome {
+                outcome: None,
+                ..outcome("stored", None)
+            }),
+            Err(ApiError::Internal(_))
+        ));
     }
 
     #[test]
@@ -545,8 +543,8 @@ mod tests {
         }
     }
 
-    fn db_error(code: &'static str) -> anyhow::Error {
-        sqlx::Error::Database(Box::new(DbError(code))).into()
+    fn db_error(code: &'static str) -> sqlx::Error {
+        sqlx::Error::Database(Box::new(DbError(code)))
     }
 
     #[test]
@@ -557,15 +555,13 @@ mod tests {
         for retried in ["08006", "40001", "40P01", "53300", "57P01", "XX000"] {
             assert!(!is_deterministic_failure(&db_error(retried)), "{retried}");
         }
-        assert!(!is_deterministic_failure(&sqlx::Error::PoolTimedOut.into()));
-        assert!(!is_deterministic_failure(&anyhow::anyhow!(
-            "not a database error"
-        )));
+        assert!(!is_deterministic_failure(&sqlx::Error::PoolTimedOut));
+        assert!(!is_deterministic_failure(&sqlx::Error::RowNotFound));
     }
 
     #[test]
     fn a_failed_execution_is_stored_as_an_internal_error() {
-        let stored = StoredResponse::failed("fp".into(), db_error("23505"));
+        let stored = StoredResponse::failed("fp".into(), db_error("23505").into());
         assert_eq!(stored.request_fingerprint, "fp");
         assert_eq!(stored.response_status, 500);
         assert_eq!(stored.payment_id, None);

@@ -13,14 +13,15 @@
 //!   annotations; its module documentation lists every route.
 //! - [`state`]: the handlers' shared [`state::AppState`]; [`settings`]: [`Settings`].
 //! - [`idempotency`]: Idempotency-Key parsing and the protocol of a keyed request
-//!   ([`idempotency::begin`] → [`idempotency::NextAction`]): the per-key lock, stored
-//!   responses, replay, and the purge of expired keys.
+//!   ([`idempotency::execute`] → [`idempotency::Answer`], one database round trip for a new
+//!   payment): the per-key lock, stored responses, replay, and the purge of expired keys.
 //! - [`domain`]: the request body and its validation; [`currencies`]: ISO 4217.
 //! - [`bindings`]: which merchants an authenticated client may act for (`client_merchants`).
 //! - [`rate_limit`]: token buckets per address (before authentication) and per client; [`auth`]: bearer tokens: optional API-key
 //!   authentication with the client id of a request, and the admin token.
 //! - [`outbox`]: the relay that publishes committed outbox rows to Kafka, parking rows that can
-//!   never be published.
+//!   never be published, and the wake-ups that spare it waiting for its next poll (in process,
+//!   and across replicas through Postgres `LISTEN`/`NOTIFY`).
 //! - [`problem`]: [`problem::ApiError`], every error of every route as
 //!   `application/problem+json`.
 //! - [`metrics`]: Prometheus metrics (the `/metrics` route is in [`routes`]).

@@ -16,6 +16,12 @@
 //! back-off. Rows acknowledged before such a failure are still marked published, so a partial
 //! failure does not publish them again.
 //!
+//! A relay does not wait for its next poll to publish a committed row: the commit wakes it
+//! ([`Wakeup`]): the relay of the same process at once, the relays of other replicas through
+//! Postgres `LISTEN`/`NOTIFY` ([`Announcer`], [`Listener`]). Polling
+//! (`gateway.outbox_poll_interval_ms`) remains as the fallback bound for rows no wake-up
+//! announced (a replica that crashed after its commit, a listener that was reconnecting).
+//!
 //! Published rows are pruned `retention.outbox_days` after their publication
 //! ([`retention_rule`]).
 
@@ -30,6 +36,7 @@ use paystream_core::retention::{RetentionSettings, Rule};
 use paystream_core::shutdown::Shutdown;
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::{DeliveryFuture, FutureProducer};
+use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use tokio::sync::Notify;
 use uuid::Uuid;
@@ -49,27 +56,136 @@ pub fn retention_rule(settings: &RetentionSettings) -> Rule {
     }
 }
 
-/// Adds the event to the outbox inside the caller's transaction.
-pub async fn enqueue_payment_requested(
-    conn: &mut sqlx::PgConnection,
+/// The outbox row of `event`, as JSON with the table's column names: written with the payment
+/// by the database function `idempotent_payment` (`crate::idempotency::execute`).
+pub fn payment_requested_row(
     topic: &str,
     event: &PaymentRequested,
     headers: &RecordHeaders,
-) -> anyhow::Result<()> {
-    let event_id = Uuid::parse_str(&event.event_id)?;
-    sqlx::query(
-        "INSERT INTO outbox (event_id, topic, message_key, event_type, payload, headers)
-         VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(event_id)
-    .bind(topic)
-    .bind(&event.payment_id)
-    .bind(PAYMENT_REQUESTED_SCHEMA.full_name)
-    .bind(serde_json::to_value(event)?)
-    .bind(serde_json::to_value(headers)?)
-    .execute(conn)
-    .await?;
-    Ok(())
+) -> anyhow::Result<serde_json::Value> {
+    Ok(serde_json::json!({
+        "event_id": Uuid::parse_str(&event.event_id)?,
+        "topic": topic,
+        "message_key": event.payment_id,
+        "event_type": PAYMENT_REQUESTED_SCHEMA.full_name,
+        "payload": event,
+        "headers": headers,
+    }))
+}
+
+/// How a commit that wrote outbox rows wakes the relays without waiting for their next poll:
+/// this process's relay at once (in process), the other replicas' through the [`Announcer`]'s
+/// `NOTIFY` after the commit, which their [`Listener`]s turn into the same wake-up. Polling
+/// (`gateway.outbox_poll_interval_ms`) stays as the bound for whatever a wake-up misses: rows of
+/// a replica that crashed before announcing, notifications lost while a listener reconnected.
+#[derive(Debug, Default)]
+pub struct Wakeup {
+    relay: Notify,
+    announce: Notify,
+}
+
+impl Wakeup {
+    /// Called after a commit that wrote outbox rows. Cheap and never blocks: a `Notify` keeps
+    /// one permit, so a burst of commits costs one relay pass and one `NOTIFY`.
+    pub fn committed(&self) {
+        self.relay.notify_one();
+        self.announce.notify_one();
+    }
+}
+
+/// The Postgres channel of the outbox in this database and schema (replicas on other schemas,
+/// tests among them, do not wake each other). At most 63 bytes, Postgres's identifier limit.
+pub async fn channel(pool: &PgPool) -> Result<String, sqlx::Error> {
+    sqlx::query_scalar("SELECT left('paystream_outbox.' || current_schema(), 63)")
+        .fetch_one(pool)
+        .await
+}
+
+/// Tells the other replicas' relays that this one committed outbox rows: `NOTIFY` on the
+/// outbox [`channel`] with this process's id as payload, in a transaction of its own after the
+/// commit. Not in the payment's transaction on purpose: Postgres serialises the commits of all
+/// transactions that notify (a database-wide lock held until the commit is flushed), which
+/// would cap payments at one commit flush each; here at most one `NOTIFY` per replica is in
+/// flight, and the commits that came meanwhile share the next one.
+pub struct Announcer {
+    pub pool: PgPool,
+    pub channel: String,
+    pub instance: String,
+    pub wakeup: Arc<Wakeup>,
+}
+
+impl Announcer {
+    pub async fn run(self, shutdown: Shutdown) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = self.wakeup.announce.notified() => {}
+            }
+            if let Err(e) = sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(&self.channel)
+                .bind(&self.instance)
+                .execute(&self.pool)
+                .await
+            {
+                tracing::warn!(error = %e, "announcing outbox rows failed; other replicas poll for them");
+            }
+        }
+    }
+}
+
+/// Wakes this process's relay when another replica announces outbox rows (`LISTEN` on the
+/// outbox [`channel`]; its own announcements are skipped, the relay was woken in process). It
+/// holds one pool connection. A lost connection is re-established and followed by one relay
+/// pass, since announcements made meanwhile were lost.
+pub struct Listener {
+    pub pool: PgPool,
+    pub channel: String,
+    pub instance: String,
+    pub wakeup: Arc<Wakeup>,
+}
+
+impl Listener {
+    /// Pause before listening again after a failure (the relay still polls meanwhile).
+    const RETRY: Duration = Duration::from_secs(2);
+
+    pub async fn run(self, shutdown: Shutdown) {
+        let mut reconnecting = false;
+        loop {
+            let failed = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                failed = self.listen(reconnecting) => failed,
+            };
+            tracing::warn!(error = %failed, "listening for outbox announcements failed; retrying");
+            reconnecting = true;
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Self::RETRY) => {}
+            }
+        }
+    }
+
+    /// Forwards announcements to the relay until the connection fails for good.
+    async fn listen(&self, reconnecting: bool) -> sqlx::Error {
+        let mut listener = match PgListener::connect_with(&self.pool).await {
+            Ok(listener) => listener,
+            Err(e) => return e,
+        };
+        if let Err(e) = listener.listen(&self.channel).await {
+            return e;
+        }
+        if reconnecting {
+            self.wakeup.relay.notify_one();
+        }
+        loop {
+            match listener.try_recv().await {
+                Ok(Some(n)) if n.payload() == self.instance => {}
+                // Another replica's rows, or (`None`) a connection lost and re-established,
+                // with whatever was announced meanwhile.
+                Ok(_) => self.wakeup.relay.notify_one(),
+                Err(e) => return e,
+            }
+        }
+    }
 }
 
 #[derive(sqlx::FromRow)]
@@ -120,7 +236,7 @@ pub struct OutboxRelay {
     pool: PgPool,
     producer: FutureProducer,
     codec: Arc<AvroCodec>,
-    wakeup: Arc<Notify>,
+    wakeup: Arc<Wakeup>,
     poll_interval: Duration,
     batch_size: i64,
 }
@@ -130,7 +246,7 @@ impl OutboxRelay {
         pool: PgPool,
         producer: FutureProducer,
         codec: Arc<AvroCodec>,
-        wakeup: Arc<Notify>,
+        wakeup: Arc<Wakeup>,
         poll_interval: Duration,
         batch_size: i64,
     ) -> Self {
@@ -144,7 +260,8 @@ impl OutboxRelay {
         }
     }
 
-    /// Publishes until `shutdown`. Shutdown is honoured between batches, also while working
+    /// Publishes until `shutdown`, waiting between passes until a commit wakes it ([`Wakeup`])
+    /// or the poll interval passes. Shutdown is honoured between batches, also while working
     /// through a backlog: the batch in flight is settled (acknowledged and marked in its own
     /// transaction) and the rest of the backlog stays in the table for another replica or the
     /// next start. Otherwise (idle, or backing off after a failure) it makes one last pass so
@@ -165,7 +282,7 @@ impl OutboxRelay {
                     backoff = self.poll_interval;
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
-                        _ = self.wakeup.notified() => {}
+                        _ = self.wakeup.relay.notified() => {}
                         _ = tokio::time::sleep(self.poll_interval) => {}
                     }
                 }

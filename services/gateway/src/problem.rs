@@ -216,6 +216,40 @@ impl ApiError {
     }
 }
 
+/// When a request's time is up: `gateway.request_timeout_ms` after it arrived. Set by the
+/// timeout layer on every request it limits (the layer answers [`ApiError::Timeout`] then);
+/// a handler that waits on something able to stop by itself hands it [`Deadline::remaining`].
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline {
+    at: tokio::time::Instant,
+    limit: Duration,
+}
+
+impl Deadline {
+    /// `limit` from now.
+    pub fn after(limit: Duration) -> Self {
+        Self {
+            at: tokio::time::Instant::now() + limit,
+            limit,
+        }
+    }
+
+    pub fn at(&self) -> tokio::time::Instant {
+        self.at
+    }
+
+    /// The time left (zero once passed).
+    pub fn remaining(&self) -> Duration {
+        self.at
+            .saturating_duration_since(tokio::time::Instant::now())
+    }
+
+    /// The answer of a request whose time ran out.
+    pub fn exceeded(&self) -> ApiError {
+        ApiError::Timeout(self.limit)
+    }
+}
+
 impl ApiError {
     /// A failure answered with 500 whatever its cause, also a transient database error (which
     /// `?` on an `sqlx::Error` answers with 503): the merchant and analytics routes answer so.

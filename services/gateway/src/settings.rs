@@ -43,6 +43,18 @@ impl Settings {
         paystream_core::config::load(DEFAULTS)
     }
 
+    /// Checks the settings start-up depends on.
+    pub(crate) fn check(&self) -> anyhow::Result<()> {
+        self.gateway.check()?;
+        let reserved = self.gateway.pool_connections_reserved();
+        anyhow::ensure!(
+            self.database.max_connections > reserved,
+            "database.max_connections must exceed the {reserved} connection(s) the gateway's \
+             background tasks hold (docs/operations.md, sizing the pool)"
+        );
+        Ok(())
+    }
+
     /// [`Self::load`] with the keys no setting reads (`--check-config`).
     pub fn load_checked() -> anyhow::Result<paystream_core::config::Loaded<Self>> {
         paystream_core::config::load_checked(DEFAULTS)
@@ -100,6 +112,17 @@ impl Default for GatewaySettings {
 }
 
 impl GatewaySettings {
+    /// Pool connections the background tasks may hold at once, besides the requests': the
+    /// outbox announcer (`NOTIFY`, briefly) and, with the relay on, the relay's pass and its
+    /// `LISTEN` connection (held for good). The purger and pruner take one now and then.
+    pub fn pool_connections_reserved(&self) -> u32 {
+        if self.outbox_relay_enabled {
+            3
+        } else {
+            1
+        }
+    }
+
     pub(crate) fn check(&self) -> anyhow::Result<()> {
         anyhow::ensure!(
             (1..=i64::from(i32::MAX)).contains(&self.idempotency_retention_hours),

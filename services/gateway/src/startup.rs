@@ -18,7 +18,6 @@ use paystream_core::retention::Pruner;
 use paystream_core::shutdown::Shutdown;
 use rdkafka::producer::{FutureProducer, Producer};
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
 use tower_http::trace::TraceLayer;
 use tracing_opentelemetry_span::server_span;
 use utoipa::OpenApi;
@@ -27,8 +26,8 @@ use utoipa_axum::routes;
 
 use crate::auth::{self, ApiKeys};
 use crate::idempotency::Purger;
-use crate::outbox::OutboxRelay;
-use crate::problem::ApiError;
+use crate::outbox::{Announcer, Listener, OutboxRelay, Wakeup};
+use crate::problem::{ApiError, Deadline};
 use crate::rate_limit::{self, RateLimiter};
 use crate::routes;
 use crate::settings::Settings;
@@ -38,6 +37,8 @@ pub struct Application {
     listener: TcpListener,
     router: Router,
     relay: Option<OutboxRelay>,
+    outbox_listener: Option<Listener>,
+    announcer: Announcer,
     purger: Purger,
     pruner: Pruner,
     producer: FutureProducer,
@@ -47,7 +48,7 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        settings.gateway.check()?;
+        settings.check()?;
         let secrets = paystream_core::secrets::SecretBox::from_settings(&settings.secrets)?;
         crate::metrics::install()?;
         let api_keys = Arc::new(ApiKeys::from_settings(&settings.gateway.auth)?);
@@ -91,7 +92,21 @@ impl Application {
             tracing::warn!(error = %e, "schema registry unavailable at start-up");
         }
 
-        let outbox_wakeup = Arc::new(Notify::new());
+        let outbox_wakeup = Arc::new(Wakeup::default());
+        let channel = crate::outbox::channel(&pool).await?;
+        let instance = uuid::Uuid::new_v4().to_string();
+        let announcer = Announcer {
+            pool: pool.clone(),
+            channel: channel.clone(),
+            instance: instance.clone(),
+            wakeup: outbox_wakeup.clone(),
+        };
+        let outbox_listener = settings.gateway.outbox_relay_enabled.then(|| Listener {
+            pool: pool.clone(),
+            channel,
+            instance,
+            wakeup: outbox_wakeup.clone(),
+        });
         let settings = Arc::new(settings);
         let relay = settings.gateway.outbox_relay_enabled.then(|| {
             OutboxRelay::new(
@@ -162,6 +177,8 @@ impl Application {
             listener,
             router,
             relay,
+            outbox_listener,
+            announcer,
             purger,
             pruner,
             producer,
@@ -184,6 +201,10 @@ impl Application {
         let relay = self
             .relay
             .map(|relay| tokio::spawn(relay.run(background.clone())));
+        let outbox_listener = self
+            .outbox_listener
+            .map(|listener| tokio::spawn(listener.run(background.clone())));
+        let announcer = tokio::spawn(self.announcer.run(background.clone()));
         let purger = tokio::spawn(self.purger.run(background.clone()));
         let pruner = tokio::spawn(self.pruner.run(background.clone()));
         // The peer address is what the per-address rate limit keys on.
@@ -199,6 +220,10 @@ impl Application {
         if let Some(relay) = relay {
             relay.await.context("outbox relay panicked")?;
         }
+        if let Some(listener) = outbox_listener {
+            listener.await.context("outbox listener panicked")?;
+        }
+        announcer.await.context("outbox announcer panicked")?;
         purger.await.context("idempotency purger panicked")?;
         pruner.await.context("retention pruner panicked")?;
         let producer = self.producer;
@@ -262,10 +287,13 @@ fn operations_router() -> Router<AppState> {
     router.layer(middleware::from_fn(crate::metrics::track))
 }
 
-/// Answers 503 when the handler takes longer than `limit`. Dropping the handler's future rolls
-/// its transaction back, so nothing is stored and a retry with the same key is safe.
-async fn time_limit(State(limit): State<Duration>, request: Request, next: Next) -> Response {
-    match tokio::time::timeout(limit, next.run(request)).await {
+/// Answers 503 when the handler takes longer than `limit`, and hands the handler its
+/// [`Deadline`]: a payment's database call stops waiting for locks when it passes, so a request
+/// answered 503 does not commit later, nothing is stored and a retry with the same key is safe.
+async fn time_limit(State(limit): State<Duration>, mut request: Request, next: Next) -> Response {
+    let deadline = Deadline::after(limit);
+    request.extensions_mut().insert(deadline);
+    match tokio::time::timeout_at(deadline.at(), next.run(request)).await {
         Ok(response) => response,
         Err(_) => ApiError::Timeout(limit).into_response(),
     }

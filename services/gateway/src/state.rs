@@ -2,12 +2,11 @@
 
 use std::sync::Arc;
 
+use crate::outbox::Wakeup;
+use crate::settings::Settings;
 use axum::body::Bytes;
 use rdkafka::producer::FutureProducer;
 use sqlx::PgPool;
-use tokio::sync::Notify;
-
-use crate::settings::Settings;
 
 /// Shared state of the HTTP handlers. The authentication and rate-limit middleware carry their
 /// own state (`ApiKeys`, `RateLimiter`), so neither module depends on this one.
@@ -16,8 +15,8 @@ pub struct AppState {
     pub pool: PgPool,
     pub settings: Arc<Settings>,
     pub producer: FutureProducer,
-    /// Woken after a commit that wrote outbox rows, so the relay publishes them at once.
-    pub outbox_wakeup: Arc<Notify>,
+    /// Signalled after a commit that wrote outbox rows, so the relays publish them at once.
+    pub outbox_wakeup: Arc<Wakeup>,
     pub http: reqwest::Client,
     /// Seals merchants' webhook secrets before they are stored.
     pub secrets: paystream_core::secrets::SecretBox,

@@ -6,7 +6,7 @@ use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use paystream_core::events::{self, PaymentRequested, Step};
 use paystream_core::headers::RecordHeaders;
 use serde::Serialize;
@@ -15,9 +15,9 @@ use uuid::Uuid;
 
 use crate::auth::ClientId;
 use crate::domain::{PaymentRequest, PaymentRequestBody};
-use crate::idempotency::{self, NextAction};
+use crate::idempotency::{self, Answer, Effects};
 use crate::outbox;
-use crate::problem::{ApiError, Problem};
+use crate::problem::{ApiError, Deadline, Problem};
 use crate::routes::request::{read_request, require_json};
 use crate::state::AppState;
 
@@ -76,6 +76,7 @@ pub struct PaymentView {
 pub async fn create(
     State(state): State<AppState>,
     Extension(client): Extension<ClientId>,
+    Extension(deadline): Extension<Deadline>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -88,46 +89,59 @@ pub async fn create(
         .map_err(ApiError::Validation)?;
     let fingerprint = request.fingerprint();
 
-    // With authentication on, the client must be bound to the merchant: checked in the
-    // statement that takes the key (no extra round trip), before anything is stored.
-    let acting_for = client.merchant_to_check(&request.merchant_id);
-    let begun = idempotency::begin(&state.pool, client.as_str(), &key, &fingerprint, acting_for)
+    let payment_id = Uuid::now_v7();
+    let effects = effects(&state, &client, payment_id, &request)?;
+    // With authentication on, the client must be bound to the merchant: checked in the same
+    // database call, before the key is looked at and before anything is stored.
+    let keyed = idempotency::KeyedRequest {
+        client: client.as_str(),
+        key: &key,
+        fingerprint: &fingerprint,
+        acting_for: client.merchant_to_check(&request.merchant_id),
+    };
+    let retention = state.settings.gateway.idempotency_retention_hours;
+    let answer = idempotency::execute(&state.pool, &keyed, effects, &deadline, retention)
         .await
         .inspect_err(|e| {
             if let ApiError::MerchantForbidden(merchant_id) = e {
                 tracing::info!(%merchant_id, "payment refused: client not bound to the merchant");
             }
         })?;
-    let processing = match begun {
-        NextAction::ReturnSavedResponse(saved) => return Ok(saved),
-        NextAction::StartProcessing(processing) => processing,
+    let stored = match answer {
+        Answer::Replayed(replayed) => return Ok(replayed),
+        Answer::Executed(stored) => stored,
     };
-    let payment_id = Uuid::now_v7();
-    tracing::Span::current().record("payment.id", tracing::field::display(payment_id));
-    let retention = state.settings.gateway.idempotency_retention_hours;
-    let stored = processing
-        .execute(payment_id, retention, async |conn| {
-            accept(&state, conn, &client, payment_id, &request).await
-        })
-        .await?;
     if stored.payment_id.is_some() {
-        state.outbox_wakeup.notify_one();
+        tracing::Span::current().record("payment.id", tracing::field::display(payment_id));
+        state.outbox_wakeup.committed();
         crate::metrics::payment_accepted();
         tracing::info!(%payment_id, merchant_id = %request.merchant_id, "payment accepted");
     }
     stored.render()
 }
 
-/// Writes the payment and its outbox event.
-async fn accept(
+/// What accepting the payment writes: the payment row, its outbox event and the `202` answer,
+/// all prepared here so the database needs one round trip for them ([`idempotency::execute`]).
+fn effects(
     state: &AppState,
-    conn: &mut sqlx::PgConnection,
     client: &ClientId,
     payment_id: Uuid,
     request: &PaymentRequest,
-) -> anyhow::Result<PaymentView> {
-    let now = Utc::now();
-    insert_payment(conn, client, payment_id, request, now).await?;
+) -> Result<Effects, ApiError> {
+    // Microseconds, as Postgres keeps them: the stored answer and the row show the same instant.
+    let now = Utc::now().trunc_subsecs(6);
+    let view = PaymentView {
+        id: payment_id,
+        status: "PENDING".into(),
+        merchant_id: request.merchant_id.clone(),
+        customer_id: request.customer_id.clone(),
+        amount_minor: request.amount_minor,
+        currency: request.currency.clone(),
+        payment_method: request.payment_method.clone(),
+        failure_reason: None,
+        created_at: now,
+        updated_at: now,
+    };
     let event = PaymentRequested {
         event_id: events::event_id(payment_id, Step::Requested).to_string(),
         payment_id: payment_id.to_string(),
@@ -141,55 +155,27 @@ async fn accept(
         customer_email: request.customer_email.clone(),
     };
     // The record is produced later by the outbox relay, but the send belongs to this request's
-    // trace: its PRODUCER span is opened here and travels in the outbox row's headers.
+    // trace: its PRODUCER span is opened here and travels in the outbox row's headers. Opened
+    // before the database says whether the request is new (a replay's span is never followed by
+    // a record): the price of deciding and writing in one round trip.
     let mut record_headers = RecordHeaders::default();
     record_headers
         .inject_send_context(&state.settings.topics.payments_requested, &event.payment_id);
-    outbox::enqueue_payment_requested(
-        conn,
+    let outbox = outbox::payment_requested_row(
         &state.settings.topics.payments_requested,
         &event,
         &record_headers,
-    )
-    .await?;
-    Ok(PaymentView {
-        id: payment_id,
-        status: "PENDING".into(),
-        merchant_id: request.merchant_id.clone(),
-        customer_id: request.customer_id.clone(),
-        amount_minor: request.amount_minor,
-        currency: request.currency.clone(),
-        payment_method: request.payment_method.clone(),
-        failure_reason: None,
-        created_at: now,
-        updated_at: now,
+    )?;
+    // The `payments` row: the answer's fields plus the ones the API does not show.
+    let mut payment = serde_json::to_value(&view).map_err(anyhow::Error::from)?;
+    payment["client_id"] = client.as_str().into();
+    payment["customer_email"] = request.customer_email.clone().into();
+    Ok(Effects {
+        payment_id,
+        answer: serde_json::to_value(&view).map_err(anyhow::Error::from)?,
+        payment,
+        outbox,
     })
-}
-
-async fn insert_payment(
-    conn: &mut sqlx::PgConnection,
-    client: &ClientId,
-    id: Uuid,
-    request: &PaymentRequest,
-    now: DateTime<Utc>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO payments (id, client_id, merchant_id, customer_id, amount_minor, currency,
-                               payment_method, status, created_at, updated_at, customer_email)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, 'PENDING', $8, $8, $9)",
-    )
-    .bind(id)
-    .bind(client.as_str())
-    .bind(&request.merchant_id)
-    .bind(&request.customer_id)
-    .bind(request.amount_minor)
-    .bind(&request.currency)
-    .bind(&request.payment_method)
-    .bind(now)
-    .bind(&request.customer_email)
-    .execute(conn)
-    .await
-    .map(|_| ())
 }
 
 /// The current state of a payment of the requesting client.
