@@ -1,0 +1,3 @@
+-- pgbench script: a new payment as one call of idempotent_payment (docs/performance.md, Round trips per payment).
+\set n random(1, 2000000000)
+SELECT outcome FROM idempotent_payment('bench', 'k' || :n || '-' || :client_id, 'fp', NULL, 10000, 24, 202::smallint, '{"id":"x","status":"PENDING"}'::jsonb, gen_random_uuid(), jsonb_build_object('id', gen_random_uuid(), 'client_id','bench','merchant_id','m_1','customer_id','c_1','amount_minor',100,'currency','EUR','payment_method','card','status','PENDING','created_at',now(),'updated_at',now()), jsonb_build_object('event_id', gen_random_uuid(), 'topic','t','message_key','k','event_type','e','payload','{"a":1}'::jsonb,'headers','[]'::jsonb));
