@@ -1,7 +1,10 @@
 //! Idempotency-Key semantics of `POST /v1/payments` against the real stack: concurrency,
-//! in-flight conflicts, stored errors, the accepted key forms, client scoping and retention.
+//! in-flight conflicts, stored errors, the accepted key forms, client scoping, retention, and
+//! what a payment costs in database round trips.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::join_all;
@@ -10,6 +13,11 @@ use paystream_e2e_tests::{
     GatewayHandle, PaymentsLock, TestStack,
 };
 use serde_json::Value;
+use sqlx::postgres::{PgConnectOptions, PgSslMode};
+use sqlx::ConnectOptions;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -410,4 +418,156 @@ async fn sequential_retries_are_replayed_never_refused_as_in_flight() -> anyhow:
     assert_eq!(ids.len(), 1, "one payment");
     stack.teardown().await;
     Ok(())
+}
+
+/// A new payment costs one database round trip, and so does its replay: counted on the wire,
+/// through a proxy between the gateway and Postgres that records what the gateway sends in each
+/// round trip (everything up to a `Sync`, or one simple `Query`). Counted are the round trips
+/// that execute a statement: a liveness ping (an empty `Sync`, for a connection idle over 1 s)
+/// and the one-time preparation of the statement on a fresh connection execute nothing. The
+/// gateway's background work is left out by its SQL: the announcer's `pg_notify` (after the
+/// commit, off the request path) and the idempotency purger; its relay and pruner are off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_payment_and_its_replay_cost_one_database_round_trip_each() -> anyhow::Result<()> {
+    let stack = TestStack::spawn().await?;
+    let direct = PgConnectOptions::from_str(&paystream_e2e_tests::database_url())?;
+    let wire = WireLog::proxy(format!("{}:{}", direct.get_host(), direct.get_port())).await?;
+    let mut settings = gateway_settings(&stack.database, &stack.topics);
+    settings.database.url = direct
+        .host("127.0.0.1")
+        .port(wire.port)
+        .ssl_mode(PgSslMode::Disable)
+        .to_url_lossy()
+        .to_string()
+        .into();
+    settings.gateway.outbox_relay_enabled = false;
+    settings.retention.outbox_days = 0;
+    let gateway = GatewayHandle::spawn(settings).await?;
+    let url = payments_url(&gateway.url);
+    let body = payment_body("m_trips", "c_1", 1234);
+
+    // Warms a connection up (its first statement is prepared in a round trip of its own).
+    json_post(&stack.http, &url, Some("warm-up"), None, &body)
+        .send()
+        .await?;
+    let executing = |trips: Vec<Vec<String>>| -> Vec<Vec<String>> {
+        trips
+            .into_iter()
+            .filter(|sql| {
+                !sql.is_empty()
+                    && !sql.iter().any(|s| {
+                        s.contains("pg_notify") || s.contains("DELETE FROM idempotency_keys")
+                    })
+            })
+            .collect()
+    };
+    for (what, status) in [("new payment", 202), ("replay", 202)] {
+        let before = wire.count();
+        let response = json_post(&stack.http, &url, Some("trips-key"), None, &body)
+            .send()
+            .await?;
+        assert_eq!(response.status(), status, "{what}");
+        let trips = executing(wire.since(before));
+        assert_eq!(trips.len(), 1, "{what}: {trips:#?}");
+        assert!(
+            trips[0].iter().any(|s| s.contains("idempotent_payment")),
+            "{what}: {trips:#?}"
+        );
+    }
+    gateway.stop(Duration::from_secs(30)).await?;
+    stack.teardown().await;
+    Ok(())
+}
+
+/// What went through a Postgres proxy: per round trip, the SQL of the statements it executed.
+struct WireLog {
+    port: u16,
+    trips: Arc<Mutex<Vec<Vec<String>>>>,
+}
+
+impl WireLog {
+    /// Starts a proxy to `upstream` on a free port of 127.0.0.1 (plain TCP: the client must
+    /// not ask for TLS).
+    async fn proxy(upstream: String) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let trips = Arc::new(Mutex::new(Vec::new()));
+        let log = trips.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let upstream = upstream.clone();
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let Ok(server) = TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    let (client_read, mut client_write) = client.into_split();
+                    let (mut server_read, server_write) = server.into_split();
+                    tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+                    });
+                    let _ = Self::relay_frontend(client_read, server_write, log).await;
+                });
+            }
+        });
+        Ok(Self { port, trips })
+    }
+
+    /// Forwards the client's messages, recording each round trip's executed statements.
+    async fn relay_frontend(
+        mut from: OwnedReadHalf,
+        mut to: OwnedWriteHalf,
+        log: Arc<Mutex<Vec<Vec<String>>>>,
+    ) -> std::io::Result<()> {
+        // Untyped start-up messages: an SSLRequest (refused by the server) and the start-up.
+        loop {
+            let len = from.read_u32().await?;
+            let mut body = vec![0; len as usize - 4];
+            from.read_exact(&mut body).await?;
+            to.write_u32(len).await?;
+            to.write_all(&body).await?;
+            if body[..4] != 80877103u32.to_be_bytes() {
+                break;
+            }
+        }
+        let mut prepared: HashMap<String, String> = HashMap::new();
+        let mut trip = Vec::new();
+        loop {
+            let tag = from.read_u8().await?;
+            let len = from.read_u32().await?;
+            let mut body = vec![0; len as usize - 4];
+            from.read_exact(&mut body).await?;
+            to.write_u8(tag).await?;
+            to.write_u32(len).await?;
+            to.write_all(&body).await?;
+            let mut strings = body
+                .split(|b| *b == 0)
+                .map(|s| String::from_utf8_lossy(s).into_owned());
+            match tag {
+                b'P' => {
+                    let name = strings.next().unwrap_or_default();
+                    prepared.insert(name, strings.next().unwrap_or_default());
+                }
+                b'B' => {
+                    let _portal = strings.next();
+                    let statement = strings.next().unwrap_or_default();
+                    trip.push(prepared.get(&statement).cloned().unwrap_or(statement));
+                }
+                b'S' => log.lock().unwrap().push(std::mem::take(&mut trip)),
+                b'Q' => log
+                    .lock()
+                    .unwrap()
+                    .push(vec![strings.next().unwrap_or_default()]),
+                _ => {}
+            }
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.trips.lock().unwrap().len()
+    }
+
+    fn since(&self, start: usize) -> Vec<Vec<String>> {
+        self.trips.lock().unwrap()[start..].to_vec()
+    }
 }

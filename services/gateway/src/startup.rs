@@ -12,11 +12,13 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use paystream_core::avro::AvroCodec;
+use paystream_core::config::DatabaseSettings;
 use paystream_core::events::PAYMENT_REQUESTED_SCHEMA;
 use paystream_core::kafka;
 use paystream_core::retention::Pruner;
 use paystream_core::shutdown::Shutdown;
 use rdkafka::producer::{FutureProducer, Producer};
+use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tower_http::trace::TraceLayer;
 use tracing_opentelemetry_span::server_span;
@@ -54,7 +56,7 @@ impl Application {
         let api_keys = Arc::new(ApiKeys::from_settings(&settings.gateway.auth)?);
         let rate_limiter = Arc::new(RateLimiter::new(&settings.gateway.rate_limit)?);
         let address_limiter = Arc::new(RateLimiter::per_ip(&settings.gateway.rate_limit)?);
-        let pool = paystream_core::db::connect(&settings.database).await?;
+        let pool = connect(&settings.database).await?;
         if settings.gateway.migrate_on_start {
             paystream_core::db::migrate(&pool).await?;
         }
@@ -238,6 +240,35 @@ impl Application {
         tracing::info!("gateway stopped");
         served
     }
+}
+
+/// A connection that sat in the pool longer than this is pinged before use.
+const PING_IDLE_AFTER: Duration = Duration::from_secs(1);
+
+/// The shared pool (`paystream_core::db::connect`: schema, search path, sizes), except for its
+/// liveness check. sqlx pings every connection it hands out, an extra round trip before each
+/// request's statement; here only a connection idle for more than [`PING_IDLE_AFTER`] is
+/// pinged, so a busy gateway's payment costs its one round trip, and a connection that may have
+/// died while idle (a database restart, a proxy's idle cut-off) is still found out before use.
+async fn connect(database: &DatabaseSettings) -> anyhow::Result<PgPool> {
+    let shared = paystream_core::db::connect(database).await?;
+    let pool = shared
+        .options()
+        .clone()
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for > PING_IDLE_AFTER {
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        })
+        .connect_with((*shared.connect_options()).clone())
+        .await
+        .context("connecting to Postgres")?;
+    shared.close().await;
+    Ok(pool)
 }
 
 /// The documented API: every route registers its OpenAPI path as it is added, so the
