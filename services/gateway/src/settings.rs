@@ -50,7 +50,7 @@ impl Settings {
         anyhow::ensure!(
             self.database.max_connections > reserved,
             "database.max_connections must exceed the {reserved} connection(s) the gateway's \
-             background tasks hold (docs/operations.md, sizing the pool)"
+             background tasks hold (docs/performance.md, sizing the pool)"
         );
         Ok(())
     }
@@ -152,6 +152,21 @@ impl GatewaySettings {
 mod tests {
     use super::*;
     use crate::auth::ApiKeys;
+
+    #[test]
+    fn the_pool_must_leave_requests_a_connection_besides_the_background_tasks() {
+        let mut settings: Settings = serde_json::from_value(serde_json::json!({
+            "http": {"host": "127.0.0.1", "port": 0},
+        }))
+        .unwrap();
+        for (relay, connections, ok) in [(true, 3, false), (true, 4, true), (false, 1, false)] {
+            settings.gateway.outbox_relay_enabled = relay;
+            settings.database.max_connections = connections;
+            assert_eq!(settings.check().is_ok(), ok, "relay {relay}, pool {connections}");
+        }
+        settings.database.max_connections = 2;
+        settings.check().unwrap();
+    }
 
     #[test]
     fn gateway_settings_come_from_the_environment() {

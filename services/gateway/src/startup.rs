@@ -319,8 +319,9 @@ fn operations_router() -> Router<AppState> {
 }
 
 /// Answers 503 when the handler takes longer than `limit`, and hands the handler its
-/// [`Deadline`]: a payment's database call stops waiting for locks when it passes, so a request
-/// answered 503 does not commit later, nothing is stored and a retry with the same key is safe.
+/// [`Deadline`]: a payment's database call stops waiting for locks just before it passes
+/// (`idempotency::DEADLINE_MARGIN`), so a request answered 503 does not commit later, nothing is
+/// stored and a retry with the same key is safe.
 async fn time_limit(State(limit): State<Duration>, mut request: Request, next: Next) -> Response {
     let deadline = Deadline::after(limit);
     request.extensions_mut().insert(deadline);
