@@ -423,8 +423,9 @@ async fn sequential_retries_are_replayed_never_refused_as_in_flight() -> anyhow:
 /// A new payment costs one database round trip, and so does its replay: counted on the wire,
 /// through a proxy between the gateway and Postgres that records what the gateway sends in each
 /// round trip (everything up to a `Sync`, or one simple `Query`). Counted are the round trips
-/// that execute a statement: a liveness ping (an empty `Sync`, for a connection idle over 1 s)
-/// and the one-time preparation of the statement on a fresh connection execute nothing. The
+/// that execute a statement: liveness pings (empty `Sync`s: sqlx's as a connection returns to the
+/// pool, after the answer, and the gateway's for a connection idle over 1 s) and the one-time
+/// preparation of the statement on a fresh connection execute nothing. The
 /// gateway's background work is left out by its SQL: the announcer's `pg_notify` (after the
 /// commit, off the request path) and the idempotency purger; its relay and pruner are off.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -229,8 +229,29 @@ struct Call<'a> {
 }
 
 impl Call<'_> {
-    /// Stores `response` under the key if it is free, with the rows when given.
+    /// Stores `response` under the key if it is free, with the rows when given. A call whose
+    /// connection was lost (the pool pings only connections idle for a while, so one killed by a
+    /// database restart is found out here) is made again on another: safe whether or not the
+    /// lost call committed, since the key then answers it (replayed) or is still free. At most
+    /// once per pooled connection, and each lost one leaves the pool.
     async fn run(
+        &self,
+        response: &StoredResponse,
+        rows: Option<(&serde_json::Value, &serde_json::Value)>,
+    ) -> Result<Outcome, sqlx::Error> {
+        let mut attempts = self.pool.options().get_max_connections() + 1;
+        loop {
+            attempts -= 1;
+            match self.once(response, rows).await {
+                Err(e) if attempts > 0 && is_connection_lost(&e) => {
+                    tracing::info!(error = %e, "connection lost under a payment's call; calling again");
+                }
+                result => return result,
+            }
+        }
+    }
+
+    async fn once(
         &self,
         response: &StoredResponse,
         rows: Option<(&serde_json::Value, &serde_json::Value)>,
@@ -314,6 +335,18 @@ impl Outcome {
                 "idempotent_payment returned the unknown outcome {other:?}"
             ))),
         }
+    }
+}
+
+/// The connection broke, or the server ended the session (class 08, or 57P01/57P02: shut down
+/// by an administrator or a crash), before the call answered.
+fn is_connection_lost(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| code.starts_with("08") || code == "57P01" || code == "57P02"),
+        _ => false,
     }
 }
 
@@ -557,6 +590,19 @@ mod tests {
         }
         assert!(!is_deterministic_failure(&sqlx::Error::PoolTimedOut));
         assert!(!is_deterministic_failure(&sqlx::Error::RowNotFound));
+    }
+
+    #[test]
+    fn only_a_lost_connection_is_called_again() {
+        for lost in ["08006", "08003", "57P01", "57P02"] {
+            assert!(is_connection_lost(&db_error(lost)), "{lost}");
+        }
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert!(is_connection_lost(&sqlx::Error::Io(reset)));
+        for kept in ["23505", "55P03", "57014", "40001"] {
+            assert!(!is_connection_lost(&db_error(kept)), "{kept}");
+        }
+        assert!(!is_connection_lost(&sqlx::Error::PoolTimedOut));
     }
 
     #[test]

@@ -162,7 +162,11 @@ mod tests {
         for (relay, connections, ok) in [(true, 3, false), (true, 4, true), (false, 1, false)] {
             settings.gateway.outbox_relay_enabled = relay;
             settings.database.max_connections = connections;
-            assert_eq!(settings.check().is_ok(), ok, "relay {relay}, pool {connections}");
+            assert_eq!(
+                settings.check().is_ok(),
+                ok,
+                "relay {relay}, pool {connections}"
+            );
         }
         settings.database.max_connections = 2;
         settings.check().unwrap();
