@@ -19,7 +19,7 @@ chart-check:  ## helm lint --strict + kubernetes-validate --strict of the chart'
 chaos:   ## chaos soak: CHAOS_PAYMENTS (default 100000) payments while services are SIGKILLed, the broker and Postgres restarted; verdict table, non-zero on any miss
 	scripts/chaos.sh
 
-bench:   ## micro-benchmarks + load suite against the local stack (starts it if needed); report in .bench/
+bench:   ## release build, micro-benchmarks, the six targets on the bench's own service processes (stack started if needed for broker, Postgres, registry); report in .bench/
 	scripts/stack.sh up
 	benches/bench.sh
 

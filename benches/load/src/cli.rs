@@ -25,6 +25,22 @@ pub struct Cli {
         global = true
     )]
     pub out: PathBuf,
+    /// Folder of the service binaries the stages start (default: this executable's folder,
+    /// where `make bench` builds the release profile of the whole workspace).
+    #[arg(long, env = "PAYSTREAM_BENCH_BIN_DIR", global = true)]
+    pub service_bin_dir: Option<PathBuf>,
+    /// `RUST_LOG` of the services the stages start.
+    #[arg(
+        long,
+        env = "PAYSTREAM_BENCH_SERVICE_LOG",
+        default_value = "warn",
+        global = true
+    )]
+    pub service_log: String,
+    /// Do not record `perf` profiles of the services during the stages (they name the
+    /// hottest symbols in a missed target's reason).
+    #[arg(long, env = "BENCH_NO_PERF", global = true)]
+    pub no_perf: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -35,10 +51,11 @@ pub enum Command {
     Run(RunArgs),
     /// The ceiling probes only: bare HTTP handler, Postgres commit, Kafka produce.
     Probes(ProbeArgs),
-    /// The payment-processor stage only, on a pre-filled topic (in-process, isolated).
+    /// The payment-processor sweep only (its own processes on scratch topics).
     Processor(ProcessorArgs),
-    /// Everything `make bench` runs: probes, end-to-end run, gateway runs, processor stage,
-    /// plus the micro-benchmark results criterion left in `--criterion-dir`.
+    /// Everything `make bench` runs: probes, then the target stages on the bench's own
+    /// service processes (processor at PSP 0 and 50 ms, analytics, notifier, gateway, end to
+    /// end), plus the micro-benchmark results criterion left in `--criterion-dir`.
     Suite(SuiteArgs),
 }
 
@@ -258,28 +275,52 @@ fn parse_latency_config(s: &str) -> Result<(u32, u64), String> {
 
 #[derive(Debug, Clone, Args)]
 pub struct SuiteArgs {
-    /// Short runs at low rates, for development (a minute or two in all).
+    /// Short runs at low rates and small sizes, for development (a few minutes in all).
     #[arg(long)]
     pub quick: bool,
     /// Seconds of each gateway load run (default: 30, quick: 5).
-    #[arg(long, value_parser = parse_secs)]
+    #[arg(long, env = "BENCH_GATEWAY_DURATION", value_parser = parse_secs)]
     pub duration: Option<Duration>,
     /// Closed-model workers of the maximum-rate run.
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
-    /// Rate of the end-to-end run (the target is judged at 1,000/s).
-    #[arg(long)]
+    /// Rate of the end-to-end run (the target is judged at 1,000/s; quick: 200).
+    #[arg(long, env = "BENCH_E2E_RATE")]
     pub e2e_rate: Option<f64>,
+    /// Seconds of the end-to-end run (the target is judged over 60; quick: 10).
+    #[arg(long, env = "BENCH_E2E_DURATION", value_parser = parse_secs)]
+    pub e2e_duration: Option<Duration>,
+    /// Requests pre-filled for the processor at PSP 0 ms (default 20,000; quick 2,000).
+    #[arg(long, env = "BENCH_PROCESSOR_RECORDS")]
+    pub processor_records: Option<usize>,
+    /// Requests pre-filled for the processor at PSP 50 ms (default 10,000; quick 1,000).
+    #[arg(long, env = "BENCH_PSP50_RECORDS")]
+    pub psp50_records: Option<usize>,
+    /// Outcomes pre-filled for analytics (default 20,000; quick 2,000).
+    #[arg(long, env = "BENCH_ANALYTICS_RECORDS")]
+    pub analytics_records: Option<usize>,
+    /// Outcomes pre-filled for the notifier (default 5,000; quick 500).
+    #[arg(long, env = "BENCH_NOTIFIER_RECORDS")]
+    pub notifier_records: Option<usize>,
+    /// Longest a drain stage may take; a slower one reports the rate it reached (default
+    /// 60 s, quick 20 s).
+    #[arg(long, env = "BENCH_DRAIN_TIMEOUT", value_parser = parse_secs)]
+    pub drain_timeout: Option<Duration>,
+    /// Instances of each consumer group (processor, analytics, notifier) in the stages.
+    #[arg(long, env = "BENCH_INSTANCES", default_value_t = 1)]
+    pub instances: usize,
+    /// Also run the processor sweep (instances 1 and 3 × batch 100 and 500) and its latency
+    /// runs: a few more minutes.
+    #[arg(long, env = "BENCH_SWEEP")]
+    pub sweep: bool,
     /// Where criterion wrote the micro-benchmarks (`CRITERION_HOME`), to include them.
     #[arg(long)]
     pub criterion_dir: Option<PathBuf>,
-    /// Skip these stages: probes, e2e, gateway, processor.
+    /// Skip these stages: probes, processor, psp50, analytics, notifier, gateway, e2e.
     #[arg(long, value_delimiter = ',')]
     pub skip: Vec<String>,
     #[command(flatten)]
     pub mix: MixArgs,
-    #[command(flatten)]
-    pub psp: PspArgs,
 }
 
 #[cfg(test)]

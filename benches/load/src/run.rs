@@ -86,6 +86,8 @@ pub struct RunResult {
     pub http_per_second: Vec<SecondPoint>,
     pub http_percentiles: Vec<PercentilePoint>,
     pub accepted_per_second: Vec<u64>,
+    /// Hottest symbols of the services under test during the run, when a stage recorded them.
+    pub profile: Vec<crate::perf::Hotspot>,
 }
 
 /// Executes `spec`. A run that could not reach the target at all is an error; errors of
@@ -195,6 +197,7 @@ pub async fn execute(
         load_avg_before,
         load_avg_after,
         cpu,
+        profile: Vec::new(),
     })
 }
 

@@ -1,82 +1,73 @@
 //! The commands, and the whole suite `make bench` runs.
 //!
-//! Suite order, chosen so one stage's backlog leaks as little as possible into the next one's
-//! numbers: ceiling probes → processor stage (in-process, isolated, on a quiet stack) →
-//! end-to-end run at 1,000/s (tracked to the outcome topic) → maximum rate (closed model) →
-//! half of that rate (open model, HTTP p99). Before each gateway run the suite waits (bounded)
-//! until the stack has drained the previous run's payments: outbox rows unpublished and
-//! payments still `PENDING`. What is left after that wait is printed, and competes with the
-//! next run for the machine.
+//! Suite order: ceiling probes first (bare HTTP, Postgres commit, Kafka produce: the machine's
+//! own limits in this run), then the target stages ([`crate::stages`]), each in its own scratch
+//! world with its own service processes of the measured build profile: the payment processor
+//! at PSP 0 ms and at 50 ms, analytics, the notifier with a 20 ms webhook, the gateway at its
+//! maximum rate and at half of it, and the whole pipeline end to end at 1,000/s. The shared
+//! stack only lends its broker, Postgres and schema registry; its services are not measured
+//! and its PSP simulator is left as it is. Optionally (`--sweep`) the processor sweep.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::Context;
 use paystream_core::shutdown::Shutdown;
 use tokio::time::Instant;
 
 use crate::cli::{
-    Cli, Command, MixArgs, ModelKind, ProbeArgs, ProcessorArgs, PspArgs, RunArgs, SuiteArgs,
-    Targets,
+    Cli, Command, MixArgs, ModelKind, ProbeArgs, ProcessorArgs, RunArgs, SuiteArgs, Targets,
 };
 use crate::machine::Machine;
 use crate::psp::PspOverride;
-use crate::report::{self, Report};
+use crate::report::targets::{E2E_TARGET_DURATION_S, E2E_TARGET_RATE, GATEWAY_TARGET_PER_S};
+use crate::report::{self, Profile, Report};
 use crate::run::{self, RunSpec};
 use crate::schedule::Model;
+use crate::scratch::World;
+use crate::services::Binaries;
+use crate::stages::{self, StagePlan};
 use crate::{probes, processor};
-
-/// Run names the report's verdicts look for.
-pub const E2E: &str = "e2e";
-pub const GATEWAY_MAX: &str = "gateway-max";
-pub const GATEWAY_HALF: &str = "gateway-half";
-
-/// Bound on requests in flight in the open model: far above what the gateway's pool can
-/// serve at once, so the bound only matters when the server has stalled anyway.
-const OPEN_MAX_IN_FLIGHT: usize = 1024;
 
 /// Runs one command and writes its report.
 pub async fn execute(cli: Cli) -> anyhow::Result<()> {
     let shutdown = paystream_core::shutdown::on_signal();
     let started = Instant::now();
-    let (mut report, psp_args, mix) = match &cli.command {
-        Command::Suite(args) => (
-            Report::new(Machine::describe(), args.quick),
-            suite_psp(&args.psp),
-            args.mix.clone(),
-        ),
-        Command::Run(args) => (
-            Report::new(Machine::describe(), false),
-            args.psp.clone(),
-            args.mix.clone(),
-        ),
-        _ => (
-            Report::new(Machine::describe(), false),
-            PspArgs::default(),
-            default_mix(),
-        ),
-    };
-    let psp = PspOverride::apply(&cli.targets.psp_url, &psp_args).await;
-    let psp = match psp {
-        Ok(p) => {
-            report.psp = p.during.clone();
-            Some(p)
-        }
-        Err(e) => {
-            eprintln!("PSP simulator not configured ({e:#}); its current mix applies");
-            None
-        }
+    let bins = Binaries::locate(
+        cli.service_bin_dir.as_deref(),
+        &cli.service_log,
+        !cli.no_perf,
+    )?;
+    let machine = Machine::describe();
+    let mut report = Report::new(
+        machine.clone(),
+        matches!(&cli.command, Command::Suite(a) if a.quick),
+    );
+    report.profile = Some(Profile::new(&bins, &machine));
+    // Only a single run drives the shared stack, so only it sets the shared PSP simulator.
+    let psp = match &cli.command {
+        Command::Run(args) => match PspOverride::apply(&cli.targets.psp_url, &args.psp).await {
+            Ok(p) => {
+                report.psp = p.during.clone();
+                Some(p)
+            }
+            Err(e) => {
+                eprintln!("PSP simulator not configured ({e:#}); its current mix applies");
+                None
+            }
+        },
+        _ => None,
     };
     let outcome = match &cli.command {
-        Command::Suite(args) => suite(&cli.targets, args, &mut report, &shutdown).await,
+        Command::Suite(args) => suite(&cli.targets, &bins, args, &mut report, &shutdown).await,
         Command::Run(args) => single_run(&cli.targets, args, &mut report, &shutdown).await,
         Command::Probes(args) => {
-            report.probes = probes::all(&cli.targets, args, &mix, &shutdown).await;
+            report.probes = probes::all(&cli.targets, args, &default_mix(), &shutdown).await;
             Ok(())
         }
         Command::Processor(args) => {
-            report.processor = processor::run(&cli.targets, args, &shutdown).await;
-            report.processor_latency = processor::latency(&cli.targets, args, &shutdown).await;
+            report.processor = processor::run(&cli.targets, &bins, args, &shutdown).await;
+            report.processor_latency =
+                processor::latency(&cli.targets, &bins, args, &shutdown).await;
             Ok(())
         }
     };
@@ -92,6 +83,10 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
     for f in files {
         println!("  {}", f.display());
     }
+    if matches!(cli.command, Command::Suite(_)) {
+        println!("\ntargets ({} build):", bins.profile);
+        print!("{}", report.target_lines());
+    }
     outcome
 }
 
@@ -99,15 +94,6 @@ fn default_mix() -> MixArgs {
     MixArgs {
         merchants: 50,
         currencies: "EUR:60,USD:30,GBP:10".parse().expect("a valid mix"),
-    }
-}
-
-/// The suite's PSP mix: zero latency and 5 % declines unless the flags say otherwise.
-fn suite_psp(args: &PspArgs) -> PspArgs {
-    PspArgs {
-        psp_latency_ms: args.psp_latency_ms.or(Some(0)),
-        psp_decline_rate: args.psp_decline_rate.or(Some(0.05)),
-        psp_transient_failure_rate: args.psp_transient_failure_rate.or(Some(0.0)),
     }
 }
 
@@ -153,35 +139,43 @@ async fn single_run(
     Ok(())
 }
 
-/// Durations and sizes of the suite, full or quick.
+/// Durations and sizes of the suite, full or quick; the flags (and their `BENCH_*`
+/// variables) override each.
 struct Plan {
     probe: Duration,
-    run: Duration,
-    grace: Duration,
-    drain: Duration,
-    e2e_rate: f64,
+    stages: StagePlan,
     processor: ProcessorArgs,
 }
 
 impl Plan {
     fn new(args: &SuiteArgs) -> Self {
         let quick = args.quick;
-        let run = args
-            .duration
-            .unwrap_or(Duration::from_secs(if quick { 5 } else { 30 }));
+        let pick = |set: Option<usize>, full: usize, short: usize| {
+            set.unwrap_or(if quick { short } else { full })
+        };
+        let secs = |set: Option<Duration>, full: u64, short: u64| {
+            set.unwrap_or(Duration::from_secs(if quick { short } else { full }))
+        };
         Self {
             probe: Duration::from_secs(if quick { 3 } else { 10 }),
-            run,
-            grace: Duration::from_secs(if quick { 10 } else { 20 }),
-            drain: Duration::from_secs(if quick { 15 } else { 30 }),
-            e2e_rate: args.e2e_rate.unwrap_or(if quick {
-                200.0
-            } else {
-                report::E2E_TARGET_RATE
-            }),
+            stages: StagePlan {
+                processor_records: pick(args.processor_records, 20_000, 2_000),
+                psp50_records: pick(args.psp50_records, 10_000, 1_000),
+                analytics_records: pick(args.analytics_records, 20_000, 2_000),
+                notifier_records: pick(args.notifier_records, 5_000, 500),
+                instances: args.instances.max(1),
+                drain_timeout: secs(args.drain_timeout, 60, 20),
+                gateway_duration: secs(args.duration, 30, 5),
+                gateway_concurrency: args.concurrency,
+                e2e_rate: args
+                    .e2e_rate
+                    .unwrap_or(if quick { 200.0 } else { E2E_TARGET_RATE }),
+                e2e_duration: secs(args.e2e_duration, E2E_TARGET_DURATION_S, 10),
+                e2e_grace: Duration::from_secs(if quick { 10 } else { 20 }),
+                mix: args.mix.clone(),
+            },
             processor: ProcessorArgs {
-                // Bounded so the whole suite stays under ten minutes on a busy machine.
-                records: if quick { 2_000 } else { 4_000 },
+                records: if quick { 2_000 } else { 8_000 },
                 instances: vec![1, 3],
                 batch_sizes: if quick { vec![100] } else { vec![100, 500] },
                 batch_wait_ms: 50,
@@ -196,13 +190,22 @@ impl Plan {
 
 async fn suite(
     targets: &Targets,
+    bins: &Binaries,
     args: &SuiteArgs,
     report: &mut Report,
     shutdown: &Shutdown,
 ) -> anyhow::Result<()> {
     let plan = Plan::new(args);
-    let skip = |stage: &str| args.skip.iter().any(|s| s == stage);
-    if !skip("probes") {
+    let p = &plan.stages;
+    let wanted = |stage: &str| !args.skip.iter().any(|s| s == stage) && !shutdown.is_cancelled();
+    eprintln!(
+        "services: {} build from {} (RUST_LOG={}); {} instance(s) per consumer group",
+        bins.profile,
+        bins.dir.display(),
+        bins.log_filter,
+        p.instances
+    );
+    if wanted("probes") {
         eprintln!("== ceiling probes");
         let probe_args = ProbeArgs {
             duration: plan.probe,
@@ -211,47 +214,103 @@ async fn suite(
         };
         report.probes = probes::all(targets, &probe_args, &args.mix, shutdown).await;
     }
-    if !skip("processor") && !shutdown.is_cancelled() {
-        wait_for_drain(targets, plan.drain, shutdown).await;
-        eprintln!("== payment processor");
-        report.processor = processor::run(targets, &plan.processor, shutdown).await;
-        report.processor_latency = processor::latency(targets, &plan.processor, shutdown).await;
-    }
-    // One gateway run after the previous run's backlog has drained.
-    let gateway_run = |name: &'static str, model: Model, grace: Option<Duration>| {
-        let spec = RunSpec::gateway(name, targets, model, plan.run, &args.mix, grace);
-        async move {
-            wait_for_drain(targets, plan.drain, shutdown).await;
-            eprintln!("== {name}: {model:?}");
-            run::execute(targets, &spec, shutdown).await
+    // The drain stages, each in a fresh world; a failed one is recorded and the suite goes on.
+    let drains: [(&str, &str); 4] = [
+        ("processor", stages::PROCESSOR_PSP0),
+        ("psp50", stages::PROCESSOR_PSP50),
+        ("analytics", stages::ANALYTICS),
+        ("notifier", stages::NOTIFIER),
+    ];
+    for (skip_name, stage) in drains {
+        if !wanted(skip_name) {
+            continue;
         }
-    };
-    if !skip("e2e") && !shutdown.is_cancelled() {
-        let open = Model::Open {
-            rate: plan.e2e_rate,
-            max_in_flight: OPEN_MAX_IN_FLIGHT,
-        };
-        report
-            .runs
-            .push(gateway_run(E2E, open, Some(plan.grace)).await?);
-    }
-    if !skip("gateway") && !shutdown.is_cancelled() {
-        let closed = Model::Closed {
-            concurrency: args.concurrency,
-        };
-        let max = gateway_run(GATEWAY_MAX, closed, None).await?;
-        // Half the target rate, unless the gateway can't sustain that: then half its maximum.
-        let half = (report::GATEWAY_TARGET_PER_S / 2.0).min(max.accepted_per_s / 2.0);
-        report.runs.push(max);
-        if half >= 1.0 && !shutdown.is_cancelled() {
-            let open = Model::Open {
-                rate: half.round(),
-                max_in_flight: OPEN_MAX_IN_FLIGHT,
-            };
-            report
-                .runs
-                .push(gateway_run(GATEWAY_HALF, open, None).await?);
+        eprintln!("== {stage}");
+        let measured =
+            stages::in_world(
+                stage,
+                targets,
+                bins,
+                shutdown,
+                async |w: &World| match stage {
+                    stages::PROCESSOR_PSP0 => {
+                        stages::processor(
+                            w,
+                            stage,
+                            p.processor_records,
+                            0,
+                            p.instances,
+                            Vec::new(),
+                            p.drain_timeout,
+                        )
+                        .await
+                    }
+                    stages::PROCESSOR_PSP50 => {
+                        stages::processor(
+                            w,
+                            stage,
+                            p.psp50_records,
+                            50,
+                            p.instances,
+                            Vec::new(),
+                            p.drain_timeout,
+                        )
+                        .await
+                    }
+                    stages::ANALYTICS => stages::analytics(w, p).await,
+                    _ => stages::notifier(w, p).await,
+                },
+            )
+            .await;
+        match measured {
+            Ok(d) => {
+                eprintln!(
+                    "   {:.0} records/s ({} of {} committed{})",
+                    d.records_per_s,
+                    d.committed,
+                    d.records,
+                    if d.note.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; {}", d.note)
+                    }
+                );
+                report.drains.push(d);
+            }
+            Err(e) => {
+                report.stage_errors.insert(stage.to_string(), e);
+            }
         }
+    }
+    if wanted("gateway") {
+        let measured = stages::in_world("gateway", targets, bins, shutdown, async |w: &World| {
+            stages::gateway(w, p, GATEWAY_TARGET_PER_S, shutdown).await
+        })
+        .await;
+        match measured {
+            Ok(runs) => report.runs.extend(runs),
+            Err(e) => {
+                report.stage_errors.insert(stages::GATEWAY_MAX.into(), e);
+            }
+        }
+    }
+    if wanted("e2e") {
+        let measured = stages::in_world(stages::E2E, targets, bins, shutdown, async |w: &World| {
+            stages::end_to_end(w, p, shutdown).await
+        })
+        .await;
+        match measured {
+            Ok(r) => report.runs.push(r),
+            Err(e) => {
+                report.stage_errors.insert(stages::E2E.into(), e);
+            }
+        }
+    }
+    if args.sweep && wanted("sweep") {
+        eprintln!("== payment processor sweep");
+        report.processor = processor::run(targets, bins, &plan.processor, shutdown).await;
+        report.processor_latency =
+            processor::latency(targets, bins, &plan.processor, shutdown).await;
     }
     if let Some(dir) = &args.criterion_dir {
         report.micro = report::read_criterion(dir);
@@ -260,55 +319,4 @@ async fn suite(
         }
     }
     Ok(())
-}
-
-/// A backlog that has not shrunk for this long is not being worked on: stop waiting for it.
-const STALLED: Duration = Duration::from_secs(5);
-
-/// Waits until the stack has no recent unpublished outbox rows and no recent `PENDING`
-/// payments (the previous run's backlog), at most `max_wait`. Read-only queries against the
-/// gateway's database; when it can't be read the suite goes on without waiting.
-async fn wait_for_drain(targets: &Targets, max_wait: Duration, shutdown: &Shutdown) {
-    let backlog = async {
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(1)
-            .connect(&targets.database_url)
-            .await
-            .context("connecting to Postgres")?;
-        let deadline = Instant::now() + max_wait;
-        let mut left = backlog(&pool).await?;
-        let mut last_progress = Instant::now();
-        while left > 0 && Instant::now() < deadline && !shutdown.is_cancelled() {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            let now = backlog(&pool).await?;
-            if now < left {
-                last_progress = Instant::now();
-            } else if last_progress.elapsed() >= STALLED {
-                eprintln!("   the backlog is not shrinking: is the payment processor running?");
-                left = now;
-                break;
-            }
-            left = now;
-        }
-        pool.close().await;
-        anyhow::Ok(left)
-    };
-    match backlog.await {
-        Ok(0) => {}
-        Ok(n) => eprintln!("   {n} payments of earlier runs still in flight; going on"),
-        Err(e) => eprintln!("   could not read the backlog ({e:#}); not waiting"),
-    }
-}
-
-async fn backlog(pool: &sqlx::PgPool) -> anyhow::Result<i64> {
-    // Only the last half hour: an old row stuck for another reason must not stall the suite.
-    let (n,): (i64,) = sqlx::query_as(
-        "SELECT (SELECT count(*) FROM outbox
-                  WHERE published_at IS NULL AND created_at > now() - interval '30 minutes')
-              + (SELECT count(*) FROM payments
-                  WHERE status = 'PENDING' AND created_at > now() - interval '30 minutes')",
-    )
-    .fetch_one(pool)
-    .await?;
-    Ok(n)
 }

@@ -10,6 +10,7 @@ mod criterion;
 pub mod plots;
 mod sections;
 pub mod table;
+pub mod targets;
 mod verdicts;
 
 use std::path::{Path, PathBuf};
@@ -20,18 +21,13 @@ use serde::Serialize;
 
 use crate::machine::Machine;
 use crate::probes::ProbeResult;
-use crate::processor::{LatencyResult, ProcessorResult};
+use crate::processor::LatencyResult;
 use crate::run::RunResult;
+use crate::services::Binaries;
+use crate::stages::DrainResult;
 pub use criterion::read_criterion;
 use plots::Line;
-
-/// The throughput and latency targets the report compares against (docs/performance.md):
-/// recorded beside each measurement, never asserted.
-pub const GATEWAY_TARGET_PER_S: f64 = 5_000.0;
-pub const GATEWAY_HALF_RATE_P99_MS: f64 = 20.0;
-pub const E2E_TARGET_RATE: f64 = 1_000.0;
-pub const E2E_TARGET_P99_MS: f64 = 100.0;
-pub const PROCESSOR_TARGET_PER_S: f64 = 5_000.0;
+pub use targets::{Ceiling, Target};
 
 /// One criterion benchmark's mean time.
 #[derive(Debug, Clone, Serialize)]
@@ -40,13 +36,27 @@ pub struct MicroResult {
     pub mean_ns: f64,
 }
 
-/// A target and whether this run met it.
+/// Which build profile ran: the services the stages started, and this generator.
 #[derive(Debug, Clone, Serialize)]
-pub struct TargetCheck {
-    pub target: String,
-    pub measured: String,
-    /// `None`: not measured in this run.
-    pub met: Option<bool>,
+pub struct Profile {
+    /// Cargo profile of the service binaries the stages started (`release` in `make bench`).
+    pub services: String,
+    pub services_dir: String,
+    /// `RUST_LOG` of those services.
+    pub services_log: String,
+    /// How this load generator was compiled.
+    pub generator: &'static str,
+}
+
+impl Profile {
+    pub fn new(bins: &Binaries, machine: &Machine) -> Self {
+        Self {
+            services: bins.profile.clone(),
+            services_dir: bins.dir.display().to_string(),
+            services_log: bins.log_filter.clone(),
+            generator: machine.generator_build,
+        }
+    }
 }
 
 /// A stage's rate as a share of a ceiling measured in the same run.
@@ -64,13 +74,24 @@ pub struct Report {
     pub generated_at: String,
     pub quick: bool,
     pub machine: Machine,
+    /// Build profiles of what was measured.
+    pub profile: Option<Profile>,
+    /// The shared stack's PSP simulator during a `run` (the suite's stages start their own).
     pub psp: Option<SimulatorSettings>,
     pub probes: Vec<ProbeResult>,
+    /// The ceilings beside every target: the probes' rates.
+    pub ceilings: Vec<Ceiling>,
     pub runs: Vec<RunResult>,
-    pub processor: Vec<ProcessorResult>,
+    /// The drain stages of the targets (processor, analytics, notifier).
+    pub drains: Vec<DrainResult>,
+    /// The processor sweep (instances × batch size), when run.
+    pub processor: Vec<DrainResult>,
     pub processor_latency: Vec<LatencyResult>,
     pub micro: Vec<MicroResult>,
-    pub targets: Vec<TargetCheck>,
+    /// One object per target: `name`, `value`, `unit`, `target`, `met` (and more).
+    pub targets: Vec<Target>,
+    /// Stages that failed, and why (their targets are then not measured).
+    pub stage_errors: std::collections::BTreeMap<String, String>,
     pub fractions: Vec<Fraction>,
     pub elapsed_s: f64,
     pub plots: Vec<String>,
@@ -98,9 +119,13 @@ impl Report {
                 .to_string(),
             quick,
             machine,
+            profile: None,
             psp: None,
             probes: Vec::new(),
+            ceilings: Vec::new(),
             runs: Vec::new(),
+            drains: Vec::new(),
+            stage_errors: Default::default(),
             processor: Vec::new(),
             processor_latency: Vec::new(),
             micro: Vec::new(),
@@ -114,21 +139,30 @@ impl Report {
 
     fn machine_line(&self) -> String {
         let m = &self.machine;
+        let services = self.profile.as_ref().map_or(String::new(), |p| {
+            format!(
+                "; services: {} build from {} (RUST_LOG={})",
+                p.services, p.services_dir, p.services_log
+            )
+        });
+        let psp = self.psp.as_ref().map_or(String::new(), |p| {
+            format!(
+                "; shared PSP simulator: latency {} ms, decline rate {}, transient failure rate {}",
+                p.latency_ms, p.decline_rate, p.transient_failure_rate
+            )
+        });
         format!(
-            "{} — {} cores, {} GiB, Linux {}; commit {}; generator build: {}; {}",
-            m.cpu_model,
-            m.cores,
-            m.memory_gib,
-            m.kernel,
-            m.commit,
-            m.generator_build,
-            self.psp
-                .as_ref()
-                .map_or("PSP simulator settings unknown".into(), |p| format!(
-                    "PSP simulator: latency {} ms, decline rate {}, transient failure rate {}",
-                    p.latency_ms, p.decline_rate, p.transient_failure_rate
-                ))
+            "{} — {} cores, {} GiB, Linux {}; commit {}; generator build: {}{services}{psp}",
+            m.cpu_model, m.cores, m.memory_gib, m.kernel, m.commit, m.generator_build,
         )
+    }
+
+    /// The lines `make bench` prints at the end: one per target.
+    pub fn target_lines(&self) -> String {
+        self.targets
+            .iter()
+            .map(|t| format!("{}\n", t.line()))
+            .collect()
     }
 
     pub fn terminal(&self) -> String {

@@ -3,19 +3,22 @@
 use super::table::Table;
 use super::{f0, f2, load, Report};
 use crate::run::RunResult;
+use crate::stages::DrainResult;
 
 impl Report {
     pub(super) fn tables(&self) -> Vec<(&'static str, Table)> {
         let mut out = Vec::new();
 
-        let mut t = Table::new(["target", "measured", "met"]);
+        let mut t = Table::new(["target", "value", "unit", "goal", "met", "measured"]);
         for c in &self.targets {
-            let met = match c.met {
-                Some(true) => "yes",
-                Some(false) => "NO",
-                None => "—",
-            };
-            t.row([c.target.as_str(), c.measured.as_str(), met]);
+            t.row([
+                c.name.clone(),
+                c.value.map_or("—".into(), |v| format!("{v:.1}")),
+                c.unit.clone(),
+                c.target.clone(),
+                (if c.met { "yes" } else { "NO" }).to_string(),
+                c.measured.clone(),
+            ]);
         }
         out.push(("Targets", t));
 
@@ -105,37 +108,13 @@ impl Report {
             t,
         ));
 
-        let mut t = Table::new([
-            "instances",
-            "batch_max_records",
-            "batch_max_wait_ms",
-            "records",
-            "records/s",
-            "start-up s",
-            "batches",
-            "mean batch",
-            "aborted",
-            "completed",
-            "load avg",
-        ]);
-        for p in &self.processor {
-            t.row([
-                p.instances.to_string(),
-                p.batch_max_records.to_string(),
-                p.batch_max_wait_ms.to_string(),
-                p.records.to_string(),
-                f0(p.records_per_s),
-                format!("{:.1}", p.startup_s),
-                p.batches_committed.to_string(),
-                format!("{:.1}", p.mean_batch),
-                p.batches_aborted.to_string(),
-                (if p.completed { "yes" } else { "NO" }).to_string(),
-                load(p.load_avg_after),
-            ]);
-        }
         out.push((
-            "Payment processor (exactly-once loop, PSP at zero latency)",
-            t,
+            "Drain stages (fresh group on a pre-filled topic, committed offsets)",
+            drain_table(&self.drains),
+        ));
+        out.push((
+            "Payment processor sweep (PSP at zero latency)",
+            drain_table(&self.processor),
         ));
 
         let mut t = Table::new([
@@ -183,13 +162,25 @@ impl Report {
         for r in &self.runs {
             t.row([r.name.clone(), cpu(&r.cpu)]);
         }
-        for p in &self.processor {
-            t.row([
-                format!("processor {}×{}", p.instances, p.batch_max_records),
-                cpu(&p.cpu),
-            ]);
+        for d in self.drains.iter().chain(&self.processor) {
+            t.row([d.stage.clone(), cpu(&d.cpu)]);
         }
         out.push(("Where the CPU went (from /proc, per process name)", t));
+
+        let mut t = Table::new([
+            "profiled during",
+            "hottest symbols (perf, share of samples)",
+        ]);
+        let profiled = self
+            .drains
+            .iter()
+            .chain(&self.processor)
+            .map(|d| (d.stage.clone(), &d.profile))
+            .chain(self.runs.iter().map(|r| (r.name.clone(), &r.profile)));
+        for (stage, profile) in profiled.filter(|(_, p)| !p.is_empty()) {
+            t.row([stage, crate::perf::summary(profile)]);
+        }
+        out.push(("Service profiles (perf record during the stage)", t));
 
         let mut t = Table::new(["stage", "rate/s", "ceiling", "ceiling/s", "share"]);
         for f in &self.fractions {
@@ -210,6 +201,40 @@ impl Report {
         out.push(("Micro-benchmarks (criterion, CPU only)", t));
         out
     }
+}
+
+fn drain_table(drains: &[DrainResult]) -> Table {
+    let mut t = Table::new([
+        "stage",
+        "service",
+        "instances",
+        "records",
+        "committed",
+        "records/s",
+        "start-up s",
+        "drain s",
+        "load avg",
+        "settings",
+    ]);
+    for d in drains {
+        let mut notes = d.settings.clone();
+        if !d.note.is_empty() {
+            notes.push(d.note.clone());
+        }
+        t.row([
+            d.stage.clone(),
+            d.service.clone(),
+            d.instances.to_string(),
+            d.records.to_string(),
+            d.committed.to_string(),
+            f0(d.records_per_s),
+            format!("{:.1}", d.startup_s),
+            format!("{:.1}", d.drain_s),
+            load(d.load_avg_after),
+            notes.join("; "),
+        ]);
+    }
+    t
 }
 
 fn errors(r: &RunResult) -> String {
