@@ -17,6 +17,15 @@ async fn accept(stack: &TestStack, n: usize, merchant: &str) -> anyhow::Result<(
     Ok(())
 }
 
+/// What a processor needs for its transactions to stay open long enough to be caught open:
+/// they otherwise open after the PSP calls and commit within milliseconds.
+fn hold_open(ms: u64) -> (String, String) {
+    (
+        "PAYSTREAM_CONSUMER__HOLD_TRANSACTION_OPEN_MS".to_string(),
+        ms.to_string(),
+    )
+}
+
 /// Waits until `topic` holds records of an open transaction (see `unstable_records`).
 async fn wait_open_transaction(stack: &TestStack, topic: &str) -> anyhow::Result<i64> {
     stack
@@ -35,7 +44,6 @@ async fn wait_open_transaction(stack: &TestStack, topic: &str) -> anyhow::Result
 async fn a_zombie_is_fenced_and_its_open_transaction_never_becomes_visible() -> anyhow::Result<()> {
     const PAYMENTS: usize = 60;
     let stack = TestStack::spawn().await?;
-    // A slow PSP keeps each batch's transaction open for seconds.
     stack
         .psp
         .set_config(&ConfigPatch {
@@ -47,7 +55,8 @@ async fn a_zombie_is_fenced_and_its_open_transaction_never_becomes_visible() -> 
     let outcomes = stack.topics.payments_outcomes.clone();
     let tid = format!("{}-0", stack.group_id);
 
-    let mut zombie = ServiceProcess::spawn(&stack, &tid, "zombie")?;
+    // Each transaction stays open 5 s: the zombie is frozen inside one.
+    let mut zombie = ServiceProcess::spawn_with(&stack, &tid, "zombie", vec![hold_open(5_000)])?;
     let open = wait_open_transaction(&stack, &outcomes).await?;
     // Frozen mid-transaction (a long GC pause, a partitioned host): alive, but silent.
     zombie.signal("STOP").await?;
@@ -104,7 +113,8 @@ async fn a_zombie_is_fenced_and_its_open_transaction_never_becomes_visible() -> 
 async fn an_open_transaction_of_a_killed_process_is_aborted_after_its_timeout() -> anyhow::Result<()>
 {
     const PAYMENTS: usize = 40;
-    const TIMEOUT_MS: u64 = 6_000;
+    // The start-up check wants deadline + PSP budget + 5 s + the hold below the timeout.
+    const TIMEOUT_MS: u64 = 12_000;
     let stack = TestStack::spawn().await?;
     stack
         .psp
@@ -115,10 +125,18 @@ async fn an_open_transaction_of_a_killed_process_is_aborted_after_its_timeout() 
         .await?;
     accept(&stack, PAYMENTS, "m_timeout").await?;
     let outcomes = stack.topics.payments_outcomes.clone();
-    let timeout_env = vec![(
-        "PAYSTREAM_CONSUMER__TRANSACTION_TIMEOUT_MS".to_string(),
-        TIMEOUT_MS.to_string(),
-    )];
+    let timeout_env = vec![
+        (
+            "PAYSTREAM_CONSUMER__TRANSACTION_TIMEOUT_MS".to_string(),
+            TIMEOUT_MS.to_string(),
+        ),
+        (
+            "PAYSTREAM_CONSUMER__BATCH_DEADLINE_MS".to_string(),
+            "500".to_string(),
+        ),
+        ("PAYSTREAM_PSP__TIMEOUT_MS".to_string(), "1000".to_string()),
+        hold_open(5_000),
+    ];
 
     let mut killed = ServiceProcess::spawn_with(
         &stack,

@@ -189,14 +189,26 @@ async fn sigterm_under_load_commits_and_the_next_instance_reprocesses_nothing() 
     stack
         .psp
         .set_config(&ConfigPatch {
-            latency_ms: Some(10),
+            latency_ms: Some(50),
             ..Default::default()
         })
         .await?;
     let ids = accept_payments(&stack, PAYMENTS, "m_term").await?;
 
     let tid = format!("{}-0", stack.group_id);
-    let mut first = ServiceProcess::spawn(&stack, &tid, "first")?;
+    // Small batches, few calls at once: the 300 payments take seconds, so the SIGTERM lands
+    // while batches are still coming.
+    let paced = vec![
+        (
+            "PAYSTREAM_CONSUMER__BATCH_MAX_RECORDS".to_string(),
+            "20".to_string(),
+        ),
+        (
+            "PAYSTREAM_CONSUMER__MAX_IN_FLIGHT".to_string(),
+            "4".to_string(),
+        ),
+    ];
+    let mut first = ServiceProcess::spawn_with(&stack, &tid, "first", paced)?;
     let deadline = Instant::now() + Duration::from_secs(90);
     while stack.terminal_payments().await?.len() < 50 {
         anyhow::ensure!(

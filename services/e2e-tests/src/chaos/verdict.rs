@@ -245,10 +245,19 @@ pub(super) async fn judge(
     for granularity in ["day", "minute"] {
         let got = stack.analytics_totals(granularity).await?;
         let keys: HashSet<_> = expected.keys().chain(got.keys()).collect();
-        let differing = keys
+        let differing: Vec<_> = keys
             .iter()
             .filter(|k| expected.get(**k) != got.get(**k))
-            .count();
+            .collect();
+        // A few examples, so a miss says what differs (counts, amounts, reasons).
+        for k in differing.iter().take(3) {
+            println!(
+                "chaos: analytics {granularity} {k:?}: PSP ledger {:?}, analytics {:?}",
+                expected.get(**k),
+                got.get(**k)
+            );
+        }
+        let differing = differing.len();
         checks.push(Check::equal(
             &format!("analytics {granularity} totals ≠ PSP ledger (merchant × currency)"),
             0,

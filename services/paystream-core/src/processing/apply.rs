@@ -5,6 +5,7 @@
 //! records the applied event ids with the handler's effects.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::stream::{self, StreamExt};
@@ -44,7 +45,7 @@ struct Done<E> {
 }
 
 /// A chain's records, by index in the batch, with how each went.
-type ChainResults<E> = Vec<(usize, Done<E>)>;
+type ChainResults<E> = Vec<(usize, anyhow::Result<Done<E>>)>;
 
 /// What a record is, once the batch was decoded and looked up in the ledger.
 enum Prepared<Ev> {
@@ -84,7 +85,7 @@ impl<H: Handler> Applier<'_, H> {
     /// Applies `batch` and commits its database side; an error leaves nothing committed.
     pub async fn apply(&self, batch: &[Record], deadline: Instant) -> anyhow::Result<Committed> {
         let prepared = self.prepare(batch).await?;
-        let done = self.run_chains(batch, prepared, deadline).await;
+        let done = self.run_chains(batch, prepared, deadline).await?;
         self.commit(batch, done).await
     }
 
@@ -140,14 +141,15 @@ impl<H: Handler> Applier<'_, H> {
     }
 
     /// Runs one chain per key (per partition and key: one payment's records), chains
-    /// concurrently, each in offset order. A chain starts no record past `deadline`.
+    /// concurrently, each in offset order. A chain starts no record past `deadline`, nor once
+    /// a record found a dependency unavailable, which fails the batch.
     /// Index-aligned with `batch`; `None`: not run.
     async fn run_chains(
         &self,
         batch: &[Record],
         prepared: Vec<Prepared<H::Event>>,
         deadline: Instant,
-    ) -> Vec<Option<Done<H::Effect>>> {
+    ) -> anyhow::Result<Vec<Option<Done<H::Effect>>>> {
         let mut chains: Vec<Vec<(usize, Prepared<H::Event>)>> = Vec::new();
         let mut chain_of: HashMap<(&str, i32, Option<&[u8]>), usize> = HashMap::new();
         for (i, p) in prepared.into_iter().enumerate() {
@@ -160,16 +162,17 @@ impl<H: Handler> Applier<'_, H> {
                 });
             chains[chain].push((i, p));
         }
+        let stop = AtomicBool::new(false);
         let results: Vec<ChainResults<H::Effect>> = stream::iter(chains)
-            .map(|chain| self.run_chain(batch, chain, deadline))
+            .map(|chain| self.run_chain(batch, chain, deadline, &stop))
             .buffer_unordered(self.max_in_flight)
             .collect()
             .await;
         let mut done: Vec<Option<Done<H::Effect>>> = (0..batch.len()).map(|_| None).collect();
         for (i, d) in results.into_iter().flatten() {
-            done[i] = Some(d);
+            done[i] = Some(d?);
         }
-        done
+        Ok(done)
     }
 
     async fn run_chain(
@@ -177,27 +180,35 @@ impl<H: Handler> Applier<'_, H> {
         batch: &[Record],
         chain: Vec<(usize, Prepared<H::Event>)>,
         deadline: Instant,
+        stop: &AtomicBool,
     ) -> ChainResults<H::Effect> {
         let mut results = Vec::with_capacity(chain.len());
         for (i, prepared) in chain {
-            if Instant::now() >= deadline {
+            if stop.load(Ordering::SeqCst) || Instant::now() >= deadline {
                 break;
             }
             let started = Instant::now();
             let applied = self.apply_one(&batch[i], prepared).await;
+            if applied.is_err() {
+                stop.store(true, Ordering::SeqCst);
+            }
             results.push((
                 i,
-                Done {
+                applied.map(|applied| Done {
                     applied,
                     took: started.elapsed(),
-                },
+                }),
             ));
         }
         results
     }
 
     /// One record, in its `process` span (continuing the producer's trace).
-    async fn apply_one(&self, record: &Record, prepared: Prepared<H::Event>) -> Applied<H::Effect> {
+    async fn apply_one(
+        &self,
+        record: &Record,
+        prepared: Prepared<H::Event>,
+    ) -> anyhow::Result<Applied<H::Effect>> {
         let event_id = record.event_id();
         let span = tracing::info_span!(
             "process",
@@ -236,25 +247,25 @@ impl<H: Handler> Applier<'_, H> {
         record: &Record,
         event_id: Uuid,
         prepared: Prepared<H::Event>,
-    ) -> Applied<H::Effect> {
+    ) -> anyhow::Result<Applied<H::Effect>> {
         let event = match prepared {
             Prepared::Poison(message) => {
-                return self.forward(
+                return Ok(self.forward(
                     record,
                     Failure {
                         class: FailureClass::Poison,
                         message,
                     },
-                )
+                ))
             }
-            Prepared::Known(applied) => return already_applied(record, applied),
+            Prepared::Known(applied) => return Ok(already_applied(record, applied)),
             Prepared::Duplicate => {
                 tracing::info!(%event_id, "a record earlier in the batch carries the same event; skipping");
-                return Applied::Known {
+                return Ok(Applied::Known {
                     outputs: Vec::new(),
                     state_keys: Vec::new(),
                     outcome: Outcome::Deduplicated,
-                };
+                });
             }
             Prepared::Event(event) => event,
         };
@@ -266,10 +277,13 @@ impl<H: Handler> Applier<'_, H> {
             codec: self.codec,
             instance: self.instance,
         };
-        match self.handler.handle(event, &ctx).await {
+        Ok(match self.handler.handle(event, &ctx).await {
             Ok(mut handled) => {
                 handled.outputs.iter_mut().for_each(stamp_send);
                 Applied::Fresh { event_id, handled }
+            }
+            Err(HandlerError::Unavailable(e)) => {
+                return Err(e.context(format!("handling {}", record_position(record))))
             }
             // Nothing is recorded as applied, so a later attempt (or an operator's replay)
             // runs the handler again; the record goes on, unchanged, to the chain's next stage.
@@ -287,7 +301,7 @@ impl<H: Handler> Applier<'_, H> {
                     message: format!("{e:#}"),
                 },
             ),
-        }
+        })
     }
 
     /// Routes a failed record to the next retry topic or the dead-letter topic, and logs it.
@@ -484,6 +498,10 @@ fn stamp_send(output: &mut Output) {
         .map(|k| String::from_utf8_lossy(k).into_owned())
         .unwrap_or_default();
     output.headers.inject_send_context(&output.topic, &key);
+}
+
+fn record_position(record: &Record) -> String {
+    format!("{}/{}/{}", record.topic, record.partition, record.offset)
 }
 
 fn now_ms() -> i64 {

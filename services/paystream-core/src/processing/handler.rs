@@ -31,11 +31,33 @@ pub enum HandlerError {
     /// Will fail the same way every time: invalid data, a business rule.
     #[error("permanent failure: {0:#}")]
     Permanent(anyhow::Error),
+    /// A dependency of every record is unreachable (the database: no connection, a restart).
+    /// Not this record's fault: the loop aborts the batch and redoes it after a back-off,
+    /// rather than spend the record's retry attempts (and dead-letter it) on an outage.
+    #[error("dependency unavailable: {0:#}")]
+    Unavailable(anyhow::Error),
 }
 
 impl From<sqlx::Error> for HandlerError {
     fn from(e: sqlx::Error) -> Self {
-        HandlerError::Transient(e.into())
+        if connection_lost(&e) {
+            HandlerError::Unavailable(e.into())
+        } else {
+            HandlerError::Transient(e.into())
+        }
+    }
+}
+
+/// Whether `e` says the database cannot be reached, rather than that a statement failed: no
+/// pooled connection in time, a broken connection, or SQLSTATE class 08 (connection
+/// exception) / 57P (operator intervention: shutdown, restart).
+pub fn connection_lost(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
+        _ => false,
     }
 }
 

@@ -56,6 +56,11 @@ pub struct LoopSettings {
     /// After a shutdown signal, how long the batch in flight may take to commit before it is
     /// aborted (its records are then redelivered to the next owner).
     pub drain_timeout_ms: u64,
+    /// Game-day hook, 0 in production: keeps each Kafka transaction open this long after its
+    /// produce, before its commit, so that fencing and the broker's transaction timeout can be
+    /// watched on a transaction that is really open (the transaction otherwise lives only
+    /// milliseconds). Counted in [`LoopSettings::check_fits`].
+    pub hold_transaction_open_ms: u64,
     /// Where a group with no committed offset starts reading its input topics; a group that
     /// committed goes on from its offsets whatever this says.
     /// Each service sets its own default: a side-effecting group (the notifier) starts from the
@@ -98,6 +103,7 @@ impl Default for LoopSettings {
             retry_topic_partitions: -1,
             dlq_topic_partitions: -1,
             drain_timeout_ms: 20_000,
+            hold_transaction_open_ms: 0,
             start_from: StartFrom::Earliest,
         }
     }
@@ -144,7 +150,8 @@ impl LoopSettings {
             "consumer.max_in_flight must be at least 1"
         );
         let calls = budget.map_or(Duration::ZERO, |b| b.duration);
-        let needed = Duration::from_millis(self.batch_deadline_ms) + calls + COMMIT_ALLOWANCE;
+        let commit = COMMIT_ALLOWANCE + Duration::from_millis(self.hold_transaction_open_ms);
+        let needed = Duration::from_millis(self.batch_deadline_ms) + calls + commit;
         for (name, limit_ms) in [
             (
                 "consumer.transaction_timeout_ms",
@@ -155,12 +162,13 @@ impl LoopSettings {
             if needed >= Duration::from_millis(limit_ms) {
                 anyhow::bail!(
                     "a batch may take longer than {name} ({limit_ms} ms): consumer.batch_deadline_ms ({}) \
-                     + the longest record's calls ({}: {} ms) + {} ms to produce and commit = {} ms; \
+                     + the longest record's calls ({}: {} ms) + {} ms to produce and commit \
+                     (consumer.hold_transaction_open_ms included) = {} ms; \
                      lower the deadline or the call timeouts, or raise {name}",
                     self.batch_deadline_ms,
                     budget.map_or("none declared", |b| b.what.as_str()),
                     calls.as_millis(),
-                    COMMIT_ALLOWANCE.as_millis(),
+                    commit.as_millis(),
                     needed.as_millis(),
                 );
             }
