@@ -1,10 +1,13 @@
-//! `PaymentRequested` / `PaymentOutcome` → payment facts → recomputed windows → `PaymentStats`.
+//! `PaymentRequested` / `PaymentOutcome` → payment facts → window deltas → `PaymentStats`.
 //!
-//! Exactly-once counting: the fact upsert and the window upserts run in the handler's
-//! transaction (`ctx.db`), which the runtime commits together with the event's
-//! `processed_events` row; a redelivered event is skipped (or has its stored outputs
-//! re-produced) and never reaches this code twice. The upserts are idempotent anyway: they
-//! set facts and recompute full window state, they never add.
+//! `handle` only decodes the event into its [`Fact`] and names the two windows it falls in (the
+//! state keys). `commit` runs in the batch's transaction, which also records the events in
+//! `processed_events`: the batch's facts are recorded and the ones new to their payment added
+//! to their windows ([`facts::record`], [`windows::apply`]) in five statements, whatever the
+//! batch size. `state_outputs` runs after the commit, under the runtime's lock per window key,
+//! and produces each window's current row with its revision, so the compacted topic's last
+//! record of a window is its newest revision even when a Kafka transaction aborts after its
+//! database commit.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -19,6 +22,7 @@ use paystream_core::processing::{
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
+use crate::facts::{self, Decision, Fact};
 use crate::windows::{self, Granularity};
 
 pub struct AnalyticsHandler {
@@ -26,27 +30,11 @@ pub struct AnalyticsHandler {
     pub outcomes_topic: String,
     pub stats_topic: String,
     /// Events whose window closed longer ago than this are logged as late; they still update
-    /// their window (upserts of full state make that safe).
+    /// their window (the facts make a late or repeated event count once).
     pub allowed_lateness: chrono::Duration,
     /// How long payment facts are kept (`retention.analytics_payments_days`): an event for a
     /// day sealed by it is not applied ([`windows::sealed_before`]).
     pub facts_kept: Option<std::time::Duration>,
-}
-
-/// What one event says about its payment.
-pub struct Fact {
-    payment_id: Uuid,
-    merchant_id: String,
-    currency: String,
-    amount_minor: i64,
-    requested_at: DateTime<Utc>,
-    outcome: Option<Decision>,
-}
-
-struct Decision {
-    status: OutcomeStatus,
-    failure_reason: Option<String>,
-    decided_at: DateTime<Utc>,
 }
 
 fn permanent(message: String) -> HandlerError {
@@ -105,44 +93,6 @@ impl AnalyticsHandler {
     }
 }
 
-async fn upsert_fact(db: &mut sqlx::PgConnection, fact: &Fact) -> sqlx::Result<()> {
-    // A requested event marks the payment seen; an outcome records the decision. Either may
-    // come first (different topics), so both insert the payment's common fields.
-    let (status, failure_reason, decided_at) = match &fact.outcome {
-        Some(d) => (
-            Some(d.status.as_str()),
-            d.failure_reason.as_deref(),
-            Some(d.decided_at),
-        ),
-        None => (None, None, None),
-    };
-    sqlx::query(
-        "INSERT INTO analytics_payments
-             (payment_id, merchant_id, currency, amount_minor, requested_at, requested_seen,
-              status, failure_reason, decided_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-         ON CONFLICT (payment_id) DO UPDATE SET
-             requested_seen = analytics_payments.requested_seen OR excluded.requested_seen,
-             status = coalesce(excluded.status, analytics_payments.status),
-             failure_reason = CASE WHEN excluded.status IS NULL
-                 THEN analytics_payments.failure_reason ELSE excluded.failure_reason END,
-             decided_at = coalesce(excluded.decided_at, analytics_payments.decided_at),
-             updated_at = now()",
-    )
-    .bind(fact.payment_id)
-    .bind(&fact.merchant_id)
-    .bind(&fact.currency)
-    .bind(fact.amount_minor)
-    .bind(fact.requested_at)
-    .bind(fact.outcome.is_none())
-    .bind(status)
-    .bind(failure_reason)
-    .bind(decided_at)
-    .execute(db)
-    .await?;
-    Ok(())
-}
-
 #[async_trait]
 impl Handler for AnalyticsHandler {
     type Event = serde_json::Value;
@@ -157,7 +107,7 @@ impl Handler for AnalyticsHandler {
         if windows::sealed_before(self.facts_kept, Utc::now())
             .is_some_and(|s| fact.requested_at < s)
         {
-            // Its window's facts are pruned or about to be: recomputing would lose them.
+            // Its window's facts are pruned or about to be: a repeated fact could count twice.
             tracing::warn!(payment_id = %fact.payment_id, requested_at = %fact.requested_at,
                 "event for a sealed analytics day (retention.analytics_payments_days): not counted");
             return Ok(Handled::outputs(Vec::new()));
@@ -172,29 +122,9 @@ impl Handler for AnalyticsHandler {
         Ok(Handled::effect(fact).with_state_keys(keys))
     }
 
-    async fn commit(
-        &self,
-        mut facts: Vec<Fact>,
-        db: &mut sqlx::PgConnection,
-    ) -> Result<(), HandlerError> {
-        // Day locks in one order, so two batches never wait on each other in a cycle.
-        facts.sort_by(|a, b| {
-            (&a.merchant_id, &a.currency, a.requested_at).cmp(&(
-                &b.merchant_id,
-                &b.currency,
-                b.requested_at,
-            ))
-        });
-        for fact in &facts {
-            windows::lock_day(
-                &mut *db,
-                &fact.merchant_id,
-                &fact.currency,
-                fact.requested_at,
-            )
-            .await?;
-            upsert_fact(&mut *db, fact).await?;
-        }
+    async fn commit(&self, facts: Vec<Fact>, db: &mut sqlx::PgConnection) -> Result<(), HandlerError> {
+        let counted = facts::record(&mut *db, facts).await?;
+        windows::apply(db, &windows::deltas(&counted)).await?;
         Ok(())
     }
 
@@ -204,24 +134,24 @@ impl Handler for AnalyticsHandler {
         db: &mut sqlx::PgConnection,
         codec: &AvroCodec,
     ) -> Result<Vec<Output>, HandlerError> {
-        let mut outputs = Vec::with_capacity(keys.len());
-        for key in keys {
-            let (merchant_id, currency, granularity, start) = windows::parse_window_key(key)
-                .ok_or_else(|| permanent(format!("not a window key: {key}")))?;
-            let (start, end) = granularity.bounds(start);
-            let state =
-                windows::recompute(&mut *db, &merchant_id, &currency, granularity, start, end)
-                    .await?;
-            if granularity == Granularity::Minute && Utc::now() - end > self.allowed_lateness {
-                tracing::info!(window_start = %start, "late event: updating a closed window");
+        let states = windows::read(db, keys).await?;
+        let mut outputs = Vec::with_capacity(states.len());
+        for state in &states {
+            let key = state
+                .key()
+                .ok_or_else(|| permanent(format!("stored window of granularity {}", state.granularity)))?;
+            if state.granularity == Granularity::Minute.as_str()
+                && Utc::now() - state.window_end > self.allowed_lateness
+            {
+                tracing::info!(window_start = %state.window_start, "late event: updated a closed window");
             }
-            let event_id = windows::state_event_id(key, &state);
+            let event_id = windows::state_event_id(&key, state.revision);
             outputs.push(
                 event_output(
                     codec,
                     &self.stats_topic,
                     &PAYMENT_STATS_SCHEMA,
-                    key,
+                    &key,
                     event_id,
                     &state.to_event(event_id),
                 )

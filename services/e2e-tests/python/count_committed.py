@@ -6,12 +6,15 @@ our code or configuration) and stops once it has reached the end of every partit
 under read_committed is the last stable offset: records of aborted transactions are never
 returned, and an open transaction holds the end back.
 
-    python count_committed.py --bootstrap 127.0.0.1:9092 --topic T [--timeout 60]
+    python count_committed.py --bootstrap 127.0.0.1:9092 --topic T [--timeout 60] [--last-values]
 
-Prints one JSON object: {"records": N, "per_key": {key: count}, "partitions": P}.
+Prints one JSON object: {"records": N, "per_key": {key: count}, "partitions": P}, with
+--last-values also "last_values": {key: hex of the value of the key's last record} (the record a
+compacted topic keeps; keys of one partition only, as producers by key make them).
 """
 
 import argparse
+import binascii
 import json
 import sys
 import time
@@ -25,6 +28,7 @@ def main():
     parser.add_argument("--bootstrap", required=True)
     parser.add_argument("--topic", required=True)
     parser.add_argument("--timeout", type=float, default=60.0)
+    parser.add_argument("--last-values", action="store_true")
     args = parser.parse_args()
 
     consumer = Consumer(
@@ -46,6 +50,7 @@ def main():
     consumer.assign([TopicPartition(args.topic, p, 0) for p in partitions])
 
     per_key = {}
+    last_values = {}
     records = 0
     at_end = set()
     deadline = time.monotonic() + args.timeout
@@ -65,8 +70,13 @@ def main():
         records += 1
         key = (message.key() or b"").decode("utf-8", "replace")
         per_key[key] = per_key.get(key, 0) + 1
+        if args.last_values:
+            last_values[key] = binascii.hexlify(message.value() or b"").decode("ascii")
     consumer.close()
-    print(json.dumps({"records": records, "per_key": per_key, "partitions": len(partitions)}))
+    result = {"records": records, "per_key": per_key, "partitions": len(partitions)}
+    if args.last_values:
+        result["last_values"] = last_values
+    print(json.dumps(result))
     return 0
 
 

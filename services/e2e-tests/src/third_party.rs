@@ -14,6 +14,18 @@ use crate::process::repo_root;
 pub struct CommittedCounts {
     pub records: usize,
     pub per_key: HashMap<String, usize>,
+    /// With [`confluent_read_committed_last_values`]: the value of each key's last record.
+    #[serde(default, deserialize_with = "hex_values")]
+    pub last_values: HashMap<String, Vec<u8>>,
+}
+
+fn hex_values<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<HashMap<String, Vec<u8>>, D::Error> {
+    HashMap::<String, String>::deserialize(d)?
+        .into_iter()
+        .map(|(k, v)| Ok((k, hex::decode(v).map_err(serde::de::Error::custom)?)))
+        .collect()
 }
 
 impl CommittedCounts {
@@ -48,10 +60,28 @@ pub async fn confluent_read_committed(
     bootstrap: &str,
     topic: &str,
 ) -> anyhow::Result<CommittedCounts> {
+    count_committed(bootstrap, topic, &[]).await
+}
+
+/// [`confluent_read_committed`], with the value of each key's last record: what a compacted
+/// topic keeps of the key, as a stock client sees it.
+pub async fn confluent_read_committed_last_values(
+    bootstrap: &str,
+    topic: &str,
+) -> anyhow::Result<CommittedCounts> {
+    count_committed(bootstrap, topic, &["--last-values"]).await
+}
+
+async fn count_committed(
+    bootstrap: &str,
+    topic: &str,
+    extra: &[&str],
+) -> anyhow::Result<CommittedCounts> {
     let script = repo_root().join("services/e2e-tests/python/count_committed.py");
     let output = tokio::process::Command::new(python())
         .arg(script)
         .args(["--bootstrap", bootstrap, "--topic", topic])
+        .args(extra)
         .output()
         .await
         .context("running python confluent-kafka (scripts/python-env.sh installs it)")?;
@@ -105,7 +135,11 @@ pub async fn console_read_committed(
         records == total,
         "console consumer printed {records} keys but reports {total} records"
     );
-    Ok(CommittedCounts { records, per_key })
+    Ok(CommittedCounts {
+        records,
+        per_key,
+        last_values: HashMap::new(),
+    })
 }
 
 /// [`confluent_read_committed`], repeated until it counts at least `expected` records or

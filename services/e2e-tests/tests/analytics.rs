@@ -1,6 +1,7 @@
 //! The analytics group: every event counted exactly once (with aborted batches in between),
 //! totals equal to the PSP simulator's own ledger, the compacted topic carrying each window's
-//! latest full state, and late events still updating their window.
+//! latest full state, late events still updating their window, and two instances racing
+//! aborted transactions never leaving an older window revision last on the compacted topic.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -12,7 +13,8 @@ use paystream_core::events::{
     self, OutcomeStatus, PaymentOutcome, PaymentRequested, Step, PAYMENT_OUTCOME_SCHEMA,
     PAYMENT_REQUESTED_SCHEMA,
 };
-use paystream_e2e_tests::{registry_url, DecodedRecord, TestStack};
+use paystream_analytics::windows::{window_key, Granularity};
+use paystream_e2e_tests::{registry_url, DecodedRecord, TestStack, WindowTotals};
 use paystream_psp_simulator::ConfigPatch;
 use serde_json::json;
 use uuid::Uuid;
@@ -328,6 +330,251 @@ async fn late_and_repeated_events_update_their_window_once() -> anyhow::Result<(
     assert_eq!(
         window_start.timestamp_millis(),
         requested_at - requested_at % 60_000
+    );
+    stack.teardown().await;
+    Ok(())
+}
+
+/// One synthetic payment of [`two_instances_racing_aborts_leave_the_newest_revision_last`]:
+/// its two events, and a third repeating the outcome under another event id.
+fn synthetic_payment(
+    i: usize,
+    now_ms: i64,
+) -> (PaymentRequested, PaymentOutcome, Option<PaymentOutcome>) {
+    let payment_id = Uuid::now_v7();
+    // Five minute windows of two merchants, all in today's or yesterday's day windows.
+    let requested_at = now_ms - (i % 5) as i64 * 60_000;
+    let merchant = ["m_race_1", "m_race_2"][i % 2];
+    let amount_minor = 100 + (i as i64 * 53) % 5_000;
+    let failed = i.is_multiple_of(4);
+    let requested = PaymentRequested {
+        event_id: events::event_id(payment_id, Step::Requested).to_string(),
+        payment_id: payment_id.to_string(),
+        client_id: "anonymous".into(),
+        merchant_id: merchant.into(),
+        customer_id: format!("c_{i}"),
+        amount_minor,
+        currency: "EUR".into(),
+        payment_method: "card".into(),
+        requested_at,
+        customer_email: None,
+    };
+    let outcome = PaymentOutcome {
+        event_id: events::event_id(payment_id, Step::Outcome).to_string(),
+        payment_id: payment_id.to_string(),
+        merchant_id: merchant.into(),
+        customer_id: format!("c_{i}"),
+        amount_minor,
+        currency: "EUR".into(),
+        status: if failed {
+            OutcomeStatus::Failed
+        } else {
+            OutcomeStatus::Succeeded
+        },
+        failure_reason: failed.then(|| ["card_declined", "insufficient_funds"][i % 8 / 4].into()),
+        psp_charge_id: None,
+        requested_at,
+        decided_at: requested_at + 20 + (i as i64 * 131) % 3_000,
+    };
+    let repeated = i.is_multiple_of(10).then(|| PaymentOutcome {
+        event_id: Uuid::now_v7().to_string(),
+        ..outcome.clone()
+    });
+    (requested, outcome, repeated)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_racing_aborts_leave_the_newest_revision_last() -> anyhow::Result<()> {
+    const WAVE: usize = 60;
+    const MAX_WAVES: usize = 40;
+    let stack = TestStack::spawn().await?;
+    let (stats_a, faults_a) = stack.spawn_analytics().await?;
+    let mut settings = stack.analytics_settings();
+    settings.consumer.transactional_id = format!("{}-1", stack.analytics_group());
+    let (stats_b, faults_b) = stack
+        .spawn_consumer::<paystream_analytics::handler::AnalyticsHandler>(settings)
+        .await?;
+    let codec = AvroCodec::new(&registry_url());
+    let aborted = || {
+        stats_a.batches_aborted.load(Ordering::Relaxed)
+            + stats_b.batches_aborted.load(Ordering::Relaxed)
+    };
+
+    // Waves of payments over the same few windows until both instances have applied records
+    // and both have aborted a transaction after its database commit, the other one going on.
+    let mut expected: HashMap<(String, String), WindowTotals> = HashMap::new();
+    let mut events_sent = 0;
+    let mut waves = 0;
+    while waves < MAX_WAVES
+        && (aborted() < 4
+            || stats_a.records_applied.load(Ordering::Relaxed) == 0
+            || stats_b.records_applied.load(Ordering::Relaxed) == 0)
+    {
+        if waves % 3 == 0 {
+            faults_a.abort_after_records(7);
+            faults_b.abort_after_records(11);
+        }
+        let (mut requested, mut outcomes) = (Vec::new(), Vec::new());
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        for i in waves * WAVE..(waves + 1) * WAVE {
+            let (r, o, repeated) = synthetic_payment(i, now_ms);
+            let t = expected
+                .entry((r.merchant_id.clone(), r.currency.clone()))
+                .or_default();
+            t.requested_count += 1;
+            t.requested_amount_minor += r.amount_minor;
+            match &o.failure_reason {
+                None => {
+                    t.succeeded_count += 1;
+                    t.succeeded_amount_minor += o.amount_minor;
+                }
+                Some(reason) => {
+                    t.failed_count += 1;
+                    *t.failed_by_reason.entry(reason.clone()).or_default() += 1;
+                }
+            }
+            for o in std::iter::once(o).chain(repeated) {
+                let bytes = codec
+                    .encode(&stack.topics.payments_outcomes, &PAYMENT_OUTCOME_SCHEMA, &o)
+                    .await?;
+                outcomes.push((o.payment_id.clone(), bytes, o.event_id.parse::<Uuid>()?));
+            }
+            let bytes = codec
+                .encode(&stack.topics.payments_requested, &PAYMENT_REQUESTED_SCHEMA, &r)
+                .await?;
+            requested.push((r.payment_id.clone(), bytes, r.event_id.parse::<Uuid>()?));
+        }
+        events_sent += requested.len() + outcomes.len();
+        // Outcomes first in odd waves: either event of a payment may arrive first.
+        let order = if waves % 2 == 1 {
+            [(&stack.topics.payments_outcomes, &outcomes), (&stack.topics.payments_requested, &requested)]
+        } else {
+            [(&stack.topics.payments_requested, &requested), (&stack.topics.payments_outcomes, &outcomes)]
+        };
+        for (topic, events) in order {
+            stack.produce_events(topic, events).await?;
+        }
+        waves += 1;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let payments = waves * WAVE;
+
+    // Postgres: every payment counted once (repeated outcomes included), whichever instance.
+    for granularity in ["day", "minute"] {
+        stack
+            .eventually(WAIT, "analytics windows complete", || async {
+                let totals = stack.analytics_totals(granularity).await?;
+                let counted: i64 = totals.values().map(|t| t.requested_count).sum();
+                let decided: i64 = totals
+                    .values()
+                    .map(|t| t.succeeded_count + t.failed_count)
+                    .sum();
+                Ok((counted >= payments as i64 && decided >= payments as i64).then_some(()))
+            })
+            .await?;
+    }
+    let applied: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM processed_events WHERE consumer_group = $1")
+            .bind(stack.analytics_group())
+            .fetch_one(&stack.pool)
+            .await?;
+    assert_eq!(applied, events_sent as i64, "each event applied once");
+    assert_eq!(stack.analytics_totals("day").await?, expected);
+    assert_eq!(stack.analytics_totals("minute").await?, expected);
+
+    #[derive(sqlx::FromRow, Debug)]
+    struct Stored {
+        merchant_id: String,
+        currency: String,
+        granularity: String,
+        window_start: chrono::DateTime<chrono::Utc>,
+        revision: i64,
+        requested_count: i64,
+        succeeded_count: i64,
+        failed_count: i64,
+        latency_p99_ms: Option<i64>,
+    }
+    let stored: Vec<Stored> = sqlx::query_as(
+        "SELECT merchant_id, currency, granularity, window_start, revision, requested_count,
+                succeeded_count, failed_count, latency_p99_ms
+         FROM analytics_windows",
+    )
+    .fetch_all(&stack.pool)
+    .await?;
+    let key = |s: &Stored| {
+        let granularity = Granularity::parse(&s.granularity).expect("a stored granularity");
+        window_key(&s.merchant_id, &s.currency, granularity, s.window_start)
+    };
+
+    // The compacted topic as a stock client reads it under read_committed: the last record of
+    // every window is the window's stored revision and counts. Read again while the last
+    // Kafka transaction may still be committing (its database commit came first).
+    let mismatches = |last: &HashMap<String, serde_json::Value>| -> Vec<String> {
+        stored
+            .iter()
+            .filter_map(|s| {
+                let on_topic = last.get(&key(s));
+                let field = |f: &str| on_topic.and_then(|v| v[f].as_i64());
+                let ok = field("revision") == Some(s.revision)
+                    && field("requested_count") == Some(s.requested_count)
+                    && field("succeeded_count") == Some(s.succeeded_count)
+                    && field("failed_count") == Some(s.failed_count)
+                    && on_topic.map(|v| v["latency_p99_ms"].as_i64()) == Some(s.latency_p99_ms);
+                (!ok).then(|| format!("{} stored {s:?}, last on the topic {on_topic:?}", key(s)))
+            })
+            .collect()
+    };
+    let mut attempts = 0;
+    let (last, wrong) = loop {
+        let read = paystream_e2e_tests::third_party::confluent_read_committed_last_values(
+            &stack.kafka.bootstrap_servers,
+            &stack.topics.analytics_payment_stats,
+        )
+        .await?;
+        let mut last = HashMap::new();
+        for (k, bytes) in &read.last_values {
+            last.insert(k.clone(), codec.decode_json(Some(bytes.as_slice())).await?);
+        }
+        let wrong = mismatches(&last);
+        attempts += 1;
+        if wrong.is_empty() || attempts == 20 {
+            break (last, wrong);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    assert!(wrong.is_empty(), "{} windows end on a stale record: {wrong:#?}", wrong.len());
+    assert_eq!(last.len(), stored.len(), "a record for every window, none for others");
+
+    // And in offset order (the harness's read_committed reader): a key's revisions never go
+    // back, whichever instance produced them and whatever was aborted in between.
+    let records = stack
+        .read_all(&stack.topics.analytics_payment_stats, Duration::from_secs(5))
+        .await?;
+    let mut by_key: HashMap<&str, Vec<(i32, i64, i64)>> = HashMap::new();
+    for r in &records {
+        let revision = r.value["revision"].as_i64().unwrap_or(-1);
+        by_key.entry(r.key.as_str()).or_default().push((r.partition, r.offset, revision));
+    }
+    let mut regressions = Vec::new();
+    for (k, mut produced) in by_key {
+        produced.sort();
+        if produced.windows(2).any(|w| w[1].2 < w[0].2) {
+            regressions.push(k);
+        }
+    }
+    assert!(regressions.is_empty(), "revisions going back: {regressions:?}");
+    let aborts = aborted();
+    assert!(aborts >= 1, "the injected aborts happened");
+    let revisions: i64 = stored.iter().map(|s| s.revision).sum();
+    let max_revision = stored.iter().map(|s| s.revision).max().unwrap_or(0);
+    println!(
+        "analytics race: {payments} payments ({events_sent} events, {waves} waves) over 2 instances \
+         (applied {} / {}), {aborts} aborts; {} windows checked, revisions sum {revisions} max \
+         {max_revision}; {} records on the topic, last record = stored revision for all after {attempts} read(s)",
+        stats_a.records_applied.load(Ordering::Relaxed),
+        stats_b.records_applied.load(Ordering::Relaxed),
+        stored.len(),
+        records.len(),
     );
     stack.teardown().await;
     Ok(())

@@ -135,6 +135,9 @@ pub struct PaymentStats {
     pub latency_p50_ms: Option<i64>,
     pub latency_p95_ms: Option<i64>,
     pub latency_p99_ms: Option<i64>,
+    /// Bumped by every update of the window; 0 in records written before revisions existed.
+    #[serde(default)]
+    pub revision: i64,
 }
 
 /// Value of `notifications.sent.v1`: one delivered notification.

@@ -252,19 +252,37 @@ impl TestStack {
         value: &[u8],
         event_id: Uuid,
     ) -> anyhow::Result<()> {
+        self.produce_events(topic, &[(key.to_string(), value.to_vec(), event_id)])
+            .await
+    }
+
+    /// [`Self::produce_event`] for many events (key, value, event id), through one producer,
+    /// in order per partition.
+    pub async fn produce_events(
+        &self,
+        topic: &str,
+        events: &[(String, Vec<u8>, Uuid)],
+    ) -> anyhow::Result<()> {
         let producer: FutureProducer =
             kafka::client_config(&self.kafka, kafka::IDEMPOTENT_PRODUCER)?.create()?;
-        let mut headers = RecordHeaders::default();
-        headers.set(paystream_core::headers::EVENT_ID, event_id.to_string());
-        let delivery = kafka::enqueue(
-            &producer,
-            topic,
-            Some(key.as_bytes()),
-            Some(value),
-            headers.to_kafka(),
-        )
-        .await?;
-        kafka::delivered(delivery).await?;
+        let mut deliveries = Vec::with_capacity(events.len());
+        for (key, value, event_id) in events {
+            let mut headers = RecordHeaders::default();
+            headers.set(paystream_core::headers::EVENT_ID, event_id.to_string());
+            deliveries.push(
+                kafka::enqueue(
+                    &producer,
+                    topic,
+                    Some(key.as_bytes()),
+                    Some(value),
+                    headers.to_kafka(),
+                )
+                .await?,
+            );
+        }
+        for delivery in deliveries {
+            kafka::delivered(delivery).await?;
+        }
         Ok(())
     }
 }
