@@ -12,9 +12,7 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use paystream_core::avro::AvroCodec;
-use paystream_core::events::{
-    OutcomeStatus, PaymentOutcome, PaymentRequested, PAYMENT_STATS_SCHEMA,
-};
+use paystream_core::events::{PaymentOutcome, PaymentRequested, PAYMENT_STATS_SCHEMA};
 use paystream_core::headers;
 use paystream_core::processing::{
     event_output, Handled, Handler, HandlerContext, HandlerError, Output,
@@ -122,7 +120,11 @@ impl Handler for AnalyticsHandler {
         Ok(Handled::effect(fact).with_state_keys(keys))
     }
 
-    async fn commit(&self, facts: Vec<Fact>, db: &mut sqlx::PgConnection) -> Result<(), HandlerError> {
+    async fn commit(
+        &self,
+        facts: Vec<Fact>,
+        db: &mut sqlx::PgConnection,
+    ) -> Result<(), HandlerError> {
         let counted = facts::record(&mut *db, facts).await?;
         windows::apply(db, &windows::deltas(&counted)).await?;
         Ok(())
@@ -137,9 +139,12 @@ impl Handler for AnalyticsHandler {
         let states = windows::read(db, keys).await?;
         let mut outputs = Vec::with_capacity(states.len());
         for state in &states {
-            let key = state
-                .key()
-                .ok_or_else(|| permanent(format!("stored window of granularity {}", state.granularity)))?;
+            let key = state.key().ok_or_else(|| {
+                permanent(format!(
+                    "stored window of granularity {}",
+                    state.granularity
+                ))
+            })?;
             if state.granularity == Granularity::Minute.as_str()
                 && Utc::now() - state.window_end > self.allowed_lateness
             {

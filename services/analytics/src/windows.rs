@@ -289,9 +289,8 @@ pub async fn apply(
     let quantiles: Vec<[Option<i64>; 3]> = merged
         .iter()
         .map(|m| {
-            let sketch =
-                Sketch::from_stored(&m.latency_sketch, m.latency_min_ms, m.latency_max_ms)
-                    .unwrap_or_default();
+            let sketch = Sketch::from_stored(&m.latency_sketch, m.latency_min_ms, m.latency_max_ms)
+                .unwrap_or_default();
             PUBLISHED.map(|q| sketch.quantile(q))
         })
         .collect();
@@ -306,10 +305,25 @@ pub async fn apply(
          WHERE (w.merchant_id, w.granularity, w.window_start, w.currency)
              = (u.merchant_id, u.granularity, u.window_start, u.currency)",
     )
-    .bind(merged.iter().map(|m| m.merchant_id.clone()).collect::<Vec<_>>())
-    .bind(merged.iter().map(|m| m.granularity.clone()).collect::<Vec<_>>())
+    .bind(
+        merged
+            .iter()
+            .map(|m| m.merchant_id.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        merged
+            .iter()
+            .map(|m| m.granularity.clone())
+            .collect::<Vec<_>>(),
+    )
     .bind(merged.iter().map(|m| m.window_start).collect::<Vec<_>>())
-    .bind(merged.iter().map(|m| m.currency.clone()).collect::<Vec<_>>())
+    .bind(
+        merged
+            .iter()
+            .map(|m| m.currency.clone())
+            .collect::<Vec<_>>(),
+    )
     .bind(quantiles.iter().map(|q| q[0]).collect::<Vec<_>>())
     .bind(quantiles.iter().map(|q| q[1]).collect::<Vec<_>>())
     .bind(quantiles.iter().map(|q| q[2]).collect::<Vec<_>>())
@@ -480,16 +494,25 @@ mod tests {
             ),
         ]);
         assert_eq!(deltas.len(), 3, "two minutes and their day");
-        let day = &deltas[&("m".into(), "day", Granularity::Day.bounds(at).0, "EUR".into())];
-        assert_eq!(
-            (day.requested_count, day.requested_amount_minor),
-            (1, 100)
+        let day_id: WindowId = (
+            "m".into(),
+            "day",
+            Granularity::Day.bounds(at).0,
+            "EUR".into(),
         );
+        let day = &deltas[&day_id];
         assert_eq!(
-            (day.succeeded_count, day.succeeded_amount_minor, day.failed_count),
+            (
+                day.succeeded_count,
+                day.succeeded_amount_minor,
+                day.failed_count
+            ),
             (1, 100, 2)
         );
-        assert_eq!(day.failed_by_reason, BTreeMap::from([("declined".into(), 2)]));
+        assert_eq!(
+            day.failed_by_reason,
+            BTreeMap::from([("declined".into(), 2)])
+        );
         assert_eq!(day.latencies.count(), 3);
         assert_eq!((day.latencies.min, day.latencies.max), (Some(40), Some(60)));
         let minutes: i64 = deltas

@@ -8,12 +8,12 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::{stream, StreamExt, TryStreamExt};
+use paystream_analytics::windows::{window_key, Granularity};
 use paystream_core::avro::AvroCodec;
 use paystream_core::events::{
     self, OutcomeStatus, PaymentOutcome, PaymentRequested, Step, PAYMENT_OUTCOME_SCHEMA,
     PAYMENT_REQUESTED_SCHEMA,
 };
-use paystream_analytics::windows::{window_key, Granularity};
 use paystream_e2e_tests::{registry_url, DecodedRecord, TestStack, WindowTotals};
 use paystream_psp_simulator::ConfigPatch;
 use serde_json::json;
@@ -440,16 +440,26 @@ async fn two_instances_racing_aborts_leave_the_newest_revision_last() -> anyhow:
                 outcomes.push((o.payment_id.clone(), bytes, o.event_id.parse::<Uuid>()?));
             }
             let bytes = codec
-                .encode(&stack.topics.payments_requested, &PAYMENT_REQUESTED_SCHEMA, &r)
+                .encode(
+                    &stack.topics.payments_requested,
+                    &PAYMENT_REQUESTED_SCHEMA,
+                    &r,
+                )
                 .await?;
             requested.push((r.payment_id.clone(), bytes, r.event_id.parse::<Uuid>()?));
         }
         events_sent += requested.len() + outcomes.len();
         // Outcomes first in odd waves: either event of a payment may arrive first.
         let order = if waves % 2 == 1 {
-            [(&stack.topics.payments_outcomes, &outcomes), (&stack.topics.payments_requested, &requested)]
+            [
+                (&stack.topics.payments_outcomes, &outcomes),
+                (&stack.topics.payments_requested, &requested),
+            ]
         } else {
-            [(&stack.topics.payments_requested, &requested), (&stack.topics.payments_outcomes, &outcomes)]
+            [
+                (&stack.topics.payments_requested, &requested),
+                (&stack.topics.payments_outcomes, &outcomes),
+            ]
         };
         for (topic, events) in order {
             stack.produce_events(topic, events).await?;
@@ -542,18 +552,32 @@ async fn two_instances_racing_aborts_leave_the_newest_revision_last() -> anyhow:
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
-    assert!(wrong.is_empty(), "{} windows end on a stale record: {wrong:#?}", wrong.len());
-    assert_eq!(last.len(), stored.len(), "a record for every window, none for others");
+    assert!(
+        wrong.is_empty(),
+        "{} windows end on a stale record: {wrong:#?}",
+        wrong.len()
+    );
+    assert_eq!(
+        last.len(),
+        stored.len(),
+        "a record for every window, none for others"
+    );
 
     // And in offset order (the harness's read_committed reader): a key's revisions never go
     // back, whichever instance produced them and whatever was aborted in between.
     let records = stack
-        .read_all(&stack.topics.analytics_payment_stats, Duration::from_secs(5))
+        .read_all(
+            &stack.topics.analytics_payment_stats,
+            Duration::from_secs(5),
+        )
         .await?;
     let mut by_key: HashMap<&str, Vec<(i32, i64, i64)>> = HashMap::new();
     for r in &records {
         let revision = r.value["revision"].as_i64().unwrap_or(-1);
-        by_key.entry(r.key.as_str()).or_default().push((r.partition, r.offset, revision));
+        by_key
+            .entry(r.key.as_str())
+            .or_default()
+            .push((r.partition, r.offset, revision));
     }
     let mut regressions = Vec::new();
     for (k, mut produced) in by_key {
@@ -562,7 +586,10 @@ async fn two_instances_racing_aborts_leave_the_newest_revision_last() -> anyhow:
             regressions.push(k);
         }
     }
-    assert!(regressions.is_empty(), "revisions going back: {regressions:?}");
+    assert!(
+        regressions.is_empty(),
+        "revisions going back: {regressions:?}"
+    );
     let aborts = aborted();
     assert!(aborts >= 1, "the injected aborts happened");
     let revisions: i64 = stored.iter().map(|s| s.revision).sum();
