@@ -128,7 +128,7 @@ mod tests {
                 let r = x.wrapping_mul(0x2545_f491_4f6c_dd1d);
                 // Long-tailed, like payment latencies: mostly 20–2,000 ms, some up to 60 s.
                 let base = 20 + (r % 2_000) as i64;
-                if r % 50 == 0 {
+                if r.is_multiple_of(50) {
                     base * 30
                 } else {
                     base
