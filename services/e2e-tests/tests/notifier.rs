@@ -1046,3 +1046,95 @@ async fn secrets_stored_in_clear_are_sealed_at_gateway_start_up() -> anyhow::Res
     stack.teardown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_held_by_a_live_sender_is_not_resent_until_its_lease_lapses() -> anyhow::Result<()>
+{
+    const OTHER: &str = "another-notifier-0";
+    let stack = TestStack::spawn().await?;
+    let (receiver, sink) = stack.receivers().await?;
+    let secret = stack
+        .merchant_with_webhook("m_held", &receiver.url)
+        .await?
+        .unwrap();
+    receiver.set_secret("m_held", &secret);
+    stack.spawn_processor().await?;
+    // No customer e-mail: the webhook is the only channel.
+    let paid = stack
+        .accept_payment(&paystream_e2e_tests::payment_body("m_held", "c_1", 700))
+        .await?;
+    stack.wait_terminal(1, WAIT).await?;
+    let outcome = events::event_id(paid, Step::Outcome);
+    // Another instance claimed the webhook and is sending it: its lease is live.
+    sqlx::query(
+        "INSERT INTO notification_deliveries
+             (event_id, channel, payment_id, target, status, claimed_by, lease_until)
+         VALUES ($1, 'webhook', $2, $3, 'sending', $4, now() + interval '1 hour')",
+    )
+    .bind(outcome)
+    .bind(paid)
+    .bind(&receiver.url)
+    .bind(OTHER)
+    .execute(&stack.pool)
+    .await?;
+
+    let mut settings = stack.notifier_settings(sink.port);
+    // Time to see the record on the first retry topic and let the lease lapse before the
+    // chain ends.
+    settings.consumer.retry_delays_ms = vec![2_000, 5_000, 30_000];
+    stack.spawn_notifier(settings).await?;
+    let first_retry = stack
+        .read_topic(&format!("{}.retry.1", stack.notifier_group()), WAIT, |r| {
+            !r.is_empty()
+        })
+        .await?;
+    let h = &first_retry[0].headers;
+    assert_eq!(h.get(headers::ERROR_CLASS), Some("transient"), "{h:?}");
+    let message = h.get(headers::ERROR_MESSAGE).unwrap_or_default();
+    assert!(message.contains(OTHER), "{message}");
+    assert!(
+        receiver.accepted().is_empty(),
+        "nothing sent under the other sender's live lease"
+    );
+    let (status, attempts): (String, i32) =
+        sqlx::query_as("SELECT status, attempts FROM notification_deliveries WHERE event_id = $1")
+            .bind(outcome)
+            .fetch_one(&stack.pool)
+            .await?;
+    assert_eq!(
+        (status.as_str(), attempts),
+        ("sending", 1),
+        "the claim untouched"
+    );
+
+    // The sender died: its lease lapses, and the retry resends once, in doubt, with the same id.
+    sqlx::query("UPDATE notification_deliveries SET lease_until = now() WHERE event_id = $1")
+        .bind(outcome)
+        .execute(&stack.pool)
+        .await?;
+    let receipts = stack
+        .read_topic(&stack.topics.notifications_sent, WAIT, |r| !r.is_empty())
+        .await?;
+    assert_eq!(receipts[0].value["channel"], "webhook");
+    assert_eq!(receipts[0].value["in_doubt_resends"], 1);
+    let accepted = receiver.accepted();
+    assert_eq!(accepted.len(), 1, "sent once after the lease lapsed");
+    assert_eq!(accepted[0].event_id, outcome.to_string());
+    let dead = stack
+        .read_raw(
+            &format!("{}.dlq", stack.notifier_group()),
+            Duration::from_secs(2),
+            1,
+        )
+        .await?;
+    assert!(dead.is_empty(), "nothing dead-lettered");
+    println!(
+        "held claim: 0 webhooks under the live lease (record on {}.retry.1), {} after it lapsed, \
+         in-doubt resends {}",
+        stack.notifier_group(),
+        accepted.len(),
+        receipts[0].value["in_doubt_resends"]
+    );
+    stack.teardown().await;
+    Ok(())
+}

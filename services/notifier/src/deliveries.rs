@@ -1,5 +1,6 @@
 //! The delivery ledger: a claim per (outcome event, channel) committed before sending, and its
-//! result committed right after, each in its own transaction on the pool.
+//! result committed right after, each in its own transaction on the pool. A claim is leased to
+//! the instance that took it ([`claim`]): another instance does not resend under a live lease.
 //!
 //! Why not in the handler's transaction: a handler sends on two channels; if the second fails,
 //! the handler's transaction rolls back, and a "delivered" mark made in it would vanish with it,
@@ -8,6 +9,8 @@
 //!
 //! Settled rows (delivered or failed) are pruned `retention.notification_deliveries_days` after
 //! they settled ([`retention_rule`]); a claim in flight is never pruned.
+
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use paystream_core::retention::{RetentionSettings, Rule};
@@ -41,11 +44,14 @@ impl Channel {
 /// What the ledger says to do for one (event, channel).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
-    /// Send now. `in_doubt`: an earlier send was claimed and never resolved (a crash), so the
-    /// receiver may already have it; the resend carries the same event id / Message-ID.
+    /// Send now. `in_doubt`: an earlier send was claimed and never resolved (its sender died,
+    /// or this instance's own batch was aborted), so the receiver may already have it; the
+    /// resend carries the same event id / Message-ID.
     Send { attempts: i32, in_doubt: bool },
     /// Already accepted by the receiver: do not send again.
     Delivered(Delivered),
+    /// Another live instance is sending it now: do not send; try again later.
+    Held { by: String, until: DateTime<Utc> },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,7 +79,7 @@ pub fn retention_rule(settings: &RetentionSettings) -> Rule {
     }
 }
 
-#[derive(sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 struct Row {
     status: String,
     target: String,
@@ -82,23 +88,72 @@ struct Row {
     delivered_at: Option<DateTime<Utc>>,
 }
 
-/// Claims (event, channel) for a send to `target`, committed before this returns.
+impl Row {
+    fn delivered(self) -> Delivered {
+        Delivered {
+            target: self.target,
+            attempts: self.attempts,
+            in_doubt_resends: self.in_doubt_resends,
+            delivered_at: self.delivered_at.unwrap_or_else(Utc::now),
+        }
+    }
+}
+
+/// An existing row, as the claim finds it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+struct Existing {
+    #[sqlx(flatten)]
+    row: Row,
+    claimed_by: Option<String>,
+    lease_until: Option<DateTime<Utc>>,
+    /// `lease_until > now()` by the database's clock, the one every instance's leases use.
+    lease_live: bool,
+}
+
+/// What a claim does with an existing row: `Ok(in_doubt)` to (re)claim and send, `Err` not to.
+fn decide(existing: Existing, instance: &str) -> Result<bool, Claim> {
+    match existing.row.status.as_str() {
+        "delivered" => Err(Claim::Delivered(existing.row.delivered())),
+        "sending" => match existing.claimed_by {
+            // Another instance's live claim: it may be mid-send. Sending too would deliver
+            // twice; waiting for it here would hold the batch.
+            Some(by) if existing.lease_live && by != instance => Err(Claim::Held {
+                until: existing.lease_until.unwrap_or_else(Utc::now),
+                by,
+            }),
+            // A lapsed lease (its sender died) or this instance's own claim (its batch was
+            // aborted or it restarted): the send's result is unknown.
+            _ => Ok(true),
+        },
+        // 'failed': the receiver refused or could not be reached; a plain retry.
+        _ => Ok(false),
+    }
+}
+
+/// Claims (event, channel) for a send to `target` by `instance` for `lease`, committed before
+/// this returns.
 pub async fn claim(
     pool: &PgPool,
     event_id: Uuid,
     channel: Channel,
     payment_id: Uuid,
     target: &str,
+    instance: &str,
+    lease: Duration,
 ) -> sqlx::Result<Claim> {
     let mut tx = pool.begin().await?;
     let inserted = sqlx::query(
-        "INSERT INTO notification_deliveries (event_id, channel, payment_id, target, status)
-         VALUES ($1, $2, $3, $4, 'sending') ON CONFLICT (event_id, channel) DO NOTHING",
+        "INSERT INTO notification_deliveries
+             (event_id, channel, payment_id, target, status, claimed_by, lease_until)
+         VALUES ($1, $2, $3, $4, 'sending', $5, now() + make_interval(secs => $6))
+         ON CONFLICT (event_id, channel) DO NOTHING",
     )
     .bind(event_id)
     .bind(channel.as_str())
     .bind(payment_id)
     .bind(target)
+    .bind(instance)
+    .bind(lease.as_secs_f64())
     .execute(&mut *tx)
     .await?
     .rows_affected()
@@ -110,34 +165,35 @@ pub async fn claim(
             in_doubt: false,
         });
     }
-    let row: Row = sqlx::query_as(
-        "SELECT status, target, attempts, in_doubt_resends, delivered_at
+    let existing: Existing = sqlx::query_as(
+        "SELECT status, target, attempts, in_doubt_resends, delivered_at, claimed_by,
+             lease_until, coalesce(lease_until > now(), false) AS lease_live
          FROM notification_deliveries WHERE event_id = $1 AND channel = $2 FOR UPDATE",
     )
     .bind(event_id)
     .bind(channel.as_str())
     .fetch_one(&mut *tx)
     .await?;
-    if row.status == "delivered" {
-        tx.commit().await?;
-        return Ok(Claim::Delivered(Delivered {
-            target: row.target,
-            attempts: row.attempts,
-            in_doubt_resends: row.in_doubt_resends,
-            delivered_at: row.delivered_at.unwrap_or_else(Utc::now),
-        }));
-    }
-    let in_doubt = row.status == "sending";
+    let in_doubt = match decide(existing, instance) {
+        Ok(in_doubt) => in_doubt,
+        Err(claim) => {
+            tx.commit().await?;
+            return Ok(claim);
+        }
+    };
     let attempts: i32 = sqlx::query_scalar(
         "UPDATE notification_deliveries
          SET status = 'sending', attempts = attempts + 1, target = $3, claimed_at = now(),
-             in_doubt_resends = in_doubt_resends + $4
+             in_doubt_resends = in_doubt_resends + $4, claimed_by = $5,
+             lease_until = now() + make_interval(secs => $6)
          WHERE event_id = $1 AND channel = $2 RETURNING attempts",
     )
     .bind(event_id)
     .bind(channel.as_str())
     .bind(target)
     .bind(i32::from(in_doubt))
+    .bind(instance)
+    .bind(lease.as_secs_f64())
     .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -148,7 +204,7 @@ pub async fn claim(
 pub async fn delivered(pool: &PgPool, event_id: Uuid, channel: Channel) -> sqlx::Result<Delivered> {
     let row: Row = sqlx::query_as(
         "UPDATE notification_deliveries
-         SET status = 'delivered', delivered_at = now(), last_error = NULL
+         SET status = 'delivered', delivered_at = now(), last_error = NULL, lease_until = NULL
          WHERE event_id = $1 AND channel = $2
          RETURNING status, target, attempts, in_doubt_resends, delivered_at",
     )
@@ -156,12 +212,7 @@ pub async fn delivered(pool: &PgPool, event_id: Uuid, channel: Channel) -> sqlx:
     .bind(channel.as_str())
     .fetch_one(pool)
     .await?;
-    Ok(Delivered {
-        target: row.target,
-        attempts: row.attempts,
-        in_doubt_resends: row.in_doubt_resends,
-        delivered_at: row.delivered_at.unwrap_or_else(Utc::now),
-    })
+    Ok(row.delivered())
 }
 
 /// Records that the receiver refused or could not be reached: the next attempt is a retry,
@@ -173,8 +224,9 @@ pub async fn failed(
     error: &str,
 ) -> sqlx::Result<()> {
     sqlx::query(
-        "UPDATE notification_deliveries SET status = 'failed', last_error = $3
-         WHERE event_id = $1 AND channel = $2",
+        // Only over a claim: a takeover's delivery (same id) must not be marked failed.
+        "UPDATE notification_deliveries SET status = 'failed', last_error = $3, lease_until = NULL
+         WHERE event_id = $1 AND channel = $2 AND status = 'sending'",
     )
     .bind(event_id)
     .bind(channel.as_str())
@@ -182,4 +234,54 @@ pub async fn failed(
     .execute(pool)
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn existing(status: &str, by: &str, live: bool) -> Existing {
+        Existing {
+            row: Row {
+                status: status.into(),
+                target: "https://m.example/hook".into(),
+                attempts: 1,
+                in_doubt_resends: 0,
+                delivered_at: (status == "delivered").then(Utc::now),
+            },
+            claimed_by: Some(by.into()),
+            lease_until: Some(Utc::now()),
+            lease_live: live,
+        }
+    }
+
+    #[test]
+    fn a_live_claim_of_another_instance_is_not_resent() {
+        let held = decide(existing("sending", "notifier-b", true), "notifier-a").unwrap_err();
+        assert!(matches!(held, Claim::Held { by, .. } if by == "notifier-b"));
+    }
+
+    #[test]
+    fn a_lapsed_or_own_claim_is_resent_in_doubt() {
+        assert_eq!(
+            decide(existing("sending", "notifier-b", false), "notifier-a"),
+            Ok(true)
+        );
+        assert_eq!(
+            decide(existing("sending", "notifier-a", true), "notifier-a"),
+            Ok(true)
+        );
+    }
+
+    #[test]
+    fn a_failed_send_is_retried_and_a_delivered_one_never_resent() {
+        assert_eq!(
+            decide(existing("failed", "notifier-b", true), "notifier-a"),
+            Ok(false)
+        );
+        assert!(matches!(
+            decide(existing("delivered", "notifier-b", false), "notifier-a"),
+            Err(Claim::Delivered(_))
+        ));
+    }
 }

@@ -1,8 +1,10 @@
 //! `PaymentOutcome` → a signed webhook to the merchant and an e-mail to the customer, each at
 //! most once per outcome event → `NotificationSent` receipts.
 //!
-//! Per channel: claim (committed) → send → record the result (committed); see
-//! [`crate::deliveries`]. Both channels are attempted even if one fails, so one receiver's
+//! Per channel: a send slot toward the target host ([`crate::limits`]) → claim with a lease
+//! (committed) → send, outside any transaction → record the result (committed); see
+//! [`crate::deliveries`]. A channel another live instance has claimed is not sent: it fails
+//! transiently (below), so its record comes back through the retry chain. Both channels are attempted even if one fails, so one receiver's
 //! outage does not hold back the other, and each channel is judged on its own:
 //!
 //! - every channel attempted failed, and failed alike (both transient, both permanent, or the
@@ -41,6 +43,7 @@ use uuid::Uuid;
 
 use crate::deliveries::{self, Channel, Claim, Delivered};
 use crate::email::Mailer;
+use crate::limits::HostLimits;
 use crate::webhook::{self, SendError, WebhookClient};
 
 pub struct NotifierHandler {
@@ -54,6 +57,12 @@ pub struct NotifierHandler {
     /// The group's retry chain and dead-letter topic, where a failed channel of a mixed result
     /// is sent on its own ([`split_off`]).
     pub retry: RetryPolicy,
+    /// How long a delivery claim keeps other instances from resending (`notifier.claim_lease_ms`).
+    pub lease: std::time::Duration,
+    /// Send slots per target host (`notifier.max_concurrent_per_host`).
+    pub hosts: HostLimits,
+    /// The SMTP relay every e-mail goes through: the e-mail channel's target host.
+    pub smtp_host: String,
 }
 
 #[derive(sqlx::FromRow)]
@@ -175,28 +184,50 @@ pub fn split_off(
 }
 
 impl NotifierHandler {
-    /// Claims, sends and records one channel. The outer error is the ledger's (the record is
-    /// retried); the inner one is the receiver's answer.
+    /// Claims, sends and records one channel, sending to `host` (`target`'s host). The outer
+    /// error is the ledger's (the record is retried); the inner one is the receiver's answer,
+    /// or a transient failure when another live instance holds the claim.
+    #[allow(clippy::too_many_arguments)]
     async fn deliver<F, Fut>(
         &self,
+        ctx: &HandlerContext<'_>,
         channel: Channel,
         event_id: Uuid,
         payment_id: Uuid,
         target: &str,
+        host: &str,
         send: F,
     ) -> Result<Result<Delivered, SendError>, HandlerError>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<(), SendError>>,
     {
-        let claim = deliveries::claim(&self.pool, event_id, channel, payment_id, target).await?;
+        // The slot first: the lease then covers the send alone, not the wait for a slot.
+        let _slot = self.hosts.acquire(host).await;
+        let claim = deliveries::claim(
+            &self.pool,
+            event_id,
+            channel,
+            payment_id,
+            target,
+            ctx.instance,
+            self.lease,
+        )
+        .await?;
         let (attempts, in_doubt) = match claim {
             Claim::Delivered(d) => return Ok(Ok(d)),
+            Claim::Held { by, until } => {
+                return Ok(Err(SendError::Transient(format!(
+                    "{} notification of {event_id} is being sent by {by} (claimed until {until})",
+                    channel.as_str()
+                ))))
+            }
             Claim::Send { attempts, in_doubt } => (attempts, in_doubt),
         };
         if in_doubt {
             tracing::warn!(%event_id, channel = channel.as_str(), attempts,
-                "an earlier send was never resolved (crash); resending with the same id");
+                "an earlier send was never resolved (its sender died or its batch aborted); \
+                 resending with the same id");
         }
         match send().await {
             Ok(()) => {
@@ -257,9 +288,16 @@ impl Handler for NotifierHandler {
                 let sent = match m.signing_secrets(&outcome.merchant_id, &self.secrets) {
                     Ok(secrets) => {
                         let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
-                        self.deliver(Channel::Webhook, event_id, payment_id, url, || {
-                            self.webhooks.send(url, &secrets, &id, body)
-                        })
+                        let host = crate::limits::url_host(url);
+                        self.deliver(
+                            ctx,
+                            Channel::Webhook,
+                            event_id,
+                            payment_id,
+                            url,
+                            &host,
+                            || self.webhooks.send(url, &secrets, &id, body),
+                        )
                         .await?
                     }
                     Err(e) => Err(e),
@@ -278,9 +316,15 @@ impl Handler for NotifierHandler {
                 .as_ref()
                 .and_then(|m| m.notification_email.as_deref());
             let sent = self
-                .deliver(Channel::Email, event_id, payment_id, to, || {
-                    self.mailer.send(to, reply_to, &outcome)
-                })
+                .deliver(
+                    ctx,
+                    Channel::Email,
+                    event_id,
+                    payment_id,
+                    to,
+                    &self.smtp_host,
+                    || self.mailer.send(to, reply_to, &outcome),
+                )
                 .await?;
             match sent {
                 Ok(d) => delivered.push((Channel::Email, d)),

@@ -7,7 +7,9 @@
 //!
 //! - [`startup`]: settings, [`Application::build`] / [`Application::run_until_stopped`].
 //! - [`handler`]: outcome → channels → receipts.
-//! - [`deliveries`]: the (event, channel) claim ledger that keeps sends at most once.
+//! - [`deliveries`]: the (event, channel) claim ledger, leased per instance, that keeps sends
+//!   at most once.
+//! - [`limits`]: concurrent sends per target host.
 //! - [`webhook`]: the webhook body and its HTTP delivery; [`signature`]: its HMAC scheme.
 //! - [`guard`]: the SSRF guard on webhook targets.
 //! - [`email`]: the e-mail template and SMTP delivery.
@@ -16,6 +18,7 @@ pub mod deliveries;
 pub mod email;
 pub mod guard;
 pub mod handler;
+pub mod limits;
 pub mod signature;
 pub mod startup;
 pub mod webhook;

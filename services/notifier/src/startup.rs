@@ -14,6 +14,7 @@ use sqlx::PgPool;
 use crate::email::Mailer;
 use crate::guard::TargetPolicy;
 use crate::handler::NotifierHandler;
+use crate::limits::HostLimits;
 use crate::webhook::WebhookClient;
 
 /// The notifier's settings: the shared sections plus `[notifier]`.
@@ -65,6 +66,32 @@ pub struct NotifierSettings {
     /// Partitions of `notifications.sent.v1` when the service creates it; -1:
     /// `kafka.provisioning.partitions`.
     pub receipts_topic_partitions: i32,
+    /// How long a delivery claim is its sender's alone: another instance finding it under a
+    /// live lease does not resend. Unset: the longer send timeout + 1 s. Longer than either
+    /// send timeout (checked at start-up), so a send in flight keeps its claim; a claim whose
+    /// sender died is resent once it lapses.
+    pub claim_lease_ms: Option<u64>,
+    /// Sends in flight at once toward one host (a merchant's webhook host, the SMTP relay),
+    /// however many records the loop handles concurrently.
+    pub max_concurrent_per_host: usize,
+}
+
+impl NotifierSettings {
+    /// The delivery claims' lease; refuses one that could lapse while its send still runs.
+    pub fn claim_lease(&self) -> anyhow::Result<Duration> {
+        let longest = self.webhook_timeout_ms.max(self.smtp_timeout_ms);
+        let Some(ms) = self.claim_lease_ms else {
+            return Ok(Duration::from_millis(longest + 1_000));
+        };
+        anyhow::ensure!(
+            ms > longest,
+            "notifier.claim_lease_ms ({ms}) must be longer than notifier.webhook_timeout_ms ({}) \
+             and notifier.smtp_timeout_ms ({})",
+            self.webhook_timeout_ms,
+            self.smtp_timeout_ms
+        );
+        Ok(Duration::from_millis(ms))
+    }
 }
 
 impl Default for NotifierSettings {
@@ -78,6 +105,8 @@ impl Default for NotifierSettings {
             smtp_timeout_ms: 10_000,
             email_from: "Paystream <notifications@paystream.invalid>".into(),
             receipts_topic_partitions: -1,
+            claim_lease_ms: None,
+            max_concurrent_per_host: 8,
         }
     }
 }
@@ -93,6 +122,7 @@ impl ServiceHandler for NotifierHandler {
 
     async fn build(settings: &Settings, pool: &PgPool, codec: &AvroCodec) -> anyhow::Result<Self> {
         let n = &settings.notifier;
+        let lease = n.claim_lease()?;
         let secrets = paystream_core::secrets::SecretBox::from_settings(&settings.secrets)?;
         kafka::ensure_topics(
             &settings.kafka,
@@ -128,6 +158,9 @@ impl ServiceHandler for NotifierHandler {
             )?,
             receipts_topic: settings.topics.notifications_sent.clone(),
             retry: settings.consumer.retry_policy(),
+            lease,
+            hosts: HostLimits::new(n.max_concurrent_per_host),
+            smtp_host: n.smtp_host.clone(),
         })
     }
 
@@ -151,5 +184,18 @@ mod tests {
                 < s.consumer.transaction_timeout_ms
         );
         assert!(!s.notifier.allow_loopback_targets && !s.notifier.allow_private_targets);
+        assert_eq!(s.notifier.claim_lease().unwrap(), Duration::from_secs(11));
+    }
+
+    #[test]
+    fn a_lease_shorter_than_a_send_is_refused_naming_the_settings() {
+        let short = NotifierSettings {
+            claim_lease_ms: Some(8_000),
+            ..NotifierSettings::default()
+        };
+        let message = short.claim_lease().unwrap_err().to_string();
+        for name in ["notifier.claim_lease_ms", "notifier.smtp_timeout_ms"] {
+            assert!(message.contains(name), "{name} missing from: {message}");
+        }
     }
 }

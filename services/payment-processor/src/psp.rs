@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use paystream_core::events::PaymentRequested;
+use paystream_core::processing::CallBudget;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -29,6 +30,22 @@ impl Default for PspSettings {
             timeout_ms: 5_000,
             attempts: 1,
             retry_backoff_ms: 100,
+        }
+    }
+}
+
+impl PspSettings {
+    /// The longest one charge can take: every attempt timing out, plus the back-offs between
+    /// them (`retry_backoff_ms × k` before attempt k + 1).
+    pub fn call_budget(&self) -> CallBudget {
+        let attempts = u64::from(self.attempts.max(1));
+        let backoffs = self.retry_backoff_ms * (attempts - 1) * attempts / 2;
+        CallBudget {
+            what: format!(
+                "psp.timeout_ms ({}) × psp.attempts ({}) + psp.retry_backoff_ms ({}) back-offs",
+                self.timeout_ms, self.attempts, self.retry_backoff_ms
+            ),
+            duration: Duration::from_millis(self.timeout_ms * attempts + backoffs),
         }
     }
 }
@@ -78,6 +95,10 @@ impl PspClient {
             .timeout(Duration::from_millis(settings.timeout_ms))
             .build()?;
         Ok(Self { http, settings })
+    }
+
+    pub fn settings(&self) -> &PspSettings {
+        &self.settings
     }
 
     /// The idempotency key of a payment's charge: one charge per payment, ever.
@@ -146,5 +167,27 @@ impl PspClient {
         } else {
             Err(PspError::Rejected(detail))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_call_budget_counts_every_attempt_and_back_off() {
+        let one = PspSettings::default().call_budget();
+        assert_eq!(one.duration, Duration::from_millis(5_000));
+        assert!(one.what.contains("psp.timeout_ms (5000)"), "{}", one.what);
+        let three = PspSettings {
+            timeout_ms: 2_000,
+            attempts: 3,
+            retry_backoff_ms: 100,
+            ..PspSettings::default()
+        }
+        .call_budget();
+        // 3 × 2000 + 100 (before the 2nd) + 200 (before the 3rd).
+        assert_eq!(three.duration, Duration::from_millis(6_300));
+        assert!(three.what.contains("psp.attempts (3)"), "{}", three.what);
     }
 }

@@ -7,7 +7,7 @@ use paystream_core::service::{ConsumerService, ServiceHandler, ServiceSettings};
 use serde::Deserialize;
 use sqlx::PgPool;
 
-use crate::handler::PaymentHandler;
+use crate::handler::{ClaimSettings, PaymentHandler};
 use crate::psp::{PspClient, PspSettings};
 
 /// The payment processor's settings: the shared sections plus `[psp]`.
@@ -24,6 +24,8 @@ pub type Application = ConsumerService<PaymentHandler>;
 pub struct ProcessorSection {
     #[serde(default)]
     pub psp: PspSettings,
+    #[serde(default)]
+    pub processor: ClaimSettings,
 }
 
 impl ServiceHandler for PaymentHandler {
@@ -49,9 +51,11 @@ start_from = "earliest"
             .register(&settings.topics.payments_outcomes, &PAYMENT_OUTCOME_SCHEMA)
             .await
             .context("registering the PaymentOutcome schema")?;
+        let lease = settings.processor.lease(&settings.psp.call_budget())?;
         Ok(PaymentHandler {
             psp: PspClient::new(settings.psp.clone())?,
             outcomes_topic: settings.topics.payments_outcomes.clone(),
+            lease,
         })
     }
 }

@@ -87,6 +87,9 @@ impl TestStack {
                 "PAYSTREAM_NOTIFIER__WEBHOOK_TIMEOUT_MS".into(),
                 "2000".into(),
             ),
+            // As in `notifier_settings`: with it, a delivery claim's lease (the longer timeout
+            // + 1 s) lapses before a killed instance's partitions move to another.
+            ("PAYSTREAM_NOTIFIER__SMTP_TIMEOUT_MS".into(), "5000".into()),
             (
                 "PAYSTREAM_SECRETS__ENCRYPTION_KEY".into(),
                 super::gateway::TEST_ENCRYPTION_KEY.into(),

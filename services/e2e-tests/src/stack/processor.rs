@@ -35,6 +35,7 @@ impl TestStack {
                     url: self.psp.base_url().to_string(),
                     ..Default::default()
                 },
+                processor: Default::default(),
             },
         }
     }
@@ -57,12 +58,14 @@ impl TestStack {
         env
     }
 
-    /// Statuses of the payments that are no longer PENDING.
+    /// Statuses of the payments that are decided (SUCCEEDED or FAILED; a PROCESSING payment
+    /// is claimed, its PSP call maybe in flight).
     pub async fn terminal_payments(&self) -> anyhow::Result<HashMap<Uuid, String>> {
-        let rows: Vec<(Uuid, String)> =
-            sqlx::query_as("SELECT id, status FROM payments WHERE status <> 'PENDING'")
-                .fetch_all(&self.pool)
-                .await?;
+        let rows: Vec<(Uuid, String)> = sqlx::query_as(
+            "SELECT id, status FROM payments WHERE status IN ('SUCCEEDED', 'FAILED')",
+        )
+        .fetch_all(&self.pool)
+        .await?;
         Ok(rows.into_iter().collect())
     }
 
