@@ -312,7 +312,8 @@ impl Handler for PaymentHandler {
         )
         .await
         .map_err(|e| match e {
-            HandlerError::Permanent(e) | HandlerError::Transient(e) => HandlerError::Transient(e),
+            HandlerError::Permanent(e) => HandlerError::Transient(e),
+            other => other,
         })?;
         Ok(Handled::outputs(vec![output]))
     }
