@@ -231,14 +231,7 @@ async fn a_503_receiver_is_retried_through_the_chain_then_served_once() -> anyho
     .await?;
     assert_eq!(attempts.len(), PAYMENTS);
     assert!(attempts.iter().all(|a| *a >= 2), "{attempts:?}");
-    let dead = stack
-        .read_raw(
-            &format!("{}.dlq", stack.notifier_group()),
-            Duration::from_secs(2),
-            1,
-        )
-        .await?;
-    assert!(dead.is_empty(), "nothing dead-lettered");
+    assert_nothing_dead_lettered(&stack).await?;
     stack.teardown().await;
     Ok(())
 }
@@ -1120,14 +1113,7 @@ async fn a_claim_held_by_a_live_sender_is_not_resent_until_its_lease_lapses() ->
     let accepted = receiver.accepted();
     assert_eq!(accepted.len(), 1, "sent once after the lease lapsed");
     assert_eq!(accepted[0].event_id, outcome.to_string());
-    let dead = stack
-        .read_raw(
-            &format!("{}.dlq", stack.notifier_group()),
-            Duration::from_secs(2),
-            1,
-        )
-        .await?;
-    assert!(dead.is_empty(), "nothing dead-lettered");
+    assert_nothing_dead_lettered(&stack).await?;
     println!(
         "held claim: 0 webhooks under the live lease (record on {}.retry.1), {} after it lapsed, \
          in-doubt resends {}",
@@ -1136,5 +1122,18 @@ async fn a_claim_held_by_a_live_sender_is_not_resent_until_its_lease_lapses() ->
         receipts[0].value["in_doubt_resends"]
     );
     stack.teardown().await;
+    Ok(())
+}
+
+/// The notifier's dead-letter topic is empty (read for 2 s).
+async fn assert_nothing_dead_lettered(stack: &TestStack) -> anyhow::Result<()> {
+    let dead = stack
+        .read_raw(
+            &format!("{}.dlq", stack.notifier_group()),
+            Duration::from_secs(2),
+            1,
+        )
+        .await?;
+    assert!(dead.is_empty(), "nothing dead-lettered");
     Ok(())
 }

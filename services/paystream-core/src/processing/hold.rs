@@ -101,22 +101,14 @@ impl HeldPartitions {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::headers::{self, RecordHeaders};
+    use crate::headers;
 
     fn record(topic: &str, partition: i32, offset: i64, due: Option<i64>) -> Record {
-        let mut h = RecordHeaders::default();
+        let mut r = Record::at(topic, partition, offset);
         if let Some(d) = due {
-            h.set(headers::DUE_AT_MS, d.to_string());
+            r.headers.set(headers::DUE_AT_MS, d.to_string());
         }
-        Record {
-            topic: topic.into(),
-            partition,
-            offset,
-            timestamp_ms: None,
-            key: None,
-            payload: None,
-            headers: h,
-        }
+        r
     }
 
     fn is_retry(t: &str) -> bool {

@@ -588,7 +588,13 @@ impl<H: Handler> ProcessingLoop<H> {
                 Ok(()) if self.faults.fire_within(committed.records.len()) => Err(
                     BatchError::Transient(anyhow::anyhow!("injected abortable fault")),
                 ),
-                Ok(()) => transactions.commit().await.map_err(BatchError::from),
+                Ok(()) => {
+                    let hold = self.settings.hold_transaction_open_ms;
+                    if hold > 0 {
+                        tokio::time::sleep(Duration::from_millis(hold)).await;
+                    }
+                    transactions.commit().await.map_err(BatchError::from)
+                }
                 Err(e) => Err(e.into()),
             }
         };
