@@ -34,6 +34,27 @@ async fn accept_payments(stack: &TestStack, n: usize, merchant: &str) -> anyhow:
         .await
 }
 
+/// A processor with small batches and few calls at once: the payments take seconds, so the
+/// kills and the SIGTERM land while batches are still coming (at the default concurrency the
+/// whole backlog is done in one or two batches).
+fn spawn_paced(
+    stack: &TestStack,
+    transactional_id: &str,
+    run: &str,
+) -> anyhow::Result<ServiceProcess> {
+    let paced = vec![
+        (
+            "PAYSTREAM_CONSUMER__BATCH_MAX_RECORDS".to_string(),
+            "20".to_string(),
+        ),
+        (
+            "PAYSTREAM_CONSUMER__MAX_IN_FLIGHT".to_string(),
+            "2".to_string(),
+        ),
+    ];
+    ServiceProcess::spawn_with(stack, transactional_id, run, paced)
+}
+
 /// Every 10th payment is made with a card the PSP simulator declines.
 fn declined(i: usize) -> bool {
     i.is_multiple_of(10)
@@ -57,7 +78,7 @@ async fn two_instances_killed_at_random_lose_and_repeat_nothing() -> anyhow::Res
     stack
         .psp
         .set_config(&ConfigPatch {
-            latency_ms: Some(8),
+            latency_ms: Some(16),
             transient_failure_rate: Some(0.02),
             ..Default::default()
         })
@@ -72,7 +93,7 @@ async fn two_instances_killed_at_random_lose_and_repeat_nothing() -> anyhow::Res
     let mut live: [usize; 2] = [0, 0];
     for (slot, name) in names.iter().enumerate() {
         live[slot] = runs.len();
-        runs.push(ServiceProcess::spawn(
+        runs.push(spawn_paced(
             &stack,
             &format!("{}-{name}", stack.group_id),
             &format!("{name}0"),
@@ -99,7 +120,7 @@ async fn two_instances_killed_at_random_lose_and_repeat_nothing() -> anyhow::Res
         live[slot] = runs.len();
         // Restarted at once with the same transactional id: it fences its predecessor's
         // transaction, which the coordinator aborts.
-        runs.push(ServiceProcess::spawn(
+        runs.push(spawn_paced(
             &stack,
             &format!("{}-{}", stack.group_id, names[slot]),
             &format!("{}{}", names[slot], runs.len()),
