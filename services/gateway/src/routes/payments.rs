@@ -26,7 +26,8 @@ use crate::state::AppState;
 #[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
 pub struct PaymentView {
     pub id: Uuid,
-    /// `PENDING`, then `SUCCEEDED` or `FAILED`.
+    /// `PENDING`, `PROCESSING` while the processor holds its claim (PSP call in flight), then
+    /// `SUCCEEDED` or `FAILED`.
     #[schema(example = "SUCCEEDED")]
     pub status: String,
     pub merchant_id: String,
