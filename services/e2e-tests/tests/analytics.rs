@@ -235,31 +235,18 @@ async fn late_and_repeated_events_update_their_window_once() -> anyhow::Result<(
     // A payment requested two days ago, decided a second later: far past any lateness.
     let payment_id = Uuid::now_v7();
     let requested_at = chrono::Utc::now().timestamp_millis() - 2 * 86_400_000;
-    let requested = PaymentRequested {
-        event_id: events::event_id(payment_id, Step::Requested).to_string(),
-        payment_id: payment_id.to_string(),
-        client_id: "anonymous".into(),
-        merchant_id: "m_late".into(),
-        customer_id: "c_1".into(),
-        amount_minor: 1234,
-        currency: "EUR".into(),
-        payment_method: "card".into(),
+    let (requested, outcome) = payment_events(
+        payment_id,
+        "m_late",
+        "c_1".into(),
+        1234,
         requested_at,
-        customer_email: None,
-    };
-    let outcome = PaymentOutcome {
-        event_id: events::event_id(payment_id, Step::Outcome).to_string(),
-        payment_id: payment_id.to_string(),
-        merchant_id: "m_late".into(),
-        customer_id: "c_1".into(),
-        amount_minor: 1234,
-        currency: "EUR".into(),
-        status: OutcomeStatus::Failed,
-        failure_reason: Some("insufficient_funds".into()),
-        psp_charge_id: None,
-        requested_at,
-        decided_at: requested_at + 1_500,
-    };
+        Decision {
+            status: OutcomeStatus::Failed,
+            failure_reason: Some("insufficient_funds".into()),
+            decided_at: requested_at + 1_500,
+        },
+    );
     let requested_bytes = codec
         .encode(
             &stack.topics.payments_requested,
@@ -347,35 +334,23 @@ fn synthetic_payment(
     let merchant = ["m_race_1", "m_race_2"][i % 2];
     let amount_minor = 100 + (i as i64 * 53) % 5_000;
     let failed = i.is_multiple_of(4);
-    let requested = PaymentRequested {
-        event_id: events::event_id(payment_id, Step::Requested).to_string(),
-        payment_id: payment_id.to_string(),
-        client_id: "anonymous".into(),
-        merchant_id: merchant.into(),
-        customer_id: format!("c_{i}"),
+    let (requested, outcome) = payment_events(
+        payment_id,
+        merchant,
+        format!("c_{i}"),
         amount_minor,
-        currency: "EUR".into(),
-        payment_method: "card".into(),
         requested_at,
-        customer_email: None,
-    };
-    let outcome = PaymentOutcome {
-        event_id: events::event_id(payment_id, Step::Outcome).to_string(),
-        payment_id: payment_id.to_string(),
-        merchant_id: merchant.into(),
-        customer_id: format!("c_{i}"),
-        amount_minor,
-        currency: "EUR".into(),
-        status: if failed {
-            OutcomeStatus::Failed
-        } else {
-            OutcomeStatus::Succeeded
+        Decision {
+            status: if failed {
+                OutcomeStatus::Failed
+            } else {
+                OutcomeStatus::Succeeded
+            },
+            failure_reason: failed
+                .then(|| ["card_declined", "insufficient_funds"][i % 8 / 4].into()),
+            decided_at: requested_at + 20 + (i as i64 * 131) % 3_000,
         },
-        failure_reason: failed.then(|| ["card_declined", "insufficient_funds"][i % 8 / 4].into()),
-        psp_charge_id: None,
-        requested_at,
-        decided_at: requested_at + 20 + (i as i64 * 131) % 3_000,
-    };
+    );
     let repeated = i.is_multiple_of(10).then(|| PaymentOutcome {
         event_id: Uuid::now_v7().to_string(),
         ..outcome.clone()
@@ -627,4 +602,48 @@ async fn two_instances_racing_aborts_leave_the_newest_revision_last() -> anyhow:
     );
     stack.teardown().await;
     Ok(())
+}
+
+/// How a synthetic payment was decided.
+struct Decision {
+    status: OutcomeStatus,
+    failure_reason: Option<String>,
+    decided_at: i64,
+}
+
+/// A payment's two events as the gateway and the processor would write them.
+fn payment_events(
+    payment_id: Uuid,
+    merchant: &str,
+    customer: String,
+    amount_minor: i64,
+    requested_at: i64,
+    decision: Decision,
+) -> (PaymentRequested, PaymentOutcome) {
+    let requested = PaymentRequested {
+        event_id: events::event_id(payment_id, Step::Requested).to_string(),
+        payment_id: payment_id.to_string(),
+        client_id: "anonymous".into(),
+        merchant_id: merchant.into(),
+        customer_id: customer.clone(),
+        amount_minor,
+        currency: "EUR".into(),
+        payment_method: "card".into(),
+        requested_at,
+        customer_email: None,
+    };
+    let outcome = PaymentOutcome {
+        event_id: events::event_id(payment_id, Step::Outcome).to_string(),
+        payment_id: payment_id.to_string(),
+        merchant_id: merchant.into(),
+        customer_id: customer,
+        amount_minor,
+        currency: "EUR".into(),
+        status: decision.status,
+        failure_reason: decision.failure_reason,
+        psp_charge_id: None,
+        requested_at,
+        decided_at: decision.decided_at,
+    };
+    (requested, outcome)
 }
